@@ -1,0 +1,7 @@
+#include "bindings/bindings.h"
+
+namespace py = pybind11;
+
+namespace eoq_py {
+void bind_engine(py::module_& m) {}
+}  // namespace eoq_py

@@ -1,0 +1,10 @@
+// pybind11 glue only: one bind_* function per engine noun, each in its own file.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace eoq_py {
+void bind_errors(pybind11::module_& m);     // bindings/module.cpp
+void bind_gguf(pybind11::module_& m);       // bindings/bind_gguf.cpp: GGUFFile, dequantize helpers
+void bind_tokenizer(pybind11::module_& m);  // bindings/bind_tokenizer.cpp
+void bind_engine(pybind11::module_& m);     // bindings/bind_engine.cpp
+}  // namespace eoq_py

@@ -1,0 +1,40 @@
+#include <pybind11/pybind11.h>
+
+#include "bindings/bindings.h"
+#include "engine/error.h"
+
+namespace py = pybind11;
+
+namespace eoq_py {
+
+// eoq::Error -> eoq._core.EoqError (subclass of ValueError so callers can catch either);
+// its .code attribute carries the ErrorCode name.
+void bind_errors(py::module_& m) {
+  static py::exception<eoq::Error> exc(m, "EoqError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const eoq::Error& e) {
+      static const char* names[] = {"ok", "io", "format", "unsupported", "invalid_arg",
+                                    "context_full", "invalid_utf8", "internal"};
+      int c = (int)e.code();
+      py::object err = exc(e.what());
+      PyObject* value = err.ptr();
+      (void)value;
+      // Raise with a code attribute.
+      py::object inst = exc(py::str(e.what()));
+      inst.attr("code") = py::str(c >= 0 && c < 8 ? names[c] : "internal");
+      PyErr_SetObject(exc.ptr(), inst.ptr());
+    }
+  });
+}
+
+}  // namespace eoq_py
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "eoq C++ core (thin bindings; see the eoq package for the Python API)";
+  eoq_py::bind_errors(m);
+  eoq_py::bind_gguf(m);
+  eoq_py::bind_tokenizer(m);
+  eoq_py::bind_engine(m);
+}

@@ -1,0 +1,10 @@
+"""eoq: a llama.cpp-style inference engine with a compressed KV cache."""
+import pkgutil as _pkgutil
+
+# Development builds put _core in <build>/eoq/; extend_path lets `eoq._core` be found there.
+__path__ = _pkgutil.extend_path(__path__, __name__)
+
+from ._core import EoqError  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["EoqError", "__version__"]
