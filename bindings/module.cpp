@@ -10,21 +10,18 @@ namespace eoq_py {
 // eoq::Error -> eoq._core.EoqError (subclass of ValueError so callers can catch either);
 // its .code attribute carries the ErrorCode name.
 void bind_errors(py::module_& m) {
-  static py::exception<eoq::Error> exc(m, "EoqError", PyExc_ValueError);
+  static PyObject* exc = PyErr_NewException("eoq._core.EoqError", PyExc_ValueError, nullptr);
+  m.add_object("EoqError", py::handle(exc));
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const eoq::Error& e) {
       static const char* names[] = {"ok", "io", "format", "unsupported", "invalid_arg",
                                     "context_full", "invalid_utf8", "internal"};
-      int c = (int)e.code();
-      py::object err = exc(e.what());
-      PyObject* value = err.ptr();
-      (void)value;
-      // Raise with a code attribute.
-      py::object inst = exc(py::str(e.what()));
+      const int c = (int)e.code();
+      py::object inst = py::reinterpret_borrow<py::object>(exc)(py::str(e.what()));
       inst.attr("code") = py::str(c >= 0 && c < 8 ? names[c] : "internal");
-      PyErr_SetObject(exc.ptr(), inst.ptr());
+      PyErr_SetObject(exc, inst.ptr());
     }
   });
 }
