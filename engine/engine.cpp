@@ -1,0 +1,106 @@
+#include "engine/engine.h"
+
+#include <chrono>
+
+#include "engine/error.h"
+#include "engine/gguf.h"
+#include "engine/thread_pool.h"
+#include "engine/tokenizer.h"
+#include "models/llama.h"
+
+namespace eoq {
+
+namespace {
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+Engine::Engine(const EngineParams& p) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (p.n_ctx < 0) fail(ErrorCode::invalid_arg, "n_ctx must be >= 0, got " + std::to_string(p.n_ctx));
+  if (p.n_batch <= 0) fail(ErrorCode::invalid_arg, "n_batch must be > 0, got " + std::to_string(p.n_batch));
+  if (p.n_threads < 0 || p.n_threads > 1024)
+    fail(ErrorCode::invalid_arg, "n_threads must be in [0, 1024], got " + std::to_string(p.n_threads));
+  file_ = std::make_unique<GGUFFile>(p.model_path);
+  model_ = std::make_unique<LlamaModel>(*file_);
+  tokenizer_ = std::make_unique<Tokenizer>(*file_);
+  const LlamaConfig& c = model_->config();
+  if (tokenizer_->n_vocab() > c.n_vocab)
+    fail(ErrorCode::format, "tokenizer has " + std::to_string(tokenizer_->n_vocab()) +
+                                " tokens but token_embd.weight has " + std::to_string(c.n_vocab) + " rows");
+  n_ctx_ = p.n_ctx > 0 ? p.n_ctx : c.n_ctx_train;
+  n_batch_ = p.n_batch;
+  model_->set_max_batch(std::min(n_batch_, n_ctx_));
+  KVCacheShape shape{c.n_layer, c.n_head_kv, c.head_dim, n_ctx_};
+  kv_ = make_kv_cache(p.kv, shape);
+  pool_ = std::make_unique<ThreadPool>(p.n_threads);
+  logits_.assign(c.n_vocab, 0.0f);
+  load_ms_ = ms_since(t0);
+}
+
+Engine::~Engine() = default;
+
+const LlamaConfig& Engine::config() const { return model_->config(); }
+int Engine::n_vocab() const { return model_->config().n_vocab; }
+int Engine::n_threads() const { return pool_->size(); }
+
+void Engine::reset() {
+  kv_->clear();
+  n_past_ = 0;
+}
+
+void Engine::eval(const std::vector<int32_t>& tokens, bool all_logits) {
+  const int n = (int)tokens.size();
+  if (n == 0) return;
+  if ((int64_t)n_past_ + n > n_ctx_)
+    fail(ErrorCode::context_full, "context is full: " + std::to_string(n_past_) + " cached + " + std::to_string(n) +
+                                      " new tokens > n_ctx " + std::to_string(n_ctx_));
+  const int n_vocab = model_->config().n_vocab;
+  for (int32_t t : tokens)
+    if (t < 0 || t >= n_vocab) fail(ErrorCode::invalid_arg, "token id " + std::to_string(t) + " is out of range");
+  if (all_logits) all_logits_.resize((size_t)n * n_vocab);
+  for (int i = 0; i < n; i += n_batch_) {
+    const int m = std::min(n_batch_, n - i);
+    float* out = all_logits ? all_logits_.data() + (size_t)i * n_vocab : logits_.data();
+    model_->forward(tokens.data() + i, m, n_past_, *kv_, *pool_, out, all_logits);
+    n_past_ += m;
+  }
+  if (all_logits) std::copy(all_logits_.end() - n_vocab, all_logits_.end(), logits_.begin());
+}
+
+GenerateResult Engine::generate(const std::vector<int32_t>& prompt, int max_tokens, Sampler& sampler,
+                                const std::function<bool(int32_t, const std::string&)>& on_token) {
+  GenerateResult r;
+  if (prompt.empty()) fail(ErrorCode::invalid_arg, "the prompt is empty");
+  if ((int)prompt.size() >= n_ctx_)
+    fail(ErrorCode::context_full, "the prompt has " + std::to_string(prompt.size()) +
+                                      " tokens, which does not fit a context of " + std::to_string(n_ctx_));
+  reset();
+  auto t0 = std::chrono::steady_clock::now();
+  eval(prompt);
+  for (int32_t t : prompt) sampler.accept(t);
+  r.prompt_ms = ms_since(t0);
+  t0 = std::chrono::steady_clock::now();
+  r.finish_reason = "length";
+  for (int i = 0; max_tokens < 0 || i < max_tokens; i++) {
+    const int32_t tok = sampler.sample(logits_.data(), (int)logits_.size());
+    sampler.accept(tok);
+    if (tokenizer_->is_eog(tok)) {
+      r.finish_reason = "stop";
+      break;
+    }
+    r.tokens.push_back(tok);
+    if (on_token && !on_token(tok, tokenizer_->token_to_piece(tok))) {
+      r.finish_reason = "stop";
+      break;
+    }
+    if (n_past_ >= n_ctx_) break;  // "length": no room for this token's K/V
+    if (max_tokens >= 0 && i + 1 >= max_tokens) break;
+    eval({tok});
+  }
+  r.generate_ms = ms_since(t0);
+  return r;
+}
+
+}  // namespace eoq

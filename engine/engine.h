@@ -1,0 +1,74 @@
+// The Engine: one loaded model, its tokenizer, a KV cache and the compute threads.
+// prefill/decode are the same call (eval) on n tokens; generate() is the sampling loop used by
+// the C API (Python runs its own loop over eval/sample so it can stream and match stop strings).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/kv_cache.h"
+#include "engine/sampler.h"
+
+namespace eoq {
+
+class GGUFFile;
+class Tokenizer;
+class LlamaModel;
+struct LlamaConfig;
+class ThreadPool;
+
+struct EngineParams {
+  std::string model_path;
+  int n_ctx = 0;      // 0: the model's training context
+  int n_threads = 0;  // 0: all hardware threads
+  int n_batch = 512;  // prompt tokens per forward call
+  KVCacheParams kv;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;  // generated tokens (the EOG token not included)
+  std::string finish_reason;    // "stop" (end-of-generation token or callback) / "length"
+  double prompt_ms = 0, generate_ms = 0;
+};
+
+class Engine {
+ public:
+  explicit Engine(const EngineParams& p);  // throws eoq::Error
+  ~Engine();
+
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const LlamaConfig& config() const;
+  const GGUFFile& file() const { return *file_; }
+  KVCache& kv() { return *kv_; }
+  int n_ctx() const { return n_ctx_; }
+  int n_past() const { return n_past_; }
+  int n_vocab() const;
+  int n_threads() const;
+  double load_ms() const { return load_ms_; }
+
+  // Evaluates tokens at positions n_past.. (in chunks of n_batch) and advances n_past.
+  // Throws Error(context_full) before computing anything if they do not fit.
+  void eval(const std::vector<int32_t>& tokens, bool all_logits = false);
+  const std::vector<float>& logits() const { return logits_; }          // [n_vocab], last token
+  const std::vector<float>& all_logits() const { return all_logits_; }  // [n][n_vocab], last eval
+  void reset();  // empty the cache
+
+  // Evaluates the prompt after reset(), then samples up to max_tokens (< 0: until the context
+  // is full). on_token(token, bytes) is called for each generated token; returning false stops.
+  GenerateResult generate(const std::vector<int32_t>& prompt, int max_tokens, Sampler& sampler,
+                          const std::function<bool(int32_t, const std::string&)>& on_token);
+
+ private:
+  std::unique_ptr<GGUFFile> file_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<KVCache> kv_;
+  std::unique_ptr<ThreadPool> pool_;
+  int n_ctx_ = 0, n_batch_ = 512, n_past_ = 0;
+  double load_ms_ = 0;
+  std::vector<float> logits_, all_logits_;
+};
+
+}  // namespace eoq

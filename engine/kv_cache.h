@@ -1,0 +1,53 @@
+// The KV-cache interface the forward pass talks to. The model never touches cache storage: it
+// appends each layer's new keys (after RoPE) and values, then asks the cache for attention.
+// Implementations: exact caches (f32, f16) here; the compressed caches plug in behind the
+// same interface (make_kv_cache picks by mode).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace eoq {
+
+class ThreadPool;
+
+struct KVCacheShape {
+  int n_layer = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  int n_ctx = 0;  // capacity in tokens
+};
+
+struct KVCacheParams {
+  std::string mode = "f16";  // "f32", "f16"
+};
+
+class KVCache {
+ public:
+  virtual ~KVCache() = default;
+
+  // Store keys and values of tokens at positions [pos0, pos0 + n) for layer il.
+  // k, v: [n][n_head_kv][head_dim]. Positions arrive in order: pos0 == tokens already held.
+  virtual void append(int il, int pos0, int n, const float* k, const float* v) = 0;
+
+  // Causal attention for n queries at positions pos0.. of layer il: query i attends to cached
+  // tokens [0, pos0 + i]. q: [n][n_head][head_dim] (after RoPE, unscaled); out: same shape.
+  // Query head h reads KV head h / (n_head / n_head_kv). Scores are scaled by 1/sqrt(head_dim).
+  virtual void attend(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) = 0;
+
+  virtual void clear() = 0;                // drop every token
+  virtual int n_tokens() const = 0;        // tokens held (layer 0)
+  virtual size_t bytes() const = 0;        // bytes held for the tokens cached now, K and V
+  virtual double bits_per_entry() const = 0;  // bytes * 8 / (cached values), fully counted
+  virtual std::string mode() const = 0;
+  const KVCacheShape& shape() const { return shape_; }
+
+ protected:
+  KVCacheShape shape_;
+};
+
+// Throws Error(invalid_arg) for an unknown mode (the message lists the known ones).
+std::unique_ptr<KVCache> make_kv_cache(const KVCacheParams& params, const KVCacheShape& shape);
+
+}  // namespace eoq

@@ -1,0 +1,126 @@
+// Exact KV caches: f32 (bit-exact reference for tests) and f16 (what llama.cpp uses by default).
+// Storage per layer and KV head is contiguous over tokens: [n_ctx][head_dim], so one head's
+// attention streams one contiguous array.
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "engine/error.h"
+#include "engine/kv_cache.h"
+#include "engine/thread_pool.h"
+#include "kernels/fp16.h"
+#include "kernels/kernels.h"
+
+namespace eoq {
+
+namespace {
+
+template <typename T>
+struct ElemOps;
+
+template <>
+struct ElemOps<float> {
+  static float store(float x) { return x; }
+  static float dot(const CpuKernels& k, const float* a, const float* b, int64_t n) { return k.dot_f32(a, b, n); }
+  static void axpy(const CpuKernels& k, float w, const float* x, float* y, int64_t n) { k.axpy_f32(w, x, y, n); }
+};
+
+template <>
+struct ElemOps<uint16_t> {
+  static uint16_t store(float x) { return fp32_to_fp16(x); }
+  static float dot(const CpuKernels& k, const uint16_t* a, const float* b, int64_t n) { return k.dot_f16_f32(a, b, n); }
+  static void axpy(const CpuKernels& k, float w, const uint16_t* x, float* y, int64_t n) { k.axpy_f16(w, x, y, n); }
+};
+
+template <typename T>
+class ExactKVCache final : public KVCache {
+ public:
+  ExactKVCache(const KVCacheShape& s, const char* name) : name_(name) {
+    shape_ = s;
+    const size_t per = (size_t)s.n_layer * s.n_head_kv * s.n_ctx * s.head_dim;
+    // Default-initialised (not zeroed): large allocations come from mmap, so pages become
+    // resident only as tokens are written and the reported bytes match what is really used.
+    k_.reset(new T[per]);
+    v_.reset(new T[per]);
+    n_.assign(s.n_layer, 0);
+  }
+
+  void append(int il, int pos0, int n, const float* k, const float* v) override {
+    const KVCacheShape& s = shape_;
+    if (pos0 != n_[il] || pos0 + n > s.n_ctx) fail(ErrorCode::internal, "KV cache: out-of-order or overflowing append");
+    for (int t = 0; t < n; t++)
+      for (int g = 0; g < s.n_head_kv; g++) {
+        T* kd = head(k_, il, g) + (size_t)(pos0 + t) * s.head_dim;
+        T* vd = head(v_, il, g) + (size_t)(pos0 + t) * s.head_dim;
+        const float* ks = k + ((size_t)t * s.n_head_kv + g) * s.head_dim;
+        const float* vs = v + ((size_t)t * s.n_head_kv + g) * s.head_dim;
+        for (int i = 0; i < s.head_dim; i++) {
+          kd[i] = ElemOps<T>::store(ks[i]);
+          vd[i] = ElemOps<T>::store(vs[i]);
+        }
+      }
+    n_[il] = pos0 + n;
+  }
+
+  void attend(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) override {
+    const KVCacheShape& s = shape_;
+    const int hd = s.head_dim, group = n_head / s.n_head_kv;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    const CpuKernels& kern = cpu_kernels();
+    // One work item per (query token, query head).
+    pool.parallel_for((int64_t)n * n_head, [&](int64_t b, int64_t e, int) {
+      thread_local std::vector<float> scores;
+      for (int64_t item = b; item < e; item++) {
+        const int t = (int)(item / n_head), h = (int)(item % n_head), g = h / group;
+        const int n_kv = pos0 + t + 1;
+        const float* qh = q + ((size_t)t * n_head + h) * hd;
+        float* oh = out + ((size_t)t * n_head + h) * hd;
+        const T* kh = head(k_, il, g);
+        const T* vh = head(v_, il, g);
+        scores.resize(n_kv);
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int j = 0; j < n_kv; j++) {
+          scores[j] = ElemOps<T>::dot(kern, kh + (size_t)j * hd, qh, hd) * scale;
+          mx = scores[j] > mx ? scores[j] : mx;
+        }
+        double sum = 0;
+        for (int j = 0; j < n_kv; j++) {
+          scores[j] = std::exp(scores[j] - mx);
+          sum += scores[j];
+        }
+        const float inv = (float)(1.0 / sum);
+        for (int i = 0; i < hd; i++) oh[i] = 0;
+        for (int j = 0; j < n_kv; j++) ElemOps<T>::axpy(kern, scores[j] * inv, vh + (size_t)j * hd, oh, hd);
+      }
+    });
+  }
+
+  void clear() override { n_.assign(shape_.n_layer, 0); }
+  int n_tokens() const override { return n_.empty() ? 0 : n_[0]; }
+  size_t bytes() const override {
+    return (size_t)2 * shape_.n_layer * shape_.n_head_kv * shape_.head_dim * n_tokens() * sizeof(T);
+  }
+  double bits_per_entry() const override { return 8.0 * sizeof(T); }
+  std::string mode() const override { return name_; }
+
+ private:
+  T* head(std::unique_ptr<T[]>& a, int il, int g) {
+    return a.get() + ((size_t)il * shape_.n_head_kv + g) * (size_t)shape_.n_ctx * shape_.head_dim;
+  }
+  std::string name_;
+  std::unique_ptr<T[]> k_, v_;  // [n_layer][n_head_kv][n_ctx][head_dim]
+  std::vector<int> n_;    // tokens held per layer
+};
+
+}  // namespace
+
+std::unique_ptr<KVCache> make_kv_cache(const KVCacheParams& p, const KVCacheShape& s) {
+  if (s.n_layer <= 0 || s.n_head_kv <= 0 || s.head_dim <= 0 || s.n_ctx <= 0)
+    fail(ErrorCode::invalid_arg, "KV cache: invalid shape");
+  if (p.mode == "f16") return std::make_unique<ExactKVCache<uint16_t>>(s, "f16");
+  if (p.mode == "f32") return std::make_unique<ExactKVCache<float>>(s, "f32");
+  fail(ErrorCode::invalid_arg, "unknown KV cache mode '" + p.mode + "' (known: f16, f32)");
+}
+
+}  // namespace eoq
