@@ -7,4 +7,5 @@ void bind_errors(pybind11::module_& m);     // bindings/module.cpp
 void bind_gguf(pybind11::module_& m);       // bindings/bind_gguf.cpp: GGUFFile, dequantize helpers
 void bind_tokenizer(pybind11::module_& m);  // bindings/bind_tokenizer.cpp
 void bind_engine(pybind11::module_& m);     // bindings/bind_engine.cpp
+void bind_kernels(pybind11::module_& m);    // bindings/bind_kernels.cpp: kernel test hooks
 }  // namespace eoq_py
