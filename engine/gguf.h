@@ -85,6 +85,10 @@ class GGUFFile {
   const GGUFTensor* find_tensor(const std::string& name) const;  // nullptr if absent
   const GGUFTensor& tensor(const std::string& name) const;       // throws Error(format) if absent
 
+  // Throws Error(unsupported, "tensor 'NAME' has type IQ2_XS (17), which eoq does not support")
+  // unless type_info(t.type).supported. The model loader calls it for every weight it uses.
+  void require_supported(const GGUFTensor& t) const;
+
  private:
   std::string path_;
   uint32_t version_ = 0;

@@ -16,6 +16,12 @@ namespace eoq {
 void dequantize_row_ref(GGMLType t, const void* src, float* dst, int64_t n);
 
 // Σ_i w[i] * x[i] over one row of n values of type t, in float.
+// Reference: accumulates the exact products in double and rounds the sum once to float.
 float vec_dot_ref(GGMLType t, const void* row, const float* x, int64_t n);
+
+// Quantizes n floats (a multiple of 32) into n/32 Q8_0 blocks (34 bytes each) at dst, as
+// GGML's reference does: d = amax/127 stored as fp16, q = round-half-away(x * (1/d)) with
+// 1/d taken from the float32 d (before fp16 rounding). Used by the KV cache.
+void quantize_row_q8_0_ref(const float* x, void* dst, int64_t n);
 
 }  // namespace eoq

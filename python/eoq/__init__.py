@@ -5,6 +5,9 @@ import pkgutil as _pkgutil
 __path__ = _pkgutil.extend_path(__path__, __name__)
 
 from ._core import EoqError  # noqa: E402
+from .engine import Completion, CompletionStream, Engine  # noqa: E402
+from .models import default_model_path  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["EoqError", "__version__"]
+__all__ = ["Engine", "Completion", "CompletionStream", "EoqError", "default_model_path",
+           "__version__"]

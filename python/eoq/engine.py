@@ -1,0 +1,547 @@
+"""The Python Engine: a thin, Pythonic layer over eoq._core.Engine.
+
+The C++ core evaluates tokens (prefill and decode are the same `eval` call, GIL released) and
+samples; this module owns the generation loop so that it can stream text, never split a UTF-8
+character, and hold back text that may turn out to be the start of a stop string.
+"""
+from __future__ import annotations
+
+import codecs
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+from . import _core
+from ._core import EoqError
+from .chat import render_chat_template
+
+__all__ = ["Engine", "Completion", "CompletionStream"]
+
+
+def _error(code: str, message: str) -> EoqError:
+    e = EoqError(message)
+    e.code = code
+    return e
+
+
+@dataclass
+class Completion:
+    """Result of Engine.generate / Engine.chat.
+
+    text: the generated text (prompt included when echo=True; the stop string excluded).
+    tokens: the generated token ids (the end-of-generation token excluded; every sampled token
+        included, even the ones that completed a stop string).
+    finish_reason: "stop" (end-of-generation token or stop string) or "length" (max_tokens or
+        the context is full).
+    usage: prompt_tokens, completion_tokens, total_tokens.
+    timings: load_ms, prompt_ms, prompt_tokens_per_s, generate_ms, tokens_per_s (plus
+        prompt_cached_tokens: prompt tokens reused from the previous call's cache).
+    seed: the sampler's seed (the random one actually used when none was given).
+    """
+
+    text: str
+    tokens: List[int]
+    finish_reason: str
+    usage: Dict[str, int] = field(default_factory=dict)
+    timings: Dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+
+class CompletionStream:
+    """Iterator of text pieces from Engine.generate(stream=True).
+
+    `.completion` holds the final Completion once the iterator is exhausted (None before).
+    A later generate/reset/eval_logits call on the same Engine invalidates an unfinished stream.
+    """
+
+    def __init__(self, gen: Iterator[str]):
+        self._gen = gen
+        self.completion: Optional[Completion] = None
+
+    def __iter__(self) -> "CompletionStream":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._gen)
+        except StopIteration as stop:
+            if stop.value is not None:
+                self.completion = stop.value
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._gen.close()
+
+
+# --- parameter checks (clear messages before anything reaches C++) -------------------------
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_float(name: str, x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise _error("invalid_arg", f"{name} must be a number, got {x!r}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise _error("invalid_arg", f"{name} must be finite, got {x}")
+    return x
+
+
+def _check_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed) -> int:
+    t = _check_float("temperature", temperature)
+    if t < 0:
+        raise _error("invalid_arg", f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not _is_int(top_k) or top_k < 0:
+        raise _error("invalid_arg", f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    p = _check_float("top_p", top_p)
+    if not 0.0 < p <= 1.0:
+        raise _error("invalid_arg", f"top_p must be in (0, 1], got {top_p}")
+    mp = _check_float("min_p", min_p)
+    if not 0.0 <= mp <= 1.0:
+        raise _error("invalid_arg", f"min_p must be in [0, 1], got {min_p}")
+    rp = _check_float("repeat_penalty", repeat_penalty)
+    if rp <= 0:
+        raise _error("invalid_arg", f"repeat_penalty must be > 0 (1 = off), got {repeat_penalty}")
+    if not _is_int(repeat_last_n) or repeat_last_n < -1:
+        raise _error("invalid_arg",
+                     f"repeat_last_n must be an integer >= -1 (-1 = all), got {repeat_last_n!r}")
+    if seed is None:
+        return -1
+    if not _is_int(seed) or seed < -1 or seed >= 2**63:
+        raise _error("invalid_arg", f"seed must be None, -1 (random) or an integer in [0, 2**63), "
+                                    f"got {seed!r}")
+    return seed
+
+
+def _check_max_tokens(max_tokens: Any) -> Optional[int]:
+    if max_tokens is None:
+        return None
+    if not _is_int(max_tokens) or max_tokens < -1:
+        raise _error("invalid_arg",
+                     f"max_tokens must be an integer >= 0, or -1/None for no limit, got {max_tokens!r}")
+    return None if max_tokens == -1 else max_tokens
+
+
+def _check_stop(stop: Any) -> List[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    try:
+        stops = list(stop)
+    except TypeError:
+        raise _error("invalid_arg", f"stop must be a string or a list of strings, got {stop!r}") from None
+    for s in stops:
+        if not isinstance(s, str):
+            raise _error("invalid_arg", f"stop must be a string or a list of strings, got {s!r}")
+    return [s for s in stops if s]
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of text that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def _split_stop(text: str, stops: Sequence[str], final: bool = False):
+    """(release, keep, hit): text up to the earliest stop string (hit=True, the rest dropped);
+    otherwise everything but a suffix that may still grow into a stop string (all if final)."""
+    if stops:
+        cut = -1
+        for s in stops:
+            i = text.find(s)
+            if i >= 0 and (cut < 0 or i < cut):
+                cut = i
+        if cut >= 0:
+            return text[:cut], "", True
+    if final or not stops:
+        return text, "", False
+    h = _held_back(text, stops)
+    return text[:len(text) - h], text[len(text) - h:], False
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class Engine:
+    """A loaded GGUF model with its KV cache.
+
+    Engine(model_path=None, n_ctx=0, n_threads=None, device="cpu", kv="f16", n_batch=512,
+           verbose=False, prefix_cache=True)
+
+    model_path None: the default model (SmolLM2-135M-Instruct, fetched once, see eoq.models).
+    n_ctx 0: the model's training context. n_threads None: the CPUs this process may use.
+    prefix_cache: when a prompt starts with exactly the tokens already in the cache, evaluate
+    only the rest (as llama-cpp-python does); otherwise every call starts from an empty cache.
+    """
+
+    def __init__(self, model_path: Union[str, os.PathLike, None] = None, n_ctx: int = 0,
+                 n_threads: Optional[int] = None, device: str = "cpu", kv: str = "f16",
+                 n_batch: int = 512, verbose: bool = False, prefix_cache: bool = True):
+        self._core = None
+        if not isinstance(device, str) or device.lower() not in ("cpu",):
+            raise _error("unsupported",
+                         f"device {device!r} is not available: this build of eoq runs on the CPU "
+                         f"only (the CUDA backend is not built yet); use device='cpu'")
+        if not _is_int(n_ctx) or n_ctx < 0:
+            raise _error("invalid_arg", f"n_ctx must be an integer >= 0 (0 = the model's), got {n_ctx!r}")
+        if n_threads is None:
+            n_threads = _default_threads()
+        if not _is_int(n_threads) or n_threads < 1:
+            raise _error("invalid_arg", f"n_threads must be an integer >= 1, got {n_threads!r}")
+        if not _is_int(n_batch) or n_batch < 1:
+            raise _error("invalid_arg", f"n_batch must be an integer >= 1, got {n_batch!r}")
+        if not isinstance(kv, str):
+            raise _error("invalid_arg", f"kv must be a string such as 'f16', got {kv!r}")
+        if model_path is None:
+            from .models import default_model_path
+
+            model_path = default_model_path(download=True)
+        path = Path(os.fspath(model_path)).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"model file not found: {path}")
+        if path.is_dir():
+            raise IsADirectoryError(f"model path is a folder, not a GGUF file: {path}")
+        self.model_path = str(path)
+        self.device = "cpu"
+        self.kv = kv
+        self.verbose = bool(verbose)
+        self.prefix_cache = bool(prefix_cache)
+        t0 = time.perf_counter()
+        self._core = _core.Engine(self.model_path, n_ctx=n_ctx, n_threads=n_threads, kv=kv,
+                                  n_batch=n_batch)
+        self.load_ms = (time.perf_counter() - t0) * 1e3
+        self._lock = threading.RLock()
+        self._cached: List[int] = []  # tokens whose K/V are in the cache, in order
+        self._epoch = 0  # bumped whenever the cache is reused/changed; stale streams notice
+        if self.verbose:
+            info = self._core.kv_info()
+            print(f"eoq: loaded {self.name or path.name} ({self.arch}) in {self.load_ms:.0f} ms: "
+                  f"n_ctx={self.n_ctx}, n_vocab={self.n_vocab}, threads={self._core.n_threads}, "
+                  f"kv={info.get('mode')}", file=sys.stderr)
+
+    # --- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the model and the cache. The Engine cannot be used afterwards."""
+        core, self._core = self._core, None
+        if core is not None:
+            lock = getattr(self, "_lock", None)
+            if lock is not None:
+                with lock:
+                    self._epoch += 1
+                    del core
+            else:
+                del core
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def core(self):
+        """The underlying eoq._core.Engine."""
+        if self._core is None:
+            raise _error("invalid_arg", "this Engine has been closed")
+        return self._core
+
+    def __repr__(self) -> str:
+        if self._core is None:
+            return "<eoq.Engine (closed)>"
+        return f"<eoq.Engine {Path(self.model_path).name} n_ctx={self.n_ctx} kv={self.kv!r}>"
+
+    # --- model facts ----------------------------------------------------------------------
+
+    n_ctx = property(lambda self: self.core.n_ctx, doc="Context size (tokens) of the cache.")
+    n_ctx_train = property(lambda self: self.core.n_ctx_train, doc="The model's training context.")
+    n_vocab = property(lambda self: self.core.n_vocab)
+    n_threads = property(lambda self: self.core.n_threads)
+    n_past = property(lambda self: self.core.n_past, doc="Tokens currently in the cache.")
+    bos = property(lambda self: self.core.bos)
+    eos = property(lambda self: self.core.eos)
+    arch = property(lambda self: self.core.arch)
+    name = property(lambda self: self.core.name)
+    chat_template = property(lambda self: self.core.chat_template)
+
+    def metadata(self, key: str) -> Any:
+        """A GGUF metadata value (str, int, float, bool or list), or None when absent."""
+        return self.core.metadata(key)
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> List[int]:
+        """Token ids of text. add_special: BOS when the model wants one. parse_special: treat
+        special-token texts such as <|im_start|> as the special tokens."""
+        if not isinstance(text, str):
+            raise _error("invalid_arg", f"text must be a str, got {type(text).__name__}")
+        return list(self.core.tokenize(text, add_special=bool(add_special),
+                                       parse_special=bool(parse_special)))
+
+    def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
+        """Text of token ids (invalid UTF-8 replaced by U+FFFD)."""
+        ids = self._check_tokens(ids, "ids", allow_empty=True)
+        return self.core.detokenize(ids, special=bool(special)).decode("utf-8", errors="replace")
+
+    def token_text(self, token: int) -> str:
+        return self.core.token_text(token).decode("utf-8", errors="replace")
+
+    def _check_tokens(self, ids: Any, what: str, allow_empty: bool = False) -> List[int]:
+        try:
+            ids = list(ids)
+        except TypeError:
+            raise _error("invalid_arg", f"{what} must be a list of token ids") from None
+        n_vocab = self.core.n_vocab
+        for t in ids:
+            if not _is_int(t) and not (hasattr(t, "__index__") and not isinstance(t, (bool, float))):
+                raise _error("invalid_arg", f"{what} must contain integers, got {t!r}")
+            if not 0 <= int(t) < n_vocab:
+                raise _error("invalid_arg", f"token id {int(t)} is out of range [0, {n_vocab})")
+        if not ids and not allow_empty:
+            raise _error("invalid_arg", f"{what} is empty: nothing to evaluate")
+        return [int(t) for t in ids]
+
+    # --- cache + logits -------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        with self._lock:
+            self._epoch += 1
+            self.core.reset()
+            self._cached = []
+
+    @property
+    def logits(self):
+        """Logits (np.float32 [n_vocab]) of the last evaluated position."""
+        with self._lock:
+            return self.core.logits()
+
+    def eval_logits(self, tokens: Sequence[int]):
+        """Logits (np.float32 [n, n_vocab]) of every position of tokens, evaluated from an empty
+        cache (row i predicts token i+1): the input to perplexity and KL divergence."""
+        tokens = self._check_tokens(tokens, "tokens")
+        with self._lock:
+            if len(tokens) > self.core.n_ctx:
+                raise _error("context_full", f"{len(tokens)} tokens do not fit in the context "
+                                             f"of {self.core.n_ctx}")
+            self.reset()
+            self.core.eval(tokens, all_logits=True)
+            self._cached = list(tokens)
+            return self.core.all_logits()
+
+    def compression_stats(self) -> Dict[str, Any]:
+        """KV cache facts: mode, n_tokens, bytes, bits_per_entry."""
+        with self._lock:
+            return dict(self.core.kv_info())
+
+    # --- chat -----------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: Sequence[Dict[str, Any]],
+                            add_generation_prompt: bool = True, **extra: Any) -> str:
+        """Render the model's chat template (GGUF tokenizer.chat_template; ChatML if it has
+        none) in a Jinja2 sandbox. Raises eoq.chat.ChatTemplateError (a ValueError)."""
+        return render_chat_template(self.core.chat_template, messages,
+                                    add_generation_prompt=add_generation_prompt,
+                                    bos_token=self._special_text(self.core.bos),
+                                    eos_token=self._special_text(self.core.eos), **extra)
+
+    def _special_text(self, token: int) -> str:
+        if token is None or token < 0 or token >= self.core.n_vocab:
+            return ""
+        return self.token_text(token)
+
+    def chat_tokens(self, messages: Sequence[Dict[str, Any]], **extra: Any) -> List[int]:
+        """Prompt tokens for messages: the rendered template, special tokens parsed, and a BOS
+        only when the model wants one and the template did not already write it."""
+        text = self.apply_chat_template(messages, add_generation_prompt=True, **extra)
+        bos_text = self._special_text(self.core.bos)
+        add_bos = bool(self.core.add_bos) and not (bos_text and text.startswith(bos_text))
+        return self.tokenize(text, add_special=add_bos, parse_special=True)
+
+    def chat(self, messages: Sequence[Dict[str, Any]], **generate_kwargs: Any):
+        """generate() on the chat-formatted messages; returns what generate returns."""
+        for k in ("add_special", "parse_special"):
+            if k in generate_kwargs:
+                raise TypeError(f"chat() does not take {k}: the template decides")
+        return self.generate(self.chat_tokens(messages), **generate_kwargs)
+
+    # --- generation -----------------------------------------------------------------------
+
+    def generate(self, prompt: Union[str, Sequence[int]], max_tokens: Optional[int] = 128,
+                 temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
+                 seed: Optional[int] = None, stop: Union[str, Sequence[str], None] = None,
+                 stream: bool = False, add_special: bool = True, parse_special: bool = False,
+                 echo: bool = False) -> Union[Completion, CompletionStream]:
+        """Complete prompt (text, or token ids used as given).
+
+        max_tokens -1/None: until an end-of-generation token or the context is full.
+        temperature 0: greedy. seed None/-1: random (reported in Completion.seed).
+        stop: string(s) that end the generation; they are not included in the text.
+        stream=True: returns a CompletionStream of text pieces (never a split UTF-8 character;
+        text that may begin a stop string is held back until it is known not to); its
+        .completion is set when it is exhausted.
+        """
+        seed = _check_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        max_tokens = _check_max_tokens(max_tokens)
+        stops = _check_stop(stop)
+        core = self.core
+        if isinstance(prompt, str):
+            prompt_text: Optional[str] = prompt
+            tokens = self.tokenize(prompt, add_special=add_special, parse_special=parse_special)
+            if not tokens:
+                raise _error("invalid_arg", "the prompt is empty (and the model adds no BOS token)")
+        elif isinstance(prompt, (bytes, bytearray)):
+            raise _error("invalid_arg", "prompt must be a str or a list of token ids, not bytes")
+        else:
+            prompt_text = None
+            tokens = self._check_tokens(prompt, "prompt")
+        if len(tokens) >= core.n_ctx:
+            raise _error("context_full",
+                         f"the prompt has {len(tokens)} tokens: it does not fit in the context of "
+                         f"{core.n_ctx} tokens with room to generate (use a larger n_ctx)")
+        sampler = _core.Sampler(temperature=float(temperature), top_k=top_k, top_p=float(top_p),
+                                min_p=float(min_p), repeat_penalty=float(repeat_penalty),
+                                repeat_last_n=repeat_last_n, seed=seed)
+        with self._lock:
+            self._epoch += 1
+            gen = self._run(self._epoch, tokens, prompt_text, max_tokens, sampler, repeat_last_n,
+                            stops, echo)
+        stream_obj = CompletionStream(gen)
+        if stream:
+            return stream_obj
+        for _ in stream_obj:
+            pass
+        assert stream_obj.completion is not None
+        return stream_obj.completion
+
+    def _run(self, epoch: int, prompt: List[int], prompt_text: Optional[str],
+             max_tokens: Optional[int], sampler, repeat_last_n: int, stops: List[str],
+             echo: bool):
+        """The generation loop (a generator: yields text pieces, returns the Completion).
+        Time the caller spends between pieces is not counted in the timings."""
+        core = self.core
+        lock = self._lock
+
+        def check_epoch():
+            if self._epoch != epoch or self._core is not core:
+                raise _error("invalid_arg", "this generation stream was interrupted by a later "
+                                            "call on the same Engine (generate/reset/eval_logits/close)")
+
+        with lock:
+            check_epoch()
+            # Prompt: evaluate only what the cache does not already hold.
+            n_reuse = 0
+            if (self.prefix_cache and self._cached and len(self._cached) < len(prompt)
+                    and core.n_past == len(self._cached)
+                    and prompt[:len(self._cached)] == self._cached):
+                n_reuse = len(self._cached)
+            else:
+                core.reset()
+                self._cached = []
+            t0 = time.perf_counter()
+            try:
+                core.eval(prompt[n_reuse:])
+            except BaseException:
+                core.reset()
+                self._cached = []
+                raise
+            self._cached = list(prompt)
+            prompt_s = time.perf_counter() - t0
+            logits = core.logits()
+            # Like llama.cpp, the repeat penalty also sees the prompt.
+            history = prompt if repeat_last_n < 0 else prompt[len(prompt) - repeat_last_n:] \
+                if repeat_last_n > 0 else []
+            for t in history:
+                sampler.accept(t)
+
+        n_ctx = core.n_ctx
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        out_tokens: List[int] = []
+        text_parts: List[str] = []
+        pending = ""  # decoded text not yet released: it may be the start of a stop string
+        finish = "length"
+        gen_s = 0.0
+        t_gen = time.perf_counter()
+
+        if echo:
+            head = prompt_text if prompt_text is not None else \
+                core.detokenize(prompt, special=True).decode("utf-8", errors="replace")
+            if head:
+                text_parts.append(head)
+                gen_s += time.perf_counter() - t_gen
+                yield head
+                t_gen = time.perf_counter()
+
+        stop_hit = False
+        to_eval = None  # the last sampled token, evaluated after its text was handed out
+        while max_tokens is None or len(out_tokens) < max_tokens:
+            with lock:
+                check_epoch()
+                if to_eval is not None:
+                    core.eval([to_eval])
+                    self._cached.append(to_eval)
+                    logits = core.logits()
+                tok = int(sampler.sample(logits))
+                sampler.accept(tok)
+                if core.is_eog(tok):
+                    finish = "stop"
+                    break
+                out_tokens.append(tok)
+                pending += decoder.decode(core.token_to_piece(tok))
+            release, pending, hit = _split_stop(pending, stops)
+            if release:
+                text_parts.append(release)
+                gen_s += time.perf_counter() - t_gen
+                yield release
+                t_gen = time.perf_counter()
+            if hit:
+                finish, stop_hit = "stop", True
+                break
+            if len(prompt) + len(out_tokens) >= n_ctx:
+                break  # the context is full: this token cannot be evaluated
+            to_eval = tok
+
+        if not stop_hit:
+            # Bytes of an unfinished character become U+FFFD; release what was held back.
+            pending += decoder.decode(b"", final=True)
+            release, pending, hit = _split_stop(pending, stops, final=True)
+            if hit:
+                finish = "stop"
+            if release:
+                text_parts.append(release)
+                gen_s += time.perf_counter() - t_gen
+                yield release
+                t_gen = time.perf_counter()
+        gen_s += time.perf_counter() - t_gen
+
+        n_gen = len(out_tokens)
+        n_eval = len(prompt) - n_reuse
+        timings = {
+            "load_ms": self.load_ms,
+            "prompt_ms": prompt_s * 1e3,
+            "prompt_tokens_per_s": n_eval / prompt_s if prompt_s > 0 else 0.0,
+            "prompt_cached_tokens": n_reuse,
+            "generate_ms": gen_s * 1e3,
+            "tokens_per_s": n_gen / gen_s if gen_s > 0 and n_gen else 0.0,
+        }
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": n_gen,
+                 "total_tokens": len(prompt) + n_gen}
+        return Completion(text="".join(text_parts), tokens=out_tokens, finish_reason=finish,
+                          usage=usage, timings=timings, seed=int(sampler.seed))
