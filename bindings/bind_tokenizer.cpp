@@ -20,6 +20,7 @@ namespace {
 // invalid UTF-8 like any other bad text, rather than as a UnicodeEncodeError.
 std::string utf8_of(const py::handle& s) {
   if (PyBytes_Check(s.ptr())) return std::string(py::reinterpret_borrow<py::bytes>(s));
+  if (!PyUnicode_Check(s.ptr())) throw py::type_error("text must be str or bytes");
   Py_ssize_t n = 0;
   const char* p = PyUnicode_AsUTF8AndSize(s.ptr(), &n);
   if (!p) {

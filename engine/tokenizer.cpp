@@ -17,6 +17,7 @@
 #include "engine/tokenizer.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <queue>
 #include <string_view>
@@ -141,7 +142,8 @@ TokenizerVocab TokenizerVocab::from_gguf(const GGUFFile& f) {
   if (const GGUFValue* tt = need_array("tokenizer.ggml.token_type", false)) {
     if (tt->arr_i.size() != tt->arr_len)
       fail(ErrorCode::format, "tokenizer metadata: tokenizer.ggml.token_type is not an integer array");
-    v.types.assign(tt->arr_i.begin(), tt->arr_i.end());
+    v.types.reserve(tt->arr_i.size());
+    for (int64_t x : tt->arr_i) v.types.push_back(x >= 0 && x <= 6 ? (int32_t)x : 0);  // unknown -> UNDEFINED
   }
   if (const GGUFValue* sc = need_array("tokenizer.ggml.scores", false)) {
     if (sc->arr_f.size() != sc->arr_len)
@@ -488,10 +490,10 @@ void Tokenizer::Impl::bpe_word(const std::string& s, size_t a, size_t b, std::ve
       if (next[c.left] >= 0) push(c.left, next[c.left]);
     }
   }
-  for (int32_t k = 0; k >= 0; k = next[k]) {
+  // A byte whose character is not in the vocabulary (SmolLM2 lacks U+011D for byte 0x1D) is
+  // dropped, as llama.cpp and Hugging Face (BPE without unk_token) both do.
+  for (int32_t k = 0; k >= 0; k = next[k])
     if (sym[k] >= 0) out.push_back(sym[k]);
-    else if (unk >= 0) out.push_back(unk);  // byte without a token (malformed vocabulary)
-  }
 }
 
 // SentencePiece-style merging of one escaped fragment s (already "▁"-escaped, prefix added).
