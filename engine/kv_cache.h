@@ -19,8 +19,21 @@ struct KVCacheShape {
   int n_ctx = 0;  // capacity in tokens
 };
 
+// Cache configuration. `mode` picks the storage; the rest tune the compressed modes
+// (see ../shared/spec/kv-compression.md sections 2, 3, 6, 7). -1 means "the mode's default".
 struct KVCacheParams {
-  std::string mode = "f16";  // "f32", "f16"
+  std::string mode = "f16";  // f32, f16, q8_0, q4_0, turbo2/3/4, eoq2/3/4
+  int k_bits = -1;           // residual bits for keys   (turbo/eoq; default: the mode's digit)
+  int v_bits = -1;           // residual bits for values
+  int rank_cap = -1;         // eoq: max low-rank components per block (default 3 if d <= 64 else 4)
+  int factor_bits = 4;       // eoq: bits of the low-rank coefficient and basis codes
+  bool shrink = true;        // eoq: eOptShrink gains (true) or plain truncation (false)
+  int block = -1;            // tokens per sealed block (default 256 if head_dim < 128 else 128)
+  int ring = -1;             // exact recent tokens kept before sealing (default = block)
+  int sinks = 4;             // exact attention-sink tokens at the start
+  int boundary_layers = 0;   // first and last n layers stored as f16 (higher precision)
+  bool norm_correction = true;
+  uint64_t seed = 0x5eed;    // rotation seeds derive from (seed, layer, kv head)
 };
 
 class KVCache {
