@@ -54,6 +54,9 @@ class KVCache {
   virtual size_t bytes() const = 0;        // bytes held for the tokens cached now, K and V
   virtual double bits_per_entry() const = 0;  // bytes * 8 / (cached values), fully counted
   virtual std::string mode() const = 0;
+  // Statistics as a JSON object (spec section 8 for compressed modes): plain data for Python
+  // (json.loads) and the C API. Exact caches report mode, tokens, bytes and bits per entry.
+  virtual std::string stats_json() const;
   const KVCacheShape& shape() const { return shape_; }
 
  protected:

@@ -115,6 +115,11 @@ class ExactKVCache final : public KVCache {
 
 }  // namespace
 
+std::string KVCache::stats_json() const {
+  return "{\"mode\": \"" + mode() + "\", \"n_tokens\": " + std::to_string(n_tokens()) +
+         ", \"bytes\": " + std::to_string(bytes()) + ", \"bits_per_entry\": " + std::to_string(bits_per_entry()) + "}";
+}
+
 std::unique_ptr<KVCache> make_kv_cache(const KVCacheParams& p, const KVCacheShape& s) {
   if (s.n_layer <= 0 || s.n_head_kv <= 0 || s.head_dim <= 0 || s.n_ctx <= 0)
     fail(ErrorCode::invalid_arg, "KV cache: invalid shape");
