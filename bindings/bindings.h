@@ -8,4 +8,5 @@ void bind_gguf(pybind11::module_& m);       // bindings/bind_gguf.cpp: GGUFFile,
 void bind_tokenizer(pybind11::module_& m);  // bindings/bind_tokenizer.cpp
 void bind_engine(pybind11::module_& m);     // bindings/bind_engine.cpp
 void bind_kernels(pybind11::module_& m);    // bindings/bind_kernels.cpp: kernel test hooks
+void bind_kv(pybind11::module_& m);         // bindings/bind_kv.cpp: compressed-cache test hooks
 }  // namespace eoq_py

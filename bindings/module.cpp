@@ -35,4 +35,5 @@ PYBIND11_MODULE(_core, m) {
   eoq_py::bind_tokenizer(m);
   eoq_py::bind_engine(m);
   eoq_py::bind_kernels(m);
+  eoq_py::bind_kv(m);
 }
