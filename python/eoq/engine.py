@@ -18,7 +18,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from . import _core
 from ._core import EoqError
-from .chat import render_chat_template
 
 __all__ = ["Engine", "Completion", "CompletionStream"]
 
@@ -194,6 +193,9 @@ class Engine:
                  n_threads: Optional[int] = None, device: str = "cpu", kv: str = "f16",
                  n_batch: int = 512, verbose: bool = False, prefix_cache: bool = True):
         self._core = None
+        self._lock = threading.RLock()  # one eval/sample at a time (compute runs without the GIL)
+        self._cached: List[int] = []  # tokens whose K/V are in the cache, in order
+        self._epoch = 0  # bumped whenever the cache is taken over; stale streams notice
         if not isinstance(device, str) or device.lower() not in ("cpu",):
             raise _error("unsupported",
                          f"device {device!r} is not available: this build of eoq runs on the CPU "
@@ -226,9 +228,6 @@ class Engine:
         self._core = _core.Engine(self.model_path, n_ctx=n_ctx, n_threads=n_threads, kv=kv,
                                   n_batch=n_batch)
         self.load_ms = (time.perf_counter() - t0) * 1e3
-        self._lock = threading.RLock()
-        self._cached: List[int] = []  # tokens whose K/V are in the cache, in order
-        self._epoch = 0  # bumped whenever the cache is reused/changed; stale streams notice
         if self.verbose:
             info = self._core.kv_info()
             print(f"eoq: loaded {self.name or path.name} ({self.arch}) in {self.load_ms:.0f} ms: "
@@ -239,15 +238,10 @@ class Engine:
 
     def close(self) -> None:
         """Free the model and the cache. The Engine cannot be used afterwards."""
-        core, self._core = self._core, None
-        if core is not None:
-            lock = getattr(self, "_lock", None)
-            if lock is not None:
-                with lock:
-                    self._epoch += 1
-                    del core
-            else:
-                del core
+        with self._lock:  # waits for a step running in another thread
+            self._epoch += 1
+            self._core = None
+            self._cached = []
 
     def __enter__(self) -> "Engine":
         return self
@@ -356,6 +350,8 @@ class Engine:
                             add_generation_prompt: bool = True, **extra: Any) -> str:
         """Render the model's chat template (GGUF tokenizer.chat_template; ChatML if it has
         none) in a Jinja2 sandbox. Raises eoq.chat.ChatTemplateError (a ValueError)."""
+        from .chat import render_chat_template  # jinja2 is imported only when needed
+
         return render_chat_template(self.core.chat_template, messages,
                                     add_generation_prompt=add_generation_prompt,
                                     bos_token=self._special_text(self.core.bos),

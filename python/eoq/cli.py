@@ -1,0 +1,263 @@
+"""eoq-run: complete a prompt from the command line, llama.cpp style (also `python -m eoq`).
+
+    eoq-run -m model.gguf -p "Once upon a time" -n 128 --kv f16
+    eoq-run --chat -p "What is the capital of France?"        (default model, fetched once)
+    echo "Once upon a time" | eoq-run -n 32
+
+The prompt comes from -p, -f FILE, or stdin when neither is given and stdin is not a terminal.
+Generated text streams to stdout; load time, prompt and generation speed and the KV memory go to
+stderr at the end. Errors: one line `eoq-run: error: ...` and exit status 1 (usage errors: 2;
+interrupted: 130).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import warnings
+from typing import List, Optional
+
+PROG = "eoq-run"
+KV_TYPES = ("f16",)  # cache types accepted by -ctk/-ctv in this build
+
+
+def _version() -> str:
+    try:
+        from . import __version__
+    except Exception:  # the package failed to import (e.g. _core missing): still answer
+        __version__ = "unknown"
+    return f"{PROG} {__version__}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog=PROG, description="Generate text with a GGUF Llama-family model (eoq engine).",
+        epilog="Without -m the default model (SmolLM2-135M-Instruct Q4_1) is used, downloaded "
+               "once into the eoq cache. Text goes to stdout; timings go to stderr.")
+    g = ap.add_argument_group("model and prompt")
+    g.add_argument("-m", "--model", metavar="FNAME", help="GGUF model path (default: the default model)")
+    g.add_argument("-p", "--prompt", metavar="TEXT", help="prompt text")
+    g.add_argument("-f", "--file", metavar="FNAME", help="read the prompt from a UTF-8 file")
+    g.add_argument("-e", "--escape", action="store_true",
+                   help=r"process escapes (\n, \t, \r, \\, \", \', \xHH) in the prompt")
+    g.add_argument("--no-escape", dest="escape", action="store_false", help="do not process escapes (default)")
+    g.add_argument("--chat", action="store_true",
+                   help="format the prompt as one user message with the model's chat template")
+    g.add_argument("--system", metavar="TEXT", help="system message (implies --chat)")
+    g.add_argument("--no-display-prompt", dest="display_prompt", action="store_false",
+                   help="do not print the prompt before the generated text")
+    g.add_argument("-r", "--reverse-prompt", "--stop", dest="stop", action="append", metavar="TEXT",
+                   help="stop when this text is generated (repeatable; not printed)")
+
+    g = ap.add_argument_group("context and compute")
+    g.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
+                   help="tokens to generate (-1: until end of sequence or a full context; default -1)")
+    g.add_argument("-c", "--ctx-size", type=int, default=0, metavar="N",
+                   help="context size in tokens (0: the model's; default 0)")
+    g.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                   help="compute threads (default: the CPUs available)")
+    g.add_argument("-b", "--batch-size", type=int, default=512, metavar="N",
+                   help="prompt tokens per forward pass (default 512)")
+    g.add_argument("--kv", default="f16", metavar="MODE", help="KV cache mode (default f16)")
+    g.add_argument("-ctk", "--cache-type-k", metavar="TYPE", help="KV cache type for K (f16)")
+    g.add_argument("-ctv", "--cache-type-v", metavar="TYPE", help="KV cache type for V (f16)")
+    g.add_argument("--stats", action="store_true", help="print KV compression statistics at the end")
+
+    g = ap.add_argument_group("sampling (llama.cpp defaults)")
+    g.add_argument("--temp", type=float, default=0.8, metavar="T", help="temperature (0: greedy; default 0.8)")
+    g.add_argument("--top-k", type=int, default=40, metavar="N", help="top-k (0: off; default 40)")
+    g.add_argument("--top-p", type=float, default=0.95, metavar="P", help="top-p (1: off; default 0.95)")
+    g.add_argument("--min-p", type=float, default=0.05, metavar="P", help="min-p (0: off; default 0.05)")
+    g.add_argument("--repeat-penalty", type=float, default=1.0, metavar="F",
+                   help="repeat penalty (1: off; default 1.0)")
+    g.add_argument("--repeat-last-n", type=int, default=64, metavar="N",
+                   help="tokens the repeat penalty looks back at (-1: all; default 64)")
+    g.add_argument("-s", "--seed", type=int, default=-1, metavar="N",
+                   help="random seed (-1: random, printed to stderr; default -1)")
+
+    ap.add_argument("--verbose", action="store_true", help="print model details at load")
+    ap.add_argument("--version", action="version", version=_version())
+    return ap
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "a": "\a",
+            "b": "\b", "f": "\f", "v": "\v", "0": "\0", "?": "?"}
+
+
+def process_escapes(s: str) -> str:
+    r"""\n, \t, \r, \\, \', \", \a, \b, \f, \v, \0, \? and \xHH; other backslashes are kept."""
+    out: List[str] = []
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            n = s[i + 1]
+            if n in _ESCAPES:
+                out.append(_ESCAPES[n])
+                i += 2
+                continue
+            hx = s[i + 2:i + 4]
+            if n == "x" and len(hx) == 2 and all(ch in "0123456789abcdefABCDEF" for ch in hx):
+                out.append(chr(int(hx, 16)))
+                i += 4
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def _read_prompt(args) -> str:
+    if args.prompt is not None and args.file is not None:
+        raise CliError("give the prompt with -p or -f, not both")
+    if args.file is not None:
+        try:
+            with open(args.file, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise CliError(f"cannot read prompt file {args.file}: {e.strerror or e}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CliError(f"prompt file {args.file} is not valid UTF-8 (byte 0x{data[e.start]:02x} "
+                           f"at offset {e.start})") from None
+        if text.startswith("\ufeff"):
+            text = text[1:]
+    elif args.prompt is not None:
+        text = args.prompt
+    else:
+        stdin = sys.stdin
+        if stdin is None or stdin.closed or stdin.isatty():
+            raise CliError("no prompt: use -p TEXT or -f FILE (or pipe the prompt on stdin)")
+        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CliError(f"the prompt on stdin is not valid UTF-8 (offset {e.start})") from None
+    if args.escape:
+        text = process_escapes(text)
+    return text
+
+
+class _Out:
+    """Writes UTF-8 to stdout whatever its encoding, flushing every piece."""
+
+    def __init__(self):
+        self.buf = getattr(sys.stdout, "buffer", None)
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
+        if self.buf is not None:
+            self.buf.write(text.encode("utf-8"))
+            self.buf.flush()
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+
+def _err(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    _err(f"warning: {message}")
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.2f} MiB"
+
+
+def run(args) -> int:
+    for flag, val in (("-ctk/--cache-type-k", args.cache_type_k), ("-ctv/--cache-type-v", args.cache_type_v)):
+        if val is not None and val not in KV_TYPES:
+            raise CliError(f"{flag} {val!r} is not supported yet (supported: {', '.join(KV_TYPES)})")
+    prompt = _read_prompt(args)  # before loading: a bad prompt file fails fast
+
+    from . import Engine
+    from .models import default_model_path
+
+    model = args.model if args.model is not None else str(default_model_path(download=True))
+    n_predict = -1 if args.n_predict == -2 else args.n_predict  # llama.cpp's -2: fill the context
+    if n_predict < -1:
+        raise CliError(f"-n must be >= -1, got {args.n_predict}")
+    seed = args.seed
+    if seed == -1:
+        seed = secrets.randbits(32)
+    engine = Engine(model, n_ctx=args.ctx_size, n_threads=args.threads, kv=args.kv,
+                    n_batch=args.batch_size, verbose=args.verbose)
+    with engine:
+        chat = args.chat or args.system is not None
+        if chat:
+            messages = []
+            if args.system is not None:
+                messages.append({"role": "system", "content": args.system})
+            messages.append({"role": "user", "content": prompt})
+            shown = engine.apply_chat_template(messages, add_generation_prompt=True)
+            source = engine.chat_tokens(messages)
+        else:
+            shown = prompt
+            source = prompt
+        stream = engine.generate(
+            source, max_tokens=n_predict, temperature=args.temp, top_k=args.top_k,
+            top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+            repeat_last_n=args.repeat_last_n, seed=seed, stop=args.stop, stream=True,
+            parse_special=True)  # parameters are checked here, before anything is computed
+        if args.seed == -1 and args.temp != 0:
+            _err(f"seed = {seed}")
+        out = _Out()
+        if args.display_prompt:
+            out.write(shown)
+        for piece in stream:
+            out.write(piece)
+        if sys.stdout.isatty():
+            out.write("\n")
+        c = stream.completion
+        t = c.timings
+        kv = engine.compression_stats()
+        _err(f"load time     = {t['load_ms']:10.2f} ms")
+        _err(f"prompt eval   = {t['prompt_ms']:10.2f} ms / {c.usage['prompt_tokens']:5d} tokens "
+             f"({t['prompt_tokens_per_s']:8.2f} tokens/s)")
+        _err(f"generation    = {t['generate_ms']:10.2f} ms / {c.usage['completion_tokens']:5d} tokens "
+             f"({t['tokens_per_s']:8.2f} tokens/s)")
+        _err(f"KV cache      = {kv.get('mode')}: {kv.get('bytes', 0)} bytes ({_mib(kv.get('bytes', 0))}) "
+             f"for {kv.get('n_tokens', 0)} tokens, {float(kv.get('bits_per_entry', 0.0)):.2f} bits per entry")
+        _err(f"finish reason = {c.finish_reason}")
+        if args.stats:
+            for k, v in kv.items():
+                _err(f"stats: {k} = {v}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors: exit status 2
+    warnings.showwarning = _show_warning
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except (CliError, ValueError, OSError, ImportError) as e:
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
