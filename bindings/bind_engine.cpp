@@ -37,6 +37,32 @@ py::object value_to_py(const eoq::GGUFValue& v) {
   }
 }
 
+// KVCacheParams from Engine(..., kv=mode, kv_options={...}); unknown keys are an error.
+eoq::KVCacheParams kv_params(const std::string& mode, const py::dict& opts) {
+  eoq::KVCacheParams p;
+  p.mode = mode;
+  for (auto item : opts) {
+    const std::string k = py::str(item.first);
+    py::handle v = item.second;
+    if (k == "k_bits") p.k_bits = v.cast<int>();
+    else if (k == "v_bits") p.v_bits = v.cast<int>();
+    else if (k == "rank_cap") p.rank_cap = v.cast<int>();
+    else if (k == "factor_bits") p.factor_bits = v.cast<int>();
+    else if (k == "shrink") p.shrink = v.cast<bool>();
+    else if (k == "block") p.block = v.cast<int>();
+    else if (k == "ring") p.ring = v.cast<int>();
+    else if (k == "sinks") p.sinks = v.cast<int>();
+    else if (k == "boundary_layers") p.boundary_layers = v.cast<int>();
+    else if (k == "norm_correction") p.norm_correction = v.cast<bool>();
+    else if (k == "seed") p.seed = v.cast<uint64_t>();
+    else
+      throw eoq::Error(eoq::ErrorCode::invalid_arg,
+                       "unknown KV cache option '" + k + "' (known: k_bits, v_bits, rank_cap, factor_bits, shrink, "
+                       "block, ring, sinks, boundary_layers, norm_correction, seed)");
+  }
+  return p;
+}
+
 py::array_t<float> to_array(const std::vector<float>& v, py::ssize_t rows, py::ssize_t cols) {
   py::array_t<float> a(rows > 0 ? std::vector<py::ssize_t>{rows, cols} : std::vector<py::ssize_t>{cols});
   std::copy(v.begin(), v.begin() + (size_t)(rows > 0 ? rows : 1) * cols, a.mutable_data());
@@ -47,18 +73,19 @@ py::array_t<float> to_array(const std::vector<float>& v, py::ssize_t rows, py::s
 
 void bind_engine(py::module_& m) {
   py::class_<eoq::Engine>(m, "Engine")
-      .def(py::init([](const std::string& path, int n_ctx, int n_threads, const std::string& kv, int n_batch) {
+      .def(py::init([](const std::string& path, int n_ctx, int n_threads, const std::string& kv, int n_batch,
+                       const py::dict& kv_options) {
              eoq::EngineParams p;
              p.model_path = path;
              p.n_ctx = n_ctx;
              p.n_threads = n_threads;
              p.n_batch = n_batch;
-             p.kv.mode = kv;
+             p.kv = kv_params(kv, kv_options);
              py::gil_scoped_release nogil;
              return std::make_unique<eoq::Engine>(p);
            }),
            py::arg("path"), py::arg("n_ctx") = 0, py::arg("n_threads") = 0, py::arg("kv") = "f16",
-           py::arg("n_batch") = 512)
+           py::arg("n_batch") = 512, py::arg("kv_options") = py::dict())
       .def_property_readonly("n_ctx", &eoq::Engine::n_ctx)
       .def_property_readonly("n_ctx_train", [](const eoq::Engine& e) { return e.config().n_ctx_train; })
       .def_property_readonly("n_vocab", &eoq::Engine::n_vocab)
@@ -114,6 +141,7 @@ void bind_engine(py::module_& m) {
              return to_array(e.all_logits(), (py::ssize_t)(e.all_logits().size() / nv), (py::ssize_t)nv);
            })
       .def("reset", &eoq::Engine::reset)
+      .def("compression_stats_json", [](eoq::Engine& e) { return e.kv().stats_json(); })
       .def("kv_info", [](eoq::Engine& e) {
         py::dict d;
         d["mode"] = e.kv().mode();
