@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import json
 import os
 import sys
 import threading
@@ -181,17 +182,21 @@ class Engine:
     """A loaded GGUF model with its KV cache.
 
     Engine(model_path=None, n_ctx=0, n_threads=None, device="cpu", kv="f16", n_batch=512,
-           verbose=False, prefix_cache=True)
+           verbose=False, prefix_cache=True, kv_options=None)
 
     model_path None: the default model (SmolLM2-135M-Instruct, fetched once, see eoq.models).
     n_ctx 0: the model's training context. n_threads None: the CPUs this process may use.
     prefix_cache: when a prompt starts with exactly the tokens already in the cache, evaluate
     only the rest (as llama-cpp-python does); otherwise every call starts from an empty cache.
+    kv: the KV cache mode (f16, f32, q8_0, q4_0, turbo2/3/4, eoq2/3/4); kv_options: its knobs
+    (k_bits, v_bits, rank_cap, factor_bits, shrink, block, ring, sinks, boundary_layers,
+    norm_correction, seed), see ../shared/spec/kv-compression.md.
     """
 
     def __init__(self, model_path: Union[str, os.PathLike, None] = None, n_ctx: int = 0,
                  n_threads: Optional[int] = None, device: str = "cpu", kv: str = "f16",
-                 n_batch: int = 512, verbose: bool = False, prefix_cache: bool = True):
+                 n_batch: int = 512, verbose: bool = False, prefix_cache: bool = True,
+                 kv_options: Optional[Dict[str, Any]] = None):
         self._core = None
         self._lock = threading.RLock()  # one eval/sample at a time (compute runs without the GIL)
         self._cached: List[int] = []  # tokens whose K/V are in the cache, in order
@@ -210,6 +215,8 @@ class Engine:
             raise _error("invalid_arg", f"n_batch must be an integer >= 1, got {n_batch!r}")
         if not isinstance(kv, str):
             raise _error("invalid_arg", f"kv must be a string such as 'f16', got {kv!r}")
+        if kv_options is not None and not isinstance(kv_options, dict):
+            raise _error("invalid_arg", f"kv_options must be a dict, got {kv_options!r}")
         if model_path is None:
             from .models import default_model_path
 
@@ -225,8 +232,9 @@ class Engine:
         self.verbose = bool(verbose)
         self.prefix_cache = bool(prefix_cache)
         t0 = time.perf_counter()
+        self.kv_options = dict(kv_options or {})
         self._core = _core.Engine(self.model_path, n_ctx=n_ctx, n_threads=n_threads, kv=kv,
-                                  n_batch=n_batch)
+                                  n_batch=n_batch, kv_options=self.kv_options)
         self.load_ms = (time.perf_counter() - t0) * 1e3
         if self.verbose:
             info = self._core.kv_info()
@@ -340,9 +348,11 @@ class Engine:
             return self.core.all_logits()
 
     def compression_stats(self) -> Dict[str, Any]:
-        """KV cache facts: mode, n_tokens, bytes, bits_per_entry."""
+        """KV cache statistics as plain data: mode, n_tokens, bytes, bits_per_entry, and for the
+        compressed modes per layer/head/K-V ranks, gains, block errors, bytes by kind, sealing
+        time, and whole-cache summaries (spec section 8)."""
         with self._lock:
-            return dict(self.core.kv_info())
+            return json.loads(self.core.compression_stats_json())
 
     # --- chat -----------------------------------------------------------------------------
 
