@@ -1,7 +1,7 @@
 // Python view of the GGUF reader and the reference weight kernels:
 //   _core.GGUFFile(path): version, alignment, file_size, path, metadata (dict), tensors
-//     (list of dicts), dequantize(name) -> float32 array in numpy order (ne reversed),
-//     raw(name) -> bytes, require_supported(name)
+//     (list of dicts), dequantize(name | index) -> float32 array in numpy order (ne
+//     reversed), raw(name | index) -> bytes, require_supported(name | index)
 //   _core.dequantize_row(type_name, data, n) -> float32[n]
 //   _core.vec_dot(type_name, data, x) -> float
 //   _core.quantize_row_q8_0(x) -> uint8[n/32*34]
@@ -115,8 +115,21 @@ const eoq::GGUFTensor& tensor_or_throw(const eoq::GGUFFile& f, const std::string
   return *t;
 }
 
-py::array_t<float> dequantize_tensor(const eoq::GGUFFile& f, const std::string& name) {
-  const eoq::GGUFTensor& t = tensor_or_throw(f, name);
+// Tensors by position: names read from a damaged file may not be valid UTF-8, so a Python
+// str cannot always name them.
+const eoq::GGUFTensor& tensor_at(const eoq::GGUFFile& f, int64_t index) {
+  const int64_t n = (int64_t)f.tensors().size();
+  if (index < 0 || index >= n)
+    eoq::fail(ErrorCode::invalid_arg, "tensor index " + std::to_string(index) + " out of range (" +
+                                          std::to_string(n) + " tensors)");
+  return f.tensors()[(size_t)index];
+}
+
+py::bytes raw_bytes(const eoq::GGUFTensor& t) {
+  return py::bytes(reinterpret_cast<const char*>(t.data), t.nbytes);
+}
+
+py::array_t<float> dequantize_tensor(const eoq::GGUFFile& f, const eoq::GGUFTensor& t) {
   f.require_supported(t);
   std::vector<py::ssize_t> shape;
   for (int d = t.n_dims - 1; d >= 0; d--) shape.push_back((py::ssize_t)t.ne[d]);
@@ -180,19 +193,23 @@ void bind_gguf(py::module_& m) {
           },
           "list of dicts: name, type, type_id, shape (GGUF order, ne0 first), offset "
           "(relative to the data section), nbytes")
-      .def("dequantize", &dequantize_tensor, py::arg("name"),
+      .def("dequantize", [](const eoq::GGUFFile& f, const std::string& name) {
+             return dequantize_tensor(f, tensor_or_throw(f, name));
+           }, py::arg("name"),
            "float32 array in numpy order: shape reversed from GGUF (a 2-D weight is (ne1, ne0))")
-      .def(
-          "raw",
-          [](const eoq::GGUFFile& f, const std::string& name) {
-            const eoq::GGUFTensor& t = tensor_or_throw(f, name);
-            return py::bytes(reinterpret_cast<const char*>(t.data), t.nbytes);
-          },
-          py::arg("name"), "the tensor's bytes as stored")
-      .def(
-          "require_supported",
-          [](const eoq::GGUFFile& f, const std::string& name) { f.require_supported(tensor_or_throw(f, name)); },
-          py::arg("name"));
+      .def("dequantize", [](const eoq::GGUFFile& f, int64_t index) {
+             return dequantize_tensor(f, tensor_at(f, index));
+           }, py::arg("index"), "as dequantize(name), by position in the tensor table")
+      .def("raw", [](const eoq::GGUFFile& f, const std::string& name) { return raw_bytes(tensor_or_throw(f, name)); },
+           py::arg("name"), "the tensor's bytes as stored")
+      .def("raw", [](const eoq::GGUFFile& f, int64_t index) { return raw_bytes(tensor_at(f, index)); },
+           py::arg("index"))
+      .def("require_supported",
+           [](const eoq::GGUFFile& f, const std::string& name) { f.require_supported(tensor_or_throw(f, name)); },
+           py::arg("name"))
+      .def("require_supported",
+           [](const eoq::GGUFFile& f, int64_t index) { f.require_supported(tensor_at(f, index)); },
+           py::arg("index"));
 
   m.def(
       "dequantize_row",

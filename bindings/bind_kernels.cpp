@@ -5,6 +5,7 @@
 
 #include "bindings/bindings.h"
 #include "engine/error.h"
+#include "kernels/ggml_type.h"
 #include "kernels/kernels.h"
 
 namespace py = pybind11;
@@ -28,6 +29,15 @@ const eoq::CpuKernels& table(const std::string& isa) {
 
 void same_size(py::ssize_t a, py::ssize_t b) {
   if (a != b) throw eoq::Error(eoq::ErrorCode::invalid_arg, "arrays differ in length");
+}
+
+// "Q4_K" -> GGMLType::Q4_K (names as in type_info); unknown names raise invalid_arg.
+eoq::GGMLType weight_type(const std::string& name) {
+  for (uint32_t k = 0; k < 64; k++) {
+    const eoq::TypeInfo ti = eoq::type_info((eoq::GGMLType)k);
+    if (ti.name && name == ti.name) return (eoq::GGMLType)k;
+  }
+  throw eoq::Error(eoq::ErrorCode::invalid_arg, "unknown GGML type name '" + name + "'");
 }
 
 }  // namespace
@@ -61,6 +71,33 @@ void bind_kernels(py::module_& m) {
     table(isa).axpy_f16(alpha, x.data(), out.mutable_data(), x.size());
     return out;
   });
+  // One row of n values of a weight type (raw block bytes: bytes, bytearray, uint8 array...).
+  m.def(
+      "k_dequantize_row",
+      [](const std::string& isa, const std::string& type_name, py::buffer data, int64_t n) {
+        const eoq::CpuKernels& k = table(isa);
+        const eoq::GGMLType t = weight_type(type_name);
+        const eoq::TypeInfo ti = eoq::type_info(t);
+        if (!ti.supported)
+          throw eoq::Error(eoq::ErrorCode::unsupported, "k_dequantize_row: type " + type_name + " is not supported");
+        if (n < 0 || n % ti.block_size != 0)
+          throw eoq::Error(eoq::ErrorCode::invalid_arg, "k_dequantize_row: n = " + std::to_string(n) +
+                                                            " is not a non-negative multiple of the " +
+                                                            type_name + " block size");
+        const py::buffer_info b = data.request();
+        if (!PyBuffer_IsContiguous(b.view(), 'C'))
+          throw eoq::Error(eoq::ErrorCode::invalid_arg, "k_dequantize_row: data must be C-contiguous");
+        const size_t bytes = (size_t)b.size * (size_t)b.itemsize, want = eoq::row_size(t, n);
+        if (bytes != want)
+          throw eoq::Error(eoq::ErrorCode::invalid_arg, "k_dequantize_row: " + std::to_string(n) + " " + type_name +
+                                                            " values take " + std::to_string(want) +
+                                                            " bytes, got " + std::to_string(bytes));
+        py::array_t<float> out((py::ssize_t)n);
+        k.dequantize_row(t, b.ptr, out.mutable_data(), n);
+        return out;
+      },
+      py::arg("isa"), py::arg("type_name"), py::arg("data"), py::arg("n"),
+      "dequantize one row of n values with the chosen ISA's kernel");
 }
 
 }  // namespace eoq_py

@@ -121,11 +121,14 @@ std::string KVCache::stats_json() const {
 }
 
 std::unique_ptr<KVCache> make_kv_cache(const KVCacheParams& p, const KVCacheShape& s) {
+  // Defined in engine/kv_cache_compressed.cpp: q8_0, q4_0, turbo2/3/4, eoq2/3/4; it validates
+  // the knobs and throws Error(invalid_arg) for unknown modes (listing every known one).
+  std::unique_ptr<KVCache> make_compressed_kv_cache(const KVCacheParams& params, const KVCacheShape& shape);
   if (s.n_layer <= 0 || s.n_head_kv <= 0 || s.head_dim <= 0 || s.n_ctx <= 0)
     fail(ErrorCode::invalid_arg, "KV cache: invalid shape");
   if (p.mode == "f16") return std::make_unique<ExactKVCache<uint16_t>>(s, "f16");
   if (p.mode == "f32") return std::make_unique<ExactKVCache<float>>(s, "f32");
-  fail(ErrorCode::invalid_arg, "unknown KV cache mode '" + p.mode + "' (known: f16, f32)");
+  return make_compressed_kv_cache(p, s);
 }
 
 }  // namespace eoq

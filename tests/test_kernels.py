@@ -46,3 +46,139 @@ def test_bad_arguments_raise():
         _core.k_dot_f32("avx9000", np.zeros(3, np.float32), np.zeros(3, np.float32))
     with pytest.raises(_core.EoqError):
         _core.k_dot_f32("scalar", np.zeros(3, np.float32), np.zeros(4, np.float32))
+
+
+# ---- dequantize_row: every SIMD table against the scalar reference, and the scalar one
+# against the independent gguf package ----
+
+# name -> (values per block, bytes per block, byte offsets of the fp16 scale fields)
+DQ_TYPES = {
+    "F32": (1, 4, []), "F16": (1, 2, []), "BF16": (1, 2, []),
+    "Q4_0": (32, 18, [0]), "Q4_1": (32, 20, [0, 2]), "Q5_0": (32, 22, [0]), "Q5_1": (32, 24, [0, 2]),
+    "Q8_0": (32, 34, [0]),
+    "Q2_K": (256, 84, [80, 82]), "Q3_K": (256, 110, [108]), "Q4_K": (256, 144, [0, 2]),
+    "Q5_K": (256, 176, [0, 2]), "Q6_K": (256, 210, [208]),
+}
+# Whole blocks for the quantized types; for the plain float types (block of 1) lengths that
+# hit the 8-wide main loop, its tail, and both.
+DQ_BLOCKS = {1: [1, 2, 5], 32: [1, 2, 5, 17], 256: [1, 2, 5]}
+DQ_FLOAT_LENGTHS = [1, 2, 5, 8, 13, 64, 1029]
+
+
+def random_fp16_bits(r, n):
+    """n finite fp16 bit patterns of moderate size, with zeros, negatives and subnormals."""
+    v = (r.uniform(-4.0, 4.0, n) * 2.0 ** r.integers(-12, 3, n)).astype(np.float16)
+    k = r.integers(0, 8, n)
+    v[k == 0] = 0
+    sub = k == 1
+    v[sub] = r.integers(1, 0x400, int(sub.sum())).astype(np.uint16).view(np.float16)
+    v[k == 2] = -v[k == 2]
+    return v.view(np.uint16)
+
+
+def random_row(r, type_name, n):
+    """One row of n values of type_name as raw bytes (a uint8 array), all values finite."""
+    bs, size, fields = DQ_TYPES[type_name]
+    if type_name == "F32":
+        return (r.standard_normal(n) * 10.0 ** r.uniform(-3, 3, n)).astype(np.float32).view(np.uint8)
+    if type_name == "F16":
+        return random_fp16_bits(r, n).view(np.uint8)
+    if type_name == "BF16":
+        f = (r.standard_normal(n) * 10.0 ** r.uniform(-3, 3, n)).astype(np.float32)
+        return (f.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    nb = n // bs
+    raw = r.integers(0, 256, (nb, size), dtype=np.uint8)
+    for off in fields:
+        raw[:, off:off + 2] = random_fp16_bits(r, nb).view(np.uint8).reshape(nb, 2)
+    return raw.reshape(-1)
+
+
+def misaligned(data):
+    """The same bytes at an odd address (rows in a GGUF file need not be aligned)."""
+    buf = np.zeros(data.size + 1, np.uint8)
+    buf[1:] = data
+    return buf[1:]
+
+
+def assert_same_bits(got, want, what):
+    assert got.dtype == np.float32 and got.shape == want.shape, what
+    bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
+    assert bad.size == 0, f"{what}: {bad.size} of {got.size} differ, first at {bad[0]}: " \
+                          f"{got[bad[0]]!r} vs {want[bad[0]]!r}"
+
+
+def dq_lengths(type_name):
+    bs = DQ_TYPES[type_name][0]
+    return DQ_FLOAT_LENGTHS if bs == 1 else [k * bs for k in DQ_BLOCKS[bs]]
+
+
+@pytest.mark.parametrize("type_name", list(DQ_TYPES))
+def test_dequantize_row_simd_matches_scalar_and_gguf(type_name):
+    # Bit-exact everywhere, no ulp allowance: the SIMD kernels use FMA for d*q+m / d*q-m, but
+    # there d*q is always exact in float32 (see kernels/cpu/avx2_quants.cpp), so the result
+    # rounds as the reference's mul-then-add; and the reference equals gguf.quants on x86-64.
+    gguf = pytest.importorskip("gguf")
+    qt = gguf.GGMLQuantizationType[type_name]
+    r = rng()
+    for n in dq_lengths(type_name):
+        for rep in range(3):
+            data = random_row(r, type_name, n)
+            assert data.size == DQ_TYPES[type_name][1] * n // DQ_TYPES[type_name][0]
+            want = _core.k_dequantize_row("scalar", type_name, data, n)
+            assert np.isfinite(want).all()
+            oracle = gguf.quants.dequantize(data, qt).reshape(-1).astype(np.float32)
+            assert_same_bits(want, oracle, f"scalar vs gguf {type_name} n={n}")
+            for isa in SIMD:
+                what = f"{isa} vs scalar {type_name} n={n}"
+                assert_same_bits(_core.k_dequantize_row(isa, type_name, data, n), want, what)
+                assert_same_bits(_core.k_dequantize_row(isa, type_name, misaligned(data), n), want,
+                                 what + " (misaligned)")
+                assert_same_bits(_core.k_dequantize_row(isa, type_name, data.tobytes(), n), want,
+                                 what + " (bytes)")
+
+
+@pytest.mark.parametrize("isa", SIMD)
+def test_dequantize_row_f16_bf16_every_bit_pattern(isa):
+    # All 65536 patterns, inf and NaN included: the SIMD kernels keep NaN payloads exactly
+    # as the reference does (F16C alone would quiet signalling NaNs).
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    r = rng()
+    bits = np.concatenate([bits, r.permutation(bits)[:1001]])  # plus a shuffled, odd-length tail
+    for t in ("F16", "BF16"):
+        want = _core.k_dequantize_row("scalar", t, bits.view(np.uint8), bits.size)
+        assert_same_bits(_core.k_dequantize_row(isa, t, bits.view(np.uint8), bits.size), want, t)
+        assert_same_bits(_core.k_dequantize_row(isa, t, misaligned(bits.view(np.uint8)), bits.size), want,
+                         t + " misaligned")
+
+
+@pytest.mark.parametrize("isa", SIMD)
+def test_dequantize_row_extreme_scales(isa):
+    # Largest finite, smallest subnormal and negative fp16 scales with every quant value:
+    # still bit-exact (products may overflow to inf identically).
+    r = rng()
+    for type_name, (bs, size, fields) in DQ_TYPES.items():
+        if not fields:
+            continue
+        nb = 4
+        raw = r.integers(0, 256, (nb, size), dtype=np.uint8)
+        for off in fields:
+            vals = np.array([65504.0, -65504.0, 2.0 ** -24, -0.0], np.float16)
+            raw[:, off:off + 2] = r.permutation(vals).view(np.uint8).reshape(nb, 2)
+        data = raw.reshape(-1)
+        want = _core.k_dequantize_row("scalar", type_name, data, nb * bs)
+        assert_same_bits(_core.k_dequantize_row(isa, type_name, data, nb * bs), want, type_name)
+
+
+def test_k_dequantize_row_bad_arguments():
+    for isa in ["scalar"] + SIMD:
+        with pytest.raises(_core.EoqError, match="34 bytes, got 33"):
+            _core.k_dequantize_row(isa, "Q8_0", bytes(33), 32)
+        with pytest.raises(_core.EoqError, match="block size"):
+            _core.k_dequantize_row(isa, "Q4_K", bytes(144), 128)
+        with pytest.raises(_core.EoqError, match="unknown GGML type"):
+            _core.k_dequantize_row(isa, "Q9_9", bytes(4), 1)
+        with pytest.raises(_core.EoqError, match="not supported"):
+            _core.k_dequantize_row(isa, "IQ2_XS", bytes(74), 256)
+        with pytest.raises(_core.EoqError, match="contiguous"):
+            _core.k_dequantize_row(isa, "F32", np.zeros(16, np.uint8)[::2], 2)
+    assert _core.k_dequantize_row("scalar", "Q6_K", b"", 0).shape == (0,)

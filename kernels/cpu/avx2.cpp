@@ -3,6 +3,7 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
+#include "kernels/cpu/avx2.h"
 #include "kernels/kernels.h"
 #include "kernels/quants.h"
 
@@ -66,7 +67,7 @@ void axpy_f16_avx2(float alpha, const uint16_t* x, float* y, int64_t n) {
 }  // namespace
 
 const CpuKernels* cpu_kernels_avx2() {
-  static const CpuKernels k = {"avx2", dot_f32_avx2, axpy_f32_avx2, dequantize_row_ref,
+  static const CpuKernels k = {"avx2", dot_f32_avx2, axpy_f32_avx2, dequantize_row_avx2,
                                dot_f16_f32_avx2, axpy_f16_avx2};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");

@@ -1,0 +1,720 @@
+// The compressed KV caches (../shared/spec/kv-compression.md sections 2, 5–8):
+//   q8_0, q4_0   every token quantized at append into llama.cpp-style 32-value blocks with an f16
+//                scale, in the rotated basis;
+//   turbo2/3/4   sinks and a ring of recent tokens exact (f16), older tokens sealed in blocks of
+//                TurboQuant codes (r = 0);
+//   eoq2/3/4     the same, with an eOptShrink low-rank part per sealed block (engine/eoptshrink.h).
+// Everything is stored in a per-(layer, KV head) rotated basis (kernels/turboquant.h Rotation):
+// keys and values are rotated on append, queries once per step, the output un-rotated once per
+// step. Attention reads the codes directly (scores through the factors and per-coordinate
+// codebook look-ups, values through Ĉᵀw and weighted codebook sums) with an online softmax over
+// sinks, blocks and ring; K and V are never rebuilt.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/eoptshrink.h"
+#include "engine/error.h"
+#include "engine/kv_cache.h"
+#include "engine/thread_pool.h"
+#include "kernels/fp16.h"
+#include "kernels/kernels.h"
+#include "kernels/quants.h"
+#include "kernels/turboquant.h"
+
+namespace eoq {
+
+namespace {
+
+constexpr int QK = 32;  // values per q8_0 / q4_0 block
+
+enum class Family { qblock, turbo, eoq };
+
+// q4_0 as llama.cpp lays it out: f16 scale d, then 16 bytes; byte j holds value j (low nibble)
+// and value j + 16 (high nibble), each stored as q + 8 with x ≈ (q − 8)·d... i.e. d = m / −8 for
+// the value m of largest magnitude, q = min(15, trunc(x/d + 8.5)).
+void quantize_row_q4_0(const float* x, uint8_t* dst, int n) {
+  for (int b = 0; b < n / QK; b++) {
+    const float* xb = x + b * QK;
+    float amax = 0, m = 0;
+    for (int j = 0; j < QK; j++)
+      if (std::fabs(xb[j]) > amax) {
+        amax = std::fabs(xb[j]);
+        m = xb[j];
+      }
+    const float d = m / -8.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    uint8_t* o = dst + b * 18;
+    const uint16_t dh = fp32_to_fp16(d);
+    std::memcpy(o, &dh, 2);
+    for (int j = 0; j < QK / 2; j++) {
+      const int q0 = std::min(15, (int)(xb[j] * id + 8.5f));
+      const int q1 = std::min(15, (int)(xb[j + QK / 2] * id + 8.5f));
+      o[2 + j] = (uint8_t)(q0 | (q1 << 4));
+    }
+  }
+}
+
+// Signed integer value i (0..31) of a q block row and its block scale.
+struct QRowView {
+  bool q4;
+  int bytes_per_block() const { return q4 ? 18 : 34; }
+  float scale(const uint8_t* blk) const {
+    uint16_t h;
+    std::memcpy(&h, blk, 2);
+    return fp16_to_fp32(h);
+  }
+  int value(const uint8_t* blk, int i) const {
+    if (!q4) return (int8_t)blk[2 + i];
+    const uint8_t byte = blk[2 + (i & 15)];
+    return (int)((i < 16 ? byte & 0xf : byte >> 4)) - 8;
+  }
+};
+
+// Per sealed block, what the statistics need.
+struct BlockStat {
+  int rank_raw = 0, rank = 0;
+  float rel_err = 0, ms = 0, lowrank_energy = 0;
+  SealFallback fallback = SealFallback::none;
+  std::vector<float> gains;
+};
+
+// One of K or V of one (layer, KV head). Token order: sinks, then blocks, then ring (or, in
+// q modes, all tokens in qrows).
+struct Stream {
+  std::vector<uint16_t> sinks;  // [n_sinks][d] f16
+  std::vector<SealedBlock> blocks;
+  std::vector<BlockStat> bstats;
+  std::vector<uint16_t> ring;     // [ring_n][d] f16
+  std::vector<uint8_t> ring_bad;  // [ring_n] 1 if the token had non-finite values (zeroed)
+  std::vector<uint8_t> qrows;     // q modes: [n][row_bytes]
+  int64_t nonfinite = 0;          // non-finite input values replaced by 0
+  void clear() { *this = Stream(); }
+};
+
+struct HeadStore {
+  Rotation rot;
+  Stream s[2];  // 0 = K, 1 = V
+};
+
+std::string jnum(double x) {
+  if (!std::isfinite(x)) return "null";
+  std::ostringstream o;
+  o.precision(9);
+  o << x;
+  return o.str();
+}
+
+template <typename T>
+std::string jarr(const std::vector<T>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); i++) s += (i ? ", " : "") + jnum((double)v[i]);
+  return s + "]";
+}
+
+class CompressedKVCache final : public KVCache {
+ public:
+  CompressedKVCache(const KVCacheParams& p, const KVCacheShape& s) : p_(p) {
+    shape_ = s;
+    const int d = s.head_dim;
+    const std::string& m = p.mode;
+    int digit = 0;
+    if (m == "q8_0" || m == "q4_0") {
+      fam_ = Family::qblock;
+      q4_ = m == "q4_0";
+    } else if (m.size() == 6 && m.compare(0, 5, "turbo") == 0 && m[5] >= '2' && m[5] <= '4') {
+      fam_ = Family::turbo;
+      digit = m[5] - '0';
+    } else if (m.size() == 4 && m.compare(0, 3, "eoq") == 0 && m[3] >= '2' && m[3] <= '4') {
+      fam_ = Family::eoq;
+      digit = m[3] - '0';
+    } else {
+      fail(ErrorCode::invalid_arg, "unknown KV cache mode '" + m +
+                                       "' (known: f16, f32, q8_0, q4_0, turbo2, turbo3, turbo4, eoq2, eoq3, eoq4)");
+    }
+    auto bad = [&](const std::string& what) { fail(ErrorCode::invalid_arg, "KV cache mode " + m + ": " + what); };
+    if (p.k_bits != -1 && (p.k_bits < 1 || p.k_bits > 8)) bad("k_bits must be in 1..8 (or -1 for the mode's default)");
+    if (p.v_bits != -1 && (p.v_bits < 1 || p.v_bits > 8)) bad("v_bits must be in 1..8 (or -1 for the mode's default)");
+    if (p.rank_cap < -1) bad("rank_cap must be >= 0 (or -1 for the default)");
+    if (p.factor_bits < 2 || p.factor_bits > 8) bad("factor_bits must be in 2..8");
+    if (p.block != -1 && (p.block < 1 || p.block > 65535)) bad("block must be in 1..65535 (or -1)");
+    if (p.ring < -1) bad("ring must be >= 0 (or -1 for the default)");
+    if (p.sinks < 0) bad("sinks must be >= 0");
+    if (p.boundary_layers < 0) bad("boundary_layers must be >= 0");
+    if (fam_ == Family::qblock) {
+      if (d % QK != 0) bad("head_dim " + std::to_string(d) + " is not a multiple of 32");
+      if (p.k_bits != -1 || p.v_bits != -1 || p.rank_cap > 0) bad("k_bits, v_bits and rank_cap apply to turbo/eoq modes");
+      row_bytes_ = (size_t)(d / QK) * (q4_ ? 18 : 34);
+    } else {
+      if (d < 2) bad("head_dim must be >= 2");
+      if (fam_ == Family::turbo && p.rank_cap > 0) bad("rank_cap applies to eoq modes (turbo is r = 0)");
+      if (fam_ == Family::eoq && d > 256) bad("head_dim > 256 is not supported by the Jacobi eigensolver");
+      if (p.rank_cap > d) bad("rank_cap must be <= head_dim");
+    }
+    k_bits_ = p.k_bits > 0 ? p.k_bits : digit;
+    v_bits_ = p.v_bits > 0 ? p.v_bits : digit;
+    rank_cap_ = fam_ == Family::eoq ? (p.rank_cap >= 0 ? p.rank_cap : (d <= 64 ? 3 : 4)) : 0;
+    block_ = p.block > 0 ? p.block : (d < 128 ? 256 : 128);
+    ring_ = p.ring >= 0 ? p.ring : block_;
+    sinks_ = p.sinks;
+    if (fam_ != Family::qblock) {  // build the codebooks now, not inside the first attention step
+      lloyd_max_codebook(d, k_bits_);
+      lloyd_max_codebook(d, v_bits_);
+    }
+    heads_.resize((size_t)s.n_layer * s.n_head_kv);
+    for (int il = 0; il < s.n_layer; il++)
+      for (int g = 0; g < s.n_head_kv; g++) head(il, g).rot = Rotation(d, mix_seed(p.seed, (uint64_t)il, (uint64_t)g));
+    n_.assign(s.n_layer, 0);
+  }
+
+  std::string mode() const override { return p_.mode; }
+  int n_tokens() const override { return n_.empty() ? 0 : n_[0]; }
+
+  void clear() override {
+    for (auto& h : heads_) {
+      h.s[0].clear();
+      h.s[1].clear();
+    }
+    n_.assign(shape_.n_layer, 0);
+  }
+
+  bool exact_layer(int il) const {
+    return il < p_.boundary_layers || il >= shape_.n_layer - p_.boundary_layers;
+  }
+
+  void append(int il, int pos0, int n, const float* k, const float* v) override {
+    const KVCacheShape& s = shape_;
+    if (il < 0 || il >= s.n_layer) fail(ErrorCode::internal, "KV cache: layer out of range");
+    if (pos0 != n_[il] || n < 0 || pos0 + n > s.n_ctx)
+      fail(ErrorCode::internal, "KV cache: out-of-order or overflowing append");
+    const int d = s.head_dim;
+    const bool exact = exact_layer(il);
+    std::vector<float> row(d);
+    for (int g = 0; g < s.n_head_kv; g++) {
+      HeadStore& hs = head(il, g);
+      for (int kv = 0; kv < 2; kv++) {
+        Stream& st = hs.s[kv];
+        const float* src = kv == 0 ? k : v;
+        for (int t = 0; t < n; t++) {
+          const float* x = src + ((size_t)t * s.n_head_kv + g) * d;
+          bool badrow = false;
+          for (int i = 0; i < d; i++) {
+            row[i] = x[i];
+            if (!std::isfinite(row[i])) {  // never let NaN/inf reach attention
+              row[i] = 0;
+              badrow = true;
+              st.nonfinite++;
+            }
+          }
+          hs.rot.apply(row.data(), row.data());
+          const int pos = pos0 + t;
+          if (fam_ == Family::qblock && !exact) {
+            const size_t off = st.qrows.size();
+            st.qrows.resize(off + row_bytes_);
+            if (q4_) quantize_row_q4_0(row.data(), st.qrows.data() + off, d);
+            else quantize_row_q8_0_ref(row.data(), st.qrows.data() + off, d);
+          } else if (pos < sinks_) {
+            for (int i = 0; i < d; i++) st.sinks.push_back(to_f16(row[i]));
+          } else {
+            for (int i = 0; i < d; i++) st.ring.push_back(to_f16(row[i]));
+            st.ring_bad.push_back(badrow ? 1 : 0);
+          }
+        }
+        if (fam_ != Family::qblock && !exact)
+          while ((int)st.ring_bad.size() >= ring_ + block_) seal_oldest(st, kv);
+      }
+    }
+    n_[il] = pos0 + n;
+  }
+
+  void attend(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) override {
+    const KVCacheShape& s = shape_;
+    if (n_head % s.n_head_kv != 0) fail(ErrorCode::internal, "KV cache: n_head is not a multiple of n_head_kv");
+    const int G = n_head / s.n_head_kv;
+    pool.parallel_for((int64_t)n * s.n_head_kv, [&](int64_t b, int64_t e, int) {
+      for (int64_t item = b; item < e; item++) {
+        const int t = (int)(item / s.n_head_kv), g = (int)(item % s.n_head_kv);
+        attend_group(il, g, pos0 + t, G, q + ((size_t)t * n_head + (size_t)g * G) * s.head_dim,
+                     out + ((size_t)t * n_head + (size_t)g * G) * s.head_dim);
+      }
+    });
+  }
+
+  size_t bytes() const override {
+    size_t b = 0;
+    for (const auto& h : heads_)
+      for (const auto& st : h.s) b += stream_bytes(st).total();
+    return b;
+  }
+
+  double bits_per_entry() const override {
+    const double entries = 2.0 * shape_.n_layer * shape_.n_head_kv * shape_.head_dim * n_tokens();
+    if (entries == 0) return fam_ == Family::qblock ? (q4_ ? 4.5 : 8.5) : 16.0;
+    return bytes() * 8.0 / entries;
+  }
+
+  std::string stats_json() const override;
+
+  // Everything the cache holds for layer il, decoded and un-rotated: k, v [n][n_head_kv][d].
+  void dequantized(int il, std::vector<float>& kout, std::vector<float>& vout) const {
+    const KVCacheShape& s = shape_;
+    const int d = s.head_dim, n = n_[il];
+    kout.assign((size_t)n * s.n_head_kv * d, 0.0f);
+    vout.assign((size_t)n * s.n_head_kv * d, 0.0f);
+    std::vector<float> rows, tmp(d);
+    for (int g = 0; g < s.n_head_kv; g++) {
+      const HeadStore& hs = head(il, g);
+      for (int kv = 0; kv < 2; kv++) {
+        decode_stream(hs.s[kv], rows);
+        if ((int)(rows.size() / d) != n) fail(ErrorCode::internal, "KV cache: token count mismatch");
+        std::vector<float>& o = kv == 0 ? kout : vout;
+        for (int t = 0; t < n; t++) {
+          hs.rot.apply_t(&rows[(size_t)t * d], tmp.data());
+          std::copy(tmp.begin(), tmp.end(), &o[((size_t)t * s.n_head_kv + g) * d]);
+        }
+      }
+    }
+  }
+
+ private:
+  struct Bytes {
+    size_t codes = 0, factors = 0, norms = 0, exact = 0, header = 0, qblocks = 0;
+    size_t total() const { return codes + factors + norms + exact + header + qblocks; }
+  };
+
+  static uint16_t to_f16(float x) { return fp32_to_fp16(std::min(std::max(x, -65504.0f), 65504.0f)); }
+
+  HeadStore& head(int il, int g) { return heads_[(size_t)il * shape_.n_head_kv + g]; }
+  const HeadStore& head(int il, int g) const { return heads_[(size_t)il * shape_.n_head_kv + g]; }
+
+  Bytes stream_bytes(const Stream& st) const {
+    Bytes b;
+    b.exact = 2 * (st.sinks.size() + st.ring.size());
+    b.qblocks = st.qrows.size();
+    for (const SealedBlock& blk : st.blocks) {
+      b.header += SealedBlock::kHeaderBytes;
+      b.codes += blk.codes.size();
+      b.norms += 2 * blk.norms.size();
+      b.factors += blk.coef_codes.size() + blk.basis_codes.size() +
+                   2 * (blk.coef_scale.size() + blk.basis_scale.size() + blk.gains.size());
+      b.exact += 2 * blk.exact_f16.size();
+    }
+    return b;
+  }
+
+  void seal_oldest(Stream& st, int kv) {
+    const int d = shape_.head_dim;
+    std::vector<float> X((size_t)block_ * d);
+    for (size_t i = 0; i < X.size(); i++) X[i] = fp16_to_fp32(st.ring[i]);
+    bool had_bad = false;
+    for (int t = 0; t < block_; t++) had_bad |= st.ring_bad[t] != 0;
+    SealParams sp;
+    sp.bits = kv == 0 ? k_bits_ : v_bits_;
+    sp.rank_cap = rank_cap_;
+    sp.factor_bits = p_.factor_bits;
+    sp.shrink = p_.shrink;
+    sp.norm_correction = p_.norm_correction;
+    // Tokens whose non-finite values were zeroed at append: the block keeps an exact copy
+    // (spec: degenerate blocks fall back to exact f16) and the stats count it.
+    sp.nonfinite_input = had_bad;
+    const auto t0 = std::chrono::steady_clock::now();
+    st.blocks.emplace_back();
+    SealInfo info;
+    seal_block(X.data(), block_, d, sp, st.blocks.back(), info);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    BlockStat bs;
+    bs.rank_raw = info.rank_raw;
+    bs.rank = info.rank;
+    bs.rel_err = (float)info.rel_err;
+    bs.ms = (float)ms;
+    bs.lowrank_energy = (float)info.lowrank_energy;
+    bs.fallback = info.fallback;
+    for (double gn : info.gains) bs.gains.push_back((float)gn);
+    st.bstats.push_back(std::move(bs));
+    st.ring.erase(st.ring.begin(), st.ring.begin() + (size_t)block_ * d);
+    st.ring_bad.erase(st.ring_bad.begin(), st.ring_bad.begin() + block_);
+  }
+
+  // All rows of a stream, decoded, in token order, rotated basis.
+  void decode_stream(const Stream& st, std::vector<float>& rows) const {
+    const int d = shape_.head_dim;
+    rows.clear();
+    for (uint16_t h : st.sinks) rows.push_back(fp16_to_fp32(h));
+    std::vector<float> buf;
+    for (const SealedBlock& blk : st.blocks) {
+      buf.resize((size_t)blk.n * d);
+      blk.dequantize(buf.data());
+      rows.insert(rows.end(), buf.begin(), buf.end());
+    }
+    for (uint16_t h : st.ring) rows.push_back(fp16_to_fp32(h));
+    if (!st.qrows.empty()) {
+      const QRowView qv{q4_};
+      const size_t nrow = st.qrows.size() / row_bytes_;
+      for (size_t t = 0; t < nrow; t++) {
+        const uint8_t* r = st.qrows.data() + t * row_bytes_;
+        for (int b = 0; b < d / QK; b++) {
+          const uint8_t* blk = r + (size_t)b * qv.bytes_per_block();
+          const float sc = qv.scale(blk);
+          for (int i = 0; i < QK; i++) rows.push_back(sc * (float)qv.value(blk, i));
+        }
+      }
+    }
+  }
+
+  // Online-softmax state of the G query heads of one KV group for one query.
+  struct Scratch {
+    std::vector<float> qt, acc, mx, sum, sc, lut, kq, a, coef, basis;
+    std::vector<uint8_t> codes;
+  };
+
+  // Scores sc[h*m + t] of m tokens are in; fold them into the running max / normaliser and turn
+  // them into weights exp(score − max).
+  static void absorb(Scratch& w, int G, int m, int d) {
+    for (int h = 0; h < G; h++) {
+      float* sc = &w.sc[(size_t)h * m];
+      float bm = -std::numeric_limits<float>::infinity();
+      for (int t = 0; t < m; t++) bm = std::max(bm, sc[t]);
+      if (bm > w.mx[h]) {
+        const float f = std::exp(w.mx[h] - bm);  // 0 on the first segment (mx = -inf)
+        for (int i = 0; i < d; i++) w.acc[(size_t)h * d + i] *= f;
+        w.sum[h] *= f;
+        w.mx[h] = bm;
+      }
+      float s = 0;
+      for (int t = 0; t < m; t++) {
+        sc[t] = std::exp(sc[t] - w.mx[h]);
+        s += sc[t];
+      }
+      w.sum[h] += s;
+    }
+  }
+
+  // m exact f16 rows (K rows kr, V rows vr).
+  void exact_segment(Scratch& w, int G, int m, const uint16_t* kr, const uint16_t* vr) const {
+    const int d = shape_.head_dim;
+    const CpuKernels& kern = cpu_kernels();
+    w.sc.resize((size_t)G * m);
+    for (int t = 0; t < m; t++)
+      for (int h = 0; h < G; h++) w.sc[(size_t)h * m + t] = kern.dot_f16_f32(kr + (size_t)t * d, &w.qt[(size_t)h * d], d);
+    absorb(w, G, m, d);
+    for (int t = 0; t < m; t++)
+      for (int h = 0; h < G; h++) kern.axpy_f16(w.sc[(size_t)h * m + t], vr + (size_t)t * d, &w.acc[(size_t)h * d], d);
+  }
+
+  // Scores of the first m tokens of a sealed K block into w.sc.
+  void block_scores(Scratch& w, int G, int m, const SealedBlock& kb) const {
+    const int d = shape_.head_dim;
+    w.sc.resize((size_t)G * m);
+    if (kb.kind == SealedBlock::exact) {
+      const CpuKernels& kern = cpu_kernels();
+      for (int t = 0; t < m; t++)
+        for (int h = 0; h < G; h++)
+          w.sc[(size_t)h * m + t] = kern.dot_f16_f32(&kb.exact_f16[(size_t)t * d], &w.qt[(size_t)h * d], d);
+      return;
+    }
+    const int r = kb.rank;
+    if (r > 0) {  // kq = B̂ q̃, r·d once per block and head
+      w.coef.resize((size_t)kb.n * r);
+      w.basis.resize((size_t)r * d);
+      kb.factors(w.coef.data(), w.basis.data());
+      w.kq.resize((size_t)G * r);
+      for (int h = 0; h < G; h++)
+        for (int i = 0; i < r; i++) {
+          float s = 0;
+          for (int j = 0; j < d; j++) s += w.basis[(size_t)i * d + j] * w.qt[(size_t)h * d + j];
+          w.kq[(size_t)h * r + i] = s;
+        }
+    }
+    // Look-up table lut[h][j][c] = q̃_j · centroid_c / sqrt(d): the codebook dot becomes d look-ups.
+    const LloydMaxCodebook& cb = lloyd_max_codebook(d, kb.bits);
+    const int L = 1 << kb.bits;
+    const float isd = 1.0f / std::sqrt((float)d);
+    w.lut.resize((size_t)G * d * L);
+    for (int h = 0; h < G; h++)
+      for (int j = 0; j < d; j++)
+        for (int c = 0; c < L; c++) w.lut[((size_t)h * d + j) * L + c] = w.qt[(size_t)h * d + j] * cb.centroids[c] * isd;
+    w.codes.resize(d);
+    const size_t cbytes = kb.code_bytes();
+    for (int t = 0; t < m; t++) {
+      unpack_bits(kb.codes.data() + t * cbytes, d, kb.bits, w.codes.data());
+      const float rho = fp16_to_fp32(kb.norms[t]);
+      for (int h = 0; h < G; h++) {
+        const float* lut = &w.lut[(size_t)h * d * L];
+        float s = 0;
+        for (int j = 0; j < d; j++) s += lut[(size_t)j * L + w.codes[j]];
+        float lr = 0;
+        for (int i = 0; i < r; i++) lr += w.coef[(size_t)t * r + i] * w.kq[(size_t)h * r + i];
+        w.sc[(size_t)h * m + t] = lr + rho * s;
+      }
+    }
+  }
+
+  // Adds the weighted values of the first m tokens of a sealed V block (weights in w.sc).
+  void block_values(Scratch& w, int G, int m, const SealedBlock& vb) const {
+    const int d = shape_.head_dim;
+    if (vb.kind == SealedBlock::exact) {
+      const CpuKernels& kern = cpu_kernels();
+      for (int t = 0; t < m; t++)
+        for (int h = 0; h < G; h++) kern.axpy_f16(w.sc[(size_t)h * m + t], &vb.exact_f16[(size_t)t * d], &w.acc[(size_t)h * d], d);
+      return;
+    }
+    const int r = vb.rank;
+    if (r > 0) {  // a = Ĉᵀ w, then acc += B̂ᵀ a
+      w.coef.resize((size_t)vb.n * r);
+      w.basis.resize((size_t)r * d);
+      vb.factors(w.coef.data(), w.basis.data());
+      w.a.assign((size_t)G * r, 0.0f);
+      for (int h = 0; h < G; h++) {
+        for (int t = 0; t < m; t++)
+          for (int i = 0; i < r; i++) w.a[(size_t)h * r + i] += w.sc[(size_t)h * m + t] * w.coef[(size_t)t * r + i];
+        for (int i = 0; i < r; i++)
+          for (int j = 0; j < d; j++) w.acc[(size_t)h * d + j] += w.a[(size_t)h * r + i] * w.basis[(size_t)i * d + j];
+      }
+    }
+    const LloydMaxCodebook& cb = lloyd_max_codebook(d, vb.bits);
+    const float isd = 1.0f / std::sqrt((float)d);
+    w.codes.resize(d);
+    const size_t cbytes = vb.code_bytes();
+    for (int t = 0; t < m; t++) {
+      unpack_bits(vb.codes.data() + t * cbytes, d, vb.bits, w.codes.data());
+      const float rs = fp16_to_fp32(vb.norms[t]) * isd;
+      for (int h = 0; h < G; h++) {
+        const float wt = w.sc[(size_t)h * m + t] * rs;
+        float* acc = &w.acc[(size_t)h * d];
+        for (int j = 0; j < d; j++) acc[j] += wt * cb.centroids[w.codes[j]];
+      }
+    }
+  }
+
+  // m rows of q8_0 / q4_0 codes (K rows kr, V rows vr).
+  void qblock_segment(Scratch& w, int G, int m, const uint8_t* kr, const uint8_t* vr) const {
+    const int d = shape_.head_dim, nb = d / QK;
+    const QRowView qv{q4_};
+    const int bpb = qv.bytes_per_block();
+    w.sc.resize((size_t)G * m);
+    for (int t = 0; t < m; t++) {
+      const uint8_t* row = kr + (size_t)t * row_bytes_;
+      for (int h = 0; h < G; h++) {
+        const float* qh = &w.qt[(size_t)h * d];
+        float s = 0;
+        for (int b = 0; b < nb; b++) {
+          const uint8_t* blk = row + (size_t)b * bpb;
+          float sb = 0;
+          for (int i = 0; i < QK; i++) sb += qh[b * QK + i] * (float)qv.value(blk, i);
+          s += qv.scale(blk) * sb;
+        }
+        w.sc[(size_t)h * m + t] = s;
+      }
+    }
+    absorb(w, G, m, d);
+    for (int t = 0; t < m; t++) {
+      const uint8_t* row = vr + (size_t)t * row_bytes_;
+      for (int h = 0; h < G; h++) {
+        float* acc = &w.acc[(size_t)h * d];
+        const float wt = w.sc[(size_t)h * m + t];
+        for (int b = 0; b < nb; b++) {
+          const uint8_t* blk = row + (size_t)b * bpb;
+          const float f = wt * qv.scale(blk);
+          for (int i = 0; i < QK; i++) acc[b * QK + i] += f * (float)qv.value(blk, i);
+        }
+      }
+    }
+  }
+
+  // The G query heads of KV head g for the query at position pos: q, out [G][d].
+  void attend_group(int il, int g, int pos, int G, const float* q, float* out) const {
+    const int d = shape_.head_dim;
+    const HeadStore& hs = head(il, g);
+    const Stream& K = hs.s[0];
+    const Stream& V = hs.s[1];
+    thread_local Scratch w;
+    w.qt.resize((size_t)G * d);
+    w.acc.assign((size_t)G * d, 0.0f);
+    w.mx.assign(G, -std::numeric_limits<float>::infinity());
+    w.sum.assign(G, 0.0f);
+    const float scale = 1.0f / std::sqrt((float)d);
+    for (int h = 0; h < G; h++) {  // q̃ = Π q / sqrt(d)
+      float* qt = &w.qt[(size_t)h * d];
+      hs.rot.apply(q + (size_t)h * d, qt);
+      for (int j = 0; j < d; j++) qt[j] *= scale;
+    }
+    const int n_vis = pos + 1;  // tokens [0, pos] are visible
+    if (!K.qrows.empty()) {
+      const int m = std::min(n_vis, (int)(K.qrows.size() / row_bytes_));
+      if (m > 0) qblock_segment(w, G, m, K.qrows.data(), V.qrows.data());
+    } else {
+      const int ns = (int)(K.sinks.size() / d);
+      int start = 0;
+      if (ns > 0) exact_segment(w, G, std::min(ns, n_vis), K.sinks.data(), V.sinks.data());
+      start = ns;
+      for (size_t b = 0; b < K.blocks.size() && start < n_vis; b++) {
+        const int m = std::min(K.blocks[b].n, n_vis - start);
+        block_scores(w, G, m, K.blocks[b]);
+        absorb(w, G, m, d);
+        block_values(w, G, m, V.blocks[b]);
+        start += K.blocks[b].n;
+      }
+      const int nr = (int)K.ring_bad.size();
+      if (start < n_vis && nr > 0) exact_segment(w, G, std::min(nr, n_vis - start), K.ring.data(), V.ring.data());
+    }
+    for (int h = 0; h < G; h++) {  // out = Πᵀ acc / Σw
+      float* acc = &w.acc[(size_t)h * d];
+      const float inv = w.sum[h] > 0 ? 1.0f / w.sum[h] : 0.0f;
+      for (int j = 0; j < d; j++) acc[j] *= inv;
+      hs.rot.apply_t(acc, out + (size_t)h * d);
+    }
+  }
+
+  KVCacheParams p_;
+  Family fam_ = Family::turbo;
+  bool q4_ = false;
+  size_t row_bytes_ = 0;
+  int k_bits_ = 0, v_bits_ = 0, rank_cap_ = 0, block_ = 0, ring_ = 0, sinks_ = 0;
+  std::vector<HeadStore> heads_;  // [n_layer][n_head_kv]
+  std::vector<int> n_;            // tokens per layer
+};
+
+std::string CompressedKVCache::stats_json() const {
+  const KVCacheShape& s = shape_;
+  const int d = s.head_dim;
+  const int N = n_tokens();
+  std::ostringstream o;
+  const size_t total = bytes();
+  const double f16_bytes = 2.0 * 2.0 * s.n_layer * s.n_head_kv * d * N;
+  o << "{\"mode\": \"" << p_.mode << "\", \"n_tokens\": " << N << ", \"bytes\": " << total
+    << ", \"bits_per_entry\": " << jnum(bits_per_entry()) << ", \"f16_bytes\": " << jnum(f16_bytes)
+    << ", \"compression_ratio\": " << jnum(total > 0 ? f16_bytes / total : 0.0);
+  o << ", \"params\": {\"k_bits\": " << k_bits_ << ", \"v_bits\": " << v_bits_ << ", \"rank_cap\": " << rank_cap_
+    << ", \"factor_bits\": " << p_.factor_bits << ", \"shrink\": " << (p_.shrink ? "true" : "false")
+    << ", \"block\": " << block_ << ", \"ring\": " << ring_ << ", \"sinks\": " << sinks_
+    << ", \"boundary_layers\": " << p_.boundary_layers << ", \"norm_correction\": " << (p_.norm_correction ? "true" : "false")
+    << ", \"seed\": " << p_.seed << ", \"head_dim\": " << d << "}";
+
+  // Summary accumulators per K (0) and V (1).
+  struct Sum {
+    int64_t blocks = 0, tokens_sealed = 0, nonfinite = 0, rank_sum = 0, rank_raw_sum = 0;
+    double ms = 0, rel_err_sum = 0, sealed_bits = 0, sealed_paper_bits = 0;
+    int64_t fallbacks[5] = {0, 0, 0, 0, 0};
+    Bytes by;
+  } sum[2];
+  std::ostringstream layers;
+  layers << "[";
+  for (int il = 0; il < s.n_layer; il++) {
+    layers << (il ? ", " : "") << "{\"layer\": " << il << ", \"exact_layer\": " << (exact_layer(il) ? "true" : "false")
+           << ", \"heads\": [";
+    for (int g = 0; g < s.n_head_kv; g++) {
+      layers << (g ? ", " : "") << "{\"head\": " << g;
+      for (int kv = 0; kv < 2; kv++) {
+        const Stream& st = head(il, g).s[kv];
+        Sum& S = sum[kv];
+        const Bytes by = stream_bytes(st);
+        S.by.codes += by.codes;
+        S.by.factors += by.factors;
+        S.by.norms += by.norms;
+        S.by.exact += by.exact;
+        S.by.header += by.header;
+        S.by.qblocks += by.qblocks;
+        S.nonfinite += st.nonfinite;
+        std::vector<int> hist_raw, hist;
+        std::vector<float> rel, ms, energy;
+        std::vector<std::vector<float>> gains;
+        int64_t fb[5] = {0, 0, 0, 0, 0};
+        double bits_full = 0, bits_paper = 0, ms_sum = 0;
+        int64_t sealed = 0;
+        for (size_t b = 0; b < st.blocks.size(); b++) {
+          const SealedBlock& blk = st.blocks[b];
+          const BlockStat& bs = st.bstats[b];
+          if ((int)hist_raw.size() <= bs.rank_raw) hist_raw.resize(bs.rank_raw + 1, 0);
+          if ((int)hist.size() <= bs.rank) hist.resize(bs.rank + 1, 0);
+          hist_raw[bs.rank_raw]++;
+          hist[bs.rank]++;
+          rel.push_back(bs.rel_err);
+          ms.push_back(bs.ms);
+          energy.push_back(bs.lowrank_energy);
+          gains.push_back(bs.gains);
+          fb[(int)bs.fallback]++;
+          sealed += blk.n;
+          ms_sum += bs.ms;
+          const double nd = (double)blk.n * d;
+          bits_full += blk.bytes() * 8.0;
+          bits_paper += blk.kind == SealedBlock::exact ? 16.0 * nd
+                                                        : blk.bits * nd + (double)blk.rank * (blk.n + d) * blk.factor_bits;
+          S.rank_sum += bs.rank;
+          S.rank_raw_sum += bs.rank_raw;
+          S.rel_err_sum += bs.rel_err;
+        }
+        S.blocks += st.blocks.size();
+        S.tokens_sealed += sealed;
+        S.ms += ms_sum;
+        S.sealed_bits += bits_full;
+        S.sealed_paper_bits += bits_paper;
+        for (int i = 0; i < 5; i++) S.fallbacks[i] += fb[i];
+        const double sealed_entries = (double)sealed * d;
+        layers << ", \"" << (kv == 0 ? "k" : "v") << "\": {\"tokens_sealed\": " << sealed << ", \"blocks\": " << st.blocks.size()
+               << ", \"rank_hist_raw\": " << jarr(hist_raw) << ", \"rank_hist\": " << jarr(hist) << ", \"gains\": [";
+        for (size_t b = 0; b < gains.size(); b++) layers << (b ? ", " : "") << jarr(gains[b]);
+        layers << "], \"rel_err\": " << jarr(rel) << ", \"lowrank_energy\": " << jarr(energy) << ", \"seal_ms\": " << jarr(ms)
+               << ", \"seal_ms_total\": " << jnum(ms_sum)
+               << ", \"bits_per_entry_sealed\": " << jnum(sealed ? bits_full / sealed_entries : 0.0)
+               << ", \"bits_per_entry_sealed_paper\": " << jnum(sealed ? bits_paper / sealed_entries : 0.0)
+               << ", \"bits_per_entry\": " << jnum(st.sinks.size() + st.ring.size() + st.qrows.size() + sealed
+                                                      ? by.total() * 8.0 / ((double)n_[il] * d) : 0.0)
+               << ", \"bytes\": {\"codes\": " << by.codes << ", \"factors\": " << by.factors << ", \"norms\": " << by.norms
+               << ", \"exact\": " << by.exact << ", \"headers\": " << by.header << ", \"qblocks\": " << by.qblocks << "}"
+               << ", \"fallbacks\": {";
+        for (int i = 0; i < 5; i++) layers << (i ? ", " : "") << "\"" << seal_fallback_name((SealFallback)i) << "\": " << fb[i];
+        layers << "}, \"nonfinite_inputs\": " << st.nonfinite << "}";
+      }
+      layers << "}";
+    }
+    layers << "]}";
+  }
+  layers << "]";
+
+  o << ", \"summary\": {";
+  const double ms_all = sum[0].ms + sum[1].ms;
+  const int64_t blocks_all = sum[0].blocks + sum[1].blocks;
+  o << "\"blocks_sealed\": " << blocks_all << ", \"tokens_sealed\": " << (sum[0].tokens_sealed + sum[1].tokens_sealed) / 2
+    << ", \"seal_ms_total\": " << jnum(ms_all) << ", \"seal_ms_per_block\": " << jnum(blocks_all ? ms_all / blocks_all : 0.0);
+  for (int kv = 0; kv < 2; kv++) {
+    const Sum& S = sum[kv];
+    const double ent = (double)S.tokens_sealed * d;
+    o << ", \"" << (kv == 0 ? "k" : "v") << "\": {\"blocks\": " << S.blocks << ", \"tokens_sealed\": " << S.tokens_sealed
+      << ", \"mean_rank\": " << jnum(S.blocks ? (double)S.rank_sum / S.blocks : 0.0)
+      << ", \"mean_rank_raw\": " << jnum(S.blocks ? (double)S.rank_raw_sum / S.blocks : 0.0)
+      << ", \"mean_rel_err\": " << jnum(S.blocks ? S.rel_err_sum / S.blocks : 0.0)
+      << ", \"bits_per_entry_sealed\": " << jnum(ent > 0 ? S.sealed_bits / ent : 0.0)
+      << ", \"bits_per_entry_sealed_paper\": " << jnum(ent > 0 ? S.sealed_paper_bits / ent : 0.0)
+      << ", \"seal_ms\": " << jnum(S.ms) << ", \"nonfinite_inputs\": " << S.nonfinite
+      << ", \"bytes\": {\"codes\": " << S.by.codes << ", \"factors\": " << S.by.factors << ", \"norms\": " << S.by.norms
+      << ", \"exact\": " << S.by.exact << ", \"headers\": " << S.by.header << ", \"qblocks\": " << S.by.qblocks
+      << "}, \"fallbacks\": {";
+    for (int i = 0; i < 5; i++) o << (i ? ", " : "") << "\"" << seal_fallback_name((SealFallback)i) << "\": " << S.fallbacks[i];
+    o << "}}";
+  }
+  o << "}, \"layers\": " << layers.str() << "}";
+  return o.str();
+}
+
+}  // namespace
+
+std::unique_ptr<KVCache> make_compressed_kv_cache(const KVCacheParams& params, const KVCacheShape& shape) {
+  return std::make_unique<CompressedKVCache>(params, shape);
+}
+
+// Test hook (bindings/bind_kv.cpp): what a compressed cache holds for layer il, decoded and
+// un-rotated, k and v [n_tokens][n_head_kv][head_dim]. Throws for the exact caches.
+void compressed_kv_dequantized(const KVCache& cache, int il, std::vector<float>& k, std::vector<float>& v) {
+  const auto* c = dynamic_cast<const CompressedKVCache*>(&cache);
+  if (!c) fail(ErrorCode::invalid_arg, "dequantized(): mode '" + cache.mode() + "' is not a compressed cache");
+  if (il < 0 || il >= cache.shape().n_layer) fail(ErrorCode::invalid_arg, "dequantized(): layer out of range");
+  c->dequantized(il, k, v);
+}
+
+}  // namespace eoq

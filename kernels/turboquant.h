@@ -1,0 +1,94 @@
+// TurboQuant (MSE variant, no QJL stage): a fixed random rotation per head plus a b-bit
+// Lloyd–Max scalar codebook for each rotated coordinate. See ../shared/spec/kv-compression.md
+// section 4. Scalar reference; the compressed KV cache and the sealing code use it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace eoq {
+
+// The Lloyd–Max codebook of one coordinate of a uniformly random unit vector in R^d, scaled
+// by sqrt(d): the coordinate t has (t + 1)/2 ~ Beta((d-1)/2, (d-1)/2), so x = t sqrt(d) has
+// density ∝ (1 - x²/d)^((d-3)/2) on [-sqrt(d), sqrt(d)] (close to N(0,1) for large d).
+// 2^bits centroids, ascending and symmetric (centroid[L-1-i] = -centroid[i]); thresholds are
+// the midpoints between neighbours (2^bits - 1 of them). Computed once per (d, bits) by Lloyd
+// iterations with Gauss–Legendre integration and cached for the life of the process
+// (thread-safe; the returned reference stays valid). d >= 2, bits in 1..8.
+struct LloydMaxCodebook {
+  int d = 0, bits = 0;
+  std::vector<float> centroids;   // [2^bits], units of 1/sqrt(d) (multiply by 1/sqrt(d) to apply)
+  std::vector<float> thresholds;  // [2^bits - 1], midpoints
+  double mse = 0;                 // E[(x - Q(x))²] per scaled coordinate (≈ ‖u − û‖² for a unit u)
+  // Index of the nearest centroid of a scaled coordinate x (NaN maps to the middle).
+  int encode(float x) const;
+};
+const LloydMaxCodebook& lloyd_max_codebook(int d, int bits);
+
+// A random orthogonal d×d rotation Π, fixed by a seed.
+//  * d a power of two: randomized Hadamard Π x = D2 H D1 x / sqrt(d), H the ±1 Walsh–Hadamard
+//    matrix (H² = d I), D1, D2 diagonal ±1 drawn from the seed. O(d log d).
+//  * otherwise: a dense Haar-random orthogonal matrix, the Q of a modified Gram–Schmidt QR of a
+//    seeded Gaussian matrix (R's diagonal positive), computed in double.
+class Rotation {
+ public:
+  Rotation() = default;
+  Rotation(int d, uint64_t seed);
+  int dim() const { return d_; }
+  bool hadamard() const { return hadamard_; }
+  void apply(const float* x, float* y) const;    // y = Π x   (x, y: d floats; may alias)
+  void apply_t(const float* y, float* x) const;  // x = Πᵀ y  (the inverse)
+  std::vector<float> matrix() const;             // Π as d×d row-major
+ private:
+  int d_ = 0;
+  bool hadamard_ = false;
+  std::vector<float> s1_, s2_;  // D1, D2 diagonals (±1), Hadamard case
+  std::vector<float> q_;        // d×d row-major, dense case
+};
+
+// Deterministic 64-bit mixing (splitmix64): derives per-(layer, head) seeds and drives the
+// rotation's random draws, so a cache is reproducible from KVCacheParams::seed alone.
+uint64_t splitmix64(uint64_t& state);
+uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b);
+
+// Packed little-endian bit fields: value i occupies bits [i*bits, (i+1)*bits) of the stream
+// (bit 0 = least significant bit of byte 0). put_bits ORs into a zeroed buffer.
+inline size_t packed_bytes(int64_t count, int bits) { return (size_t)((count * bits + 7) / 8); }
+inline void put_bits(uint8_t* buf, int64_t i, int bits, uint32_t v) {
+  const int64_t bit = i * bits;
+  for (int k = 0; k < bits; k++) {
+    const int64_t b = bit + k;
+    if ((v >> k) & 1u) buf[b >> 3] |= (uint8_t)(1u << (b & 7));
+  }
+}
+inline uint32_t get_bits(const uint8_t* buf, int64_t i, int bits) {
+  const int64_t bit = i * bits;
+  uint32_t v = 0;
+  for (int k = 0; k < bits; k++) {
+    const int64_t b = bit + k;
+    v |= (uint32_t)((buf[b >> 3] >> (b & 7)) & 1u) << k;
+  }
+  return v;
+}
+// Unpacks count b-bit fields starting at field 0 into out[count] (fast paths for b = 1, 2, 4, 8).
+void unpack_bits(const uint8_t* buf, int64_t count, int bits, uint8_t* out);
+
+// One TurboQuant row codec for a fixed (d, bits). A row x (already in the rotated basis) is
+// stored as packed codes (bits*d bits, code_bytes() bytes) and an f16 norm:
+//   ρ = ‖x‖, code_j = nearest centroid of x_j / ρ · sqrt(d),
+//   stored norm = ρ, or ρ / ‖ĉ‖ with ĉ_j = c[code_j]/sqrt(d) (norm correction: the decoded row
+//   keeps the exact norm), rounded to f16.
+//   decode: x̂_j = norm · c[code_j] / sqrt(d).
+// A zero row stores norm 0 (decodes to zeros). Non-finite input is the caller's to reject.
+struct TurboRowCodec {
+  TurboRowCodec() = default;
+  TurboRowCodec(int d, int bits);
+  int d = 0, bits = 0;
+  const LloydMaxCodebook* cb = nullptr;
+  size_t code_bytes() const { return packed_bytes(d, bits); }
+  // codes: code_bytes() bytes, overwritten. Returns the stored norm as f16 bits.
+  uint16_t encode(const float* x, uint8_t* codes, bool norm_correction) const;
+  void decode(const uint8_t* codes, uint16_t norm_f16, float* out) const;
+};
+
+}  // namespace eoq
