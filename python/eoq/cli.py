@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import sys
 import warnings
 from typing import List, Optional
 
 PROG = "eoq-run"
-KV_TYPES = ("f16",)  # cache types accepted by -ctk/-ctv in this build
+KV_MODES = ("f16", "f32", "q8_0", "q4_0", "turbo2", "turbo3", "turbo4", "eoq2", "eoq3", "eoq4")
 
 
 def _version() -> str:
@@ -59,9 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute threads (default: the CPUs available)")
     g.add_argument("-b", "--batch-size", type=int, default=512, metavar="N",
                    help="prompt tokens per forward pass (default 512)")
-    g.add_argument("--kv", default="f16", metavar="MODE", help="KV cache mode (default f16)")
-    g.add_argument("-ctk", "--cache-type-k", metavar="TYPE", help="KV cache type for K (f16)")
-    g.add_argument("-ctv", "--cache-type-v", metavar="TYPE", help="KV cache type for V (f16)")
+    g.add_argument("--kv", default=None, metavar="MODE",
+                   help="KV cache mode: " + ", ".join(KV_MODES) + " (default f16)")
+    g.add_argument("-ctk", "--cache-type-k", metavar="TYPE",
+                   help="K cache: a mode as llama.cpp takes it (f16, q8_0, q4_0; same for K and V), or the "
+                        "residual bits of a turbo/eoq mode (1-4, or e.g. turbo3)")
+    g.add_argument("-ctv", "--cache-type-v", metavar="TYPE", help="V cache: as -ctk")
+    g.add_argument("--kv-rank-cap", type=int, metavar="N", help="eoq: max low-rank components per block")
+    g.add_argument("--kv-factor-bits", type=int, metavar="N", help="eoq: bits of the low-rank factors (4)")
+    g.add_argument("--kv-truncate", action="store_true", help="eoq: plain truncation instead of eOptShrink gains")
+    g.add_argument("--kv-block", type=int, metavar="N", help="tokens per sealed block")
+    g.add_argument("--kv-ring", type=int, metavar="N", help="exact recent tokens kept before sealing")
+    g.add_argument("--kv-sinks", type=int, metavar="N", help="exact attention-sink tokens (4)")
+    g.add_argument("--kv-boundary-layers", type=int, metavar="N", help="first and last N layers kept f16")
     g.add_argument("--stats", action="store_true", help="print KV compression statistics at the end")
 
     g = ap.add_argument_group("sampling (llama.cpp defaults)")
@@ -172,10 +183,52 @@ def _mib(n: float) -> str:
     return f"{n / (1 << 20):.2f} MiB"
 
 
+def kv_config(args):
+    """(mode, options) from --kv, -ctk/-ctv and the --kv-* knobs."""
+    mode = args.kv
+    options = {}
+    plain = ("f16", "f32", "q8_0", "q4_0")
+    types = {"k_bits": args.cache_type_k, "v_bits": args.cache_type_v}
+    named = {v for v in types.values() if v in plain}
+    if named:
+        if args.cache_type_k != args.cache_type_v:
+            raise CliError(f"-ctk/--cache-type-k {args.cache_type_k} and -ctv/--cache-type-v "
+                           f"{args.cache_type_v} must name the same type for f16/q8_0/q4_0 caches "
+                           "(eoq stores K and V alike; separate bits exist for turbo/eoq modes)")
+        if mode is not None and mode != args.cache_type_k:
+            raise CliError(f"--kv {mode} conflicts with -ctk/-ctv {args.cache_type_k}")
+        mode = args.cache_type_k
+    else:
+        for key, val in types.items():
+            if val is None:
+                continue
+            m = re.fullmatch(r"(turbo|eoq)?([1-8])", val)
+            if not m:
+                raise CliError(f"cache type {val!r} is not one of f16, q8_0, q4_0, 1-4, turboN, eoqN")
+            family, digits = m.group(1), m.group(2)
+            if family is not None:
+                if mode is None:
+                    mode = f"{family}{digits}"
+                elif not mode.startswith(family):
+                    raise CliError(f"--kv {mode} conflicts with cache type {val}")
+            if mode is None or not mode.startswith(("turbo", "eoq")):
+                raise CliError("bit counts in -ctk/-ctv need a turbo or eoq mode (--kv turbo3, --kv eoq2, ...)")
+            options[key] = int(digits)
+    mode = mode or "f16"
+    if mode not in KV_MODES:
+        raise CliError(f"--kv {mode!r} is not a KV cache mode (known: {', '.join(KV_MODES)})")
+    for key, val in (("rank_cap", args.kv_rank_cap), ("factor_bits", args.kv_factor_bits),
+                     ("block", args.kv_block), ("ring", args.kv_ring), ("sinks", args.kv_sinks),
+                     ("boundary_layers", args.kv_boundary_layers)):
+        if val is not None:
+            options[key] = val
+    if args.kv_truncate:
+        options["shrink"] = False
+    return mode, options
+
+
 def run(args) -> int:
-    for flag, val in (("-ctk/--cache-type-k", args.cache_type_k), ("-ctv/--cache-type-v", args.cache_type_v)):
-        if val is not None and val not in KV_TYPES:
-            raise CliError(f"{flag} {val!r} is not supported yet (supported: {', '.join(KV_TYPES)})")
+    kv_mode, kv_options = kv_config(args)
     prompt = _read_prompt(args)  # before loading: a bad prompt file fails fast
 
     from . import Engine
@@ -188,7 +241,7 @@ def run(args) -> int:
     seed = args.seed
     if seed == -1:
         seed = secrets.randbits(32)
-    engine = Engine(model, n_ctx=args.ctx_size, n_threads=args.threads, kv=args.kv,
+    engine = Engine(model, n_ctx=args.ctx_size, n_threads=args.threads, kv=kv_mode, kv_options=kv_options,
                     n_batch=args.batch_size, verbose=args.verbose)
     with engine:
         chat = args.chat or args.system is not None
