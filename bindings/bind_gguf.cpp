@@ -1,7 +1,8 @@
 // Python view of the GGUF reader and the reference weight kernels:
 //   _core.GGUFFile(path): version, alignment, file_size, path, metadata (dict), tensors
 //     (list of dicts), dequantize(name | index) -> float32 array in numpy order (ne
-//     reversed), raw(name | index) -> bytes, require_supported(name | index)
+//     reversed), raw(name | index) -> bytes, require_supported(name | index),
+//     get_str/get_int/get_float/get_bool/has (the typed getters)
 //   _core.dequantize_row(type_name, data, n) -> float32[n]
 //   _core.vec_dot(type_name, data, x) -> float
 //   _core.quantize_row_q8_0(x) -> uint8[n/32*34]
@@ -111,7 +112,7 @@ void check_row_args(GGMLType t, size_t bytes, int64_t n, const char* fn) {
 
 const eoq::GGUFTensor& tensor_or_throw(const eoq::GGUFFile& f, const std::string& name) {
   const eoq::GGUFTensor* t = f.find_tensor(name);
-  if (!t) eoq::fail(ErrorCode::invalid_arg, "no tensor named '" + name + "' in " + f.path());
+  if (!t) eoq::fail(ErrorCode::invalid_arg, "no tensor named '" + name + "'");
   return *t;
 }
 
@@ -193,6 +194,21 @@ void bind_gguf(py::module_& m) {
           },
           "list of dicts: name, type, type_id, shape (GGUF order, ne0 first), offset "
           "(relative to the data section), nbytes")
+      // Typed metadata getters (the C++ API the model loader uses): without a default a
+      // missing key raises; a key of the wrong type always raises.
+      .def("get_str", [](const eoq::GGUFFile& f, const std::string& key, py::object def) -> py::object {
+             if (def.is_none()) return to_py_str(f.get_str(key));
+             return to_py_str(f.get_str(key, def.cast<std::string>()));
+           }, py::arg("key"), py::arg("default") = py::none())
+      .def("get_int", [](const eoq::GGUFFile& f, const std::string& key, py::object def) {
+             return def.is_none() ? f.get_int(key) : f.get_int(key, def.cast<int64_t>());
+           }, py::arg("key"), py::arg("default") = py::none())
+      .def("get_float", [](const eoq::GGUFFile& f, const std::string& key, py::object def) {
+             return def.is_none() ? f.get_float(key) : f.get_float(key, def.cast<double>());
+           }, py::arg("key"), py::arg("default") = py::none())
+      .def("get_bool", [](const eoq::GGUFFile& f, const std::string& key, bool def) { return f.get_bool(key, def); },
+           py::arg("key"), py::arg("default"))
+      .def("has", &eoq::GGUFFile::has, py::arg("key"))
       .def("dequantize", [](const eoq::GGUFFile& f, const std::string& name) {
              return dequantize_tensor(f, tensor_or_throw(f, name));
            }, py::arg("name"),

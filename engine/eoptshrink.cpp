@@ -33,28 +33,27 @@ bool eigh_jacobi(const double* a_in, int n, double* w, double* v, int max_sweeps
         const double apq = a[(size_t)p * n + q];
         if (apq == 0) continue;
         const double app = a[(size_t)p * n + p], aqq = a[(size_t)q * n + q];
-        // Skip rotations that can no longer change the diagonal in double precision.
-        if (std::fabs(apq) < 1e-18 * (std::fabs(app) + std::fabs(aqq)) ) {
+        // Skip rotations that can no longer change anything at double precision (relative
+        // to the two diagonal entries, the Demmel–Veselić criterion).
+        if (std::fabs(apq) <= 1e-16 * std::sqrt(std::fabs(app) * std::fabs(aqq))) {
           a[(size_t)p * n + q] = a[(size_t)q * n + p] = 0;
           continue;
         }
-        // Rotation P (P_pp = P_qq = c, P_pq = s, P_qp = -s) with (PᵀAP)_pq = 0.
+        // Rotation P (P_pp = P_qq = c, P_pq = s, P_qp = -s) with (PᵀAP)_pq = 0. A stays
+        // symmetric, so rows p and q are updated and mirrored into columns p and q.
         const double theta = (aqq - app) / (2 * apq);
         const double t = (theta >= 0 ? 1.0 : -1.0) / (std::fabs(theta) + std::sqrt(theta * theta + 1));
         const double c = 1 / std::sqrt(t * t + 1), s = t * c;
-        for (int k = 0; k < n; k++) {  // columns p, q of A P
-          double* row = &a[(size_t)k * n];
-          const double akp = row[p], akq = row[q];
-          row[p] = c * akp - s * akq;
-          row[q] = s * akp + c * akq;
-        }
         double* rp = &a[(size_t)p * n];
         double* rq = &a[(size_t)q * n];
-        for (int k = 0; k < n; k++) {  // rows p, q of Pᵀ (A P)
+        for (int k = 0; k < n; k++) {
+          if (k == p || k == q) continue;
           const double apk = rp[k], aqk = rq[k];
-          rp[k] = c * apk - s * aqk;
-          rq[k] = s * apk + c * aqk;
+          rp[k] = a[(size_t)k * n + p] = c * apk - s * aqk;
+          rq[k] = a[(size_t)k * n + q] = s * apk + c * aqk;
         }
+        rp[p] = app - t * apq;
+        rq[q] = aqq + t * apq;
         rp[q] = rq[p] = 0;
         for (int k = 0; k < n; k++) {  // V P
           double* row = &vv[(size_t)k * n];
@@ -149,14 +148,17 @@ size_t SealedBlock::bytes() const {
 
 void SealedBlock::factors(float* coef, float* basis) const {
   const int qmax = (1 << (factor_bits - 1)) - 1;
-  for (int t = 0; t < n; t++)
-    for (int i = 0; i < rank; i++)
-      coef[(size_t)t * rank + i] =
-          fp16_to_fp32(coef_scale[i]) * (float)((int)get_bits(coef_codes.data(), (int64_t)t * rank + i, factor_bits) - qmax);
-  for (int i = 0; i < rank; i++)
-    for (int j = 0; j < d; j++)
-      basis[(size_t)i * d + j] =
-          fp16_to_fp32(basis_scale[i]) * (float)((int)get_bits(basis_codes.data(), (int64_t)i * d + j, factor_bits) - qmax);
+  thread_local std::vector<uint8_t> q;
+  q.resize((size_t)n * rank + (size_t)rank * d);
+  unpack_bits(coef_codes.data(), (int64_t)n * rank, factor_bits, q.data());
+  unpack_bits(basis_codes.data(), (int64_t)rank * d, factor_bits, q.data() + (size_t)n * rank);
+  for (int i = 0; i < rank; i++) {
+    const float cs = fp16_to_fp32(coef_scale[i]);
+    for (int t = 0; t < n; t++) coef[(size_t)t * rank + i] = cs * (float)((int)q[(size_t)t * rank + i] - qmax);
+    const float bs = fp16_to_fp32(basis_scale[i]);
+    const uint8_t* qb = q.data() + (size_t)n * rank + (size_t)i * d;
+    for (int j = 0; j < d; j++) basis[(size_t)i * d + j] = bs * (float)((int)qb[j] - qmax);
+  }
 }
 
 void SealedBlock::dequantize(float* out) const {

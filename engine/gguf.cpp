@@ -80,6 +80,44 @@ bool is_float_type(GGUFValueType t) {
 
 std::string u64s(uint64_t v) { return std::to_string(v); }
 
+// s made safe for an error message: well-formed UTF-8 is kept; control characters and bytes
+// that are not well-formed UTF-8 (names come from untrusted files) become \xNN, so the
+// message always converts to a Python str. Long strings are cut at about 200 bytes.
+std::string printable(const std::string& s) {
+  static const char* hex = "0123456789abcdef";
+  std::string r;
+  size_t k = 0;
+  while (k < s.size() && r.size() < 200) {
+    const unsigned char c = (unsigned char)s[k];
+    size_t len = 0;
+    if (c >= 0x20 && c < 0x7f) len = 1;
+    else if (c >= 0xc2 && c <= 0xdf) len = 2;
+    else if (c >= 0xe0 && c <= 0xef) len = 3;
+    else if (c >= 0xf0 && c <= 0xf4) len = 4;
+    bool ok = len > 0 && len <= s.size() - k;
+    for (size_t j = 1; ok && j < len; j++) ok = ((unsigned char)s[k + j] & 0xc0) == 0x80;
+    if (ok && len >= 3) {  // no overlong forms, UTF-16 surrogates or code points > U+10FFFF
+      const unsigned char c1 = (unsigned char)s[k + 1];
+      if ((c == 0xe0 && c1 < 0xa0) || (c == 0xed && c1 >= 0xa0) || (c == 0xf0 && c1 < 0x90) ||
+          (c == 0xf4 && c1 >= 0x90))
+        ok = false;
+    }
+    if (ok) {
+      r.append(s, k, len);
+      k += len;
+    } else {
+      r += "\\x";
+      r += hex[c >> 4];
+      r += hex[c & 15];
+      k++;
+    }
+  }
+  if (k < s.size()) r += "...";
+  return r;
+}
+
+std::string quoted(const std::string& s) { return "'" + printable(s) + "'"; }
+
 // Bounds-checked little-endian cursor over the mapping. Every read checks that the bytes
 // exist; errors carry the path and the byte position.
 class Cursor {
@@ -90,7 +128,7 @@ class Cursor {
   uint64_t remaining() const { return size_ - pos_; }
 
   [[noreturn]] void bad(const std::string& msg) const {
-    fail(ErrorCode::format, "GGUF: " + msg + " (file '" + path_ + "')");
+    fail(ErrorCode::format, "GGUF: " + msg + " (file " + quoted(path_) + ")");
   }
 
   void need(uint64_t n, const std::string& what) const {
@@ -190,24 +228,6 @@ void read_value(Cursor& c, GGUFValueType t, GGUFValue& out, const std::string& w
   }
 }
 
-std::string quoted(const std::string& s) {
-  // Names come from the file: keep messages printable and bounded.
-  std::string r = "'";
-  for (size_t k = 0; k < s.size() && k < 200; k++) {
-    const unsigned char ch = (unsigned char)s[k];
-    if (ch >= 0x20 && ch < 0x7f) {
-      r += (char)ch;
-    } else {
-      static const char* hex = "0123456789abcdef";
-      r += "\\x";
-      r += hex[ch >> 4];
-      r += hex[ch & 15];
-    }
-  }
-  if (s.size() > 200) r += "...";
-  return r + "'";
-}
-
 }  // namespace
 
 bool GGUFValue::is_int() const { return is_int_type(type); }
@@ -216,29 +236,30 @@ bool GGUFValue::is_float() const { return is_float_type(type); }
 size_t GGUFTensor::row_bytes() const { return row_size(type, ne[0]); }
 
 GGUFFile::GGUFFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not hang; it is then rejected as not a regular file.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
-    fail(ErrorCode::io, "GGUF: cannot open '" + path + "': " + std::generic_category().message(errno));
+    fail(ErrorCode::io, "GGUF: cannot open " + quoted(path) + ": " + std::generic_category().message(errno));
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     const int e = errno;
     ::close(fd);
-    fail(ErrorCode::io, "GGUF: cannot stat '" + path + "': " + std::generic_category().message(e));
+    fail(ErrorCode::io, "GGUF: cannot stat " + quoted(path) + ": " + std::generic_category().message(e));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    fail(ErrorCode::io, "GGUF: '" + path + "' is not a regular file");
+    fail(ErrorCode::io, "GGUF: " + quoted(path) + " is not a regular file");
   }
   size_ = (size_t)st.st_size;
   if (size_ == 0) {
     ::close(fd);
-    fail(ErrorCode::format, "GGUF: file '" + path + "' is empty");
+    fail(ErrorCode::format, "GGUF: file " + quoted(path) + " is empty");
   }
   void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
   const int e = errno;
   ::close(fd);  // the mapping keeps the file alive
   if (p == MAP_FAILED)
-    fail(ErrorCode::io, "GGUF: cannot mmap '" + path + "': " + std::generic_category().message(e));
+    fail(ErrorCode::io, "GGUF: cannot mmap " + quoted(path) + ": " + std::generic_category().message(e));
   map_ = static_cast<const uint8_t*>(p);
   try {
     parse();
@@ -398,11 +419,11 @@ const GGUFValue* GGUFFile::find(const std::string& key) const {
 namespace {
 [[noreturn]] void wrong_type(const std::string& path, const std::string& key, GGUFValueType t,
                              const char* expected) {
-  fail(ErrorCode::format, "GGUF: metadata key '" + key + "' has type " + value_type_name(t) +
-                              ", expected " + expected + " (file '" + path + "')");
+  fail(ErrorCode::format, "GGUF: metadata key " + quoted(key) + " has type " + value_type_name(t) +
+                              ", expected " + expected + " (file " + quoted(path) + ")");
 }
 [[noreturn]] void missing(const std::string& path, const std::string& key) {
-  fail(ErrorCode::format, "GGUF: missing metadata key '" + key + "' (file '" + path + "')");
+  fail(ErrorCode::format, "GGUF: missing metadata key " + quoted(key) + " (file " + quoted(path) + ")");
 }
 }  // namespace
 
@@ -422,8 +443,8 @@ int64_t GGUFFile::get_int(const std::string& key) const {
   if (!v) missing(path_, key);
   if (!v->is_int()) wrong_type(path_, key, v->type, "an integer");
   if (v->type == GGUFValueType::UINT64 && v->i < 0)
-    fail(ErrorCode::format, "GGUF: metadata key '" + key + "' value " + u64s((uint64_t)v->i) +
-                                " does not fit int64 (file '" + path_ + "')");
+    fail(ErrorCode::format, "GGUF: metadata key " + quoted(key) + " value " + u64s((uint64_t)v->i) +
+                                " does not fit int64 (file " + quoted(path_) + ")");
   return v->i;
 }
 
@@ -456,14 +477,14 @@ const GGUFTensor* GGUFFile::find_tensor(const std::string& name) const {
 
 const GGUFTensor& GGUFFile::tensor(const std::string& name) const {
   const GGUFTensor* t = find_tensor(name);
-  if (!t) fail(ErrorCode::format, "GGUF: missing tensor '" + name + "' (file '" + path_ + "')");
+  if (!t) fail(ErrorCode::format, "GGUF: missing tensor " + quoted(name) + " (file " + quoted(path_) + ")");
   return *t;
 }
 
 void GGUFFile::require_supported(const GGUFTensor& t) const {
   const TypeInfo ti = type_info(t.type);
   if (ti.supported) return;
-  fail(ErrorCode::unsupported, "tensor '" + t.name + "' has type " +
+  fail(ErrorCode::unsupported, "tensor " + quoted(t.name) + " has type " +
                                    (ti.name ? std::string(ti.name) : std::string("unknown")) + " (" +
                                    u64s((uint32_t)t.type) + "), which eoq does not support");
 }

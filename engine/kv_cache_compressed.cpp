@@ -36,9 +36,10 @@ constexpr int QK = 32;  // values per q8_0 / q4_0 block
 
 enum class Family { qblock, turbo, eoq };
 
-// q4_0 as llama.cpp lays it out: f16 scale d, then 16 bytes; byte j holds value j (low nibble)
-// and value j + 16 (high nibble), each stored as q + 8 with x ≈ (q − 8)·d... i.e. d = m / −8 for
-// the value m of largest magnitude, q = min(15, trunc(x/d + 8.5)).
+// q4_0 as llama.cpp lays it out, per 32 values: f16 scale d, then 16 bytes; byte j holds value
+// j in its low nibble and value j + 16 in its high nibble, each as q in 0..15 with x ≈ (q − 8)·d.
+// d = m / −8 for the value m of largest magnitude (so m maps to q = 0 exactly), and
+// q = min(15, trunc(x/d + 8.5)).
 void quantize_row_q4_0(const float* x, uint8_t* dst, int n) {
   for (int b = 0; b < n / QK; b++) {
     const float* xb = x + b * QK;
@@ -163,9 +164,9 @@ class CompressedKVCache final : public KVCache {
     block_ = p.block > 0 ? p.block : (d < 128 ? 256 : 128);
     ring_ = p.ring >= 0 ? p.ring : block_;
     sinks_ = p.sinks;
-    if (fam_ != Family::qblock) {  // build the codebooks now, not inside the first attention step
-      lloyd_max_codebook(d, k_bits_);
-      lloyd_max_codebook(d, v_bits_);
+    if (fam_ != Family::qblock) {  // build the codebooks now, not inside an attention step
+      cb_[0] = &lloyd_max_codebook(d, k_bits_);
+      cb_[1] = &lloyd_max_codebook(d, v_bits_);
     }
     heads_.resize((size_t)s.n_layer * s.n_head_kv);
     for (int il = 0; il < s.n_layer; il++)
@@ -354,16 +355,10 @@ class CompressedKVCache final : public KVCache {
     }
     for (uint16_t h : st.ring) rows.push_back(fp16_to_fp32(h));
     if (!st.qrows.empty()) {
-      const QRowView qv{q4_};
       const size_t nrow = st.qrows.size() / row_bytes_;
-      for (size_t t = 0; t < nrow; t++) {
-        const uint8_t* r = st.qrows.data() + t * row_bytes_;
-        for (int b = 0; b < d / QK; b++) {
-          const uint8_t* blk = r + (size_t)b * qv.bytes_per_block();
-          const float sc = qv.scale(blk);
-          for (int i = 0; i < QK; i++) rows.push_back(sc * (float)qv.value(blk, i));
-        }
-      }
+      const size_t off = rows.size();
+      rows.resize(off + nrow * d);
+      for (size_t t = 0; t < nrow; t++) decode_qrow(st.qrows.data() + t * row_bytes_, &rows[off + t * d]);
     }
   }
 
@@ -432,7 +427,7 @@ class CompressedKVCache final : public KVCache {
         }
     }
     // Look-up table lut[h][j][c] = q̃_j · centroid_c / sqrt(d): the codebook dot becomes d look-ups.
-    const LloydMaxCodebook& cb = lloyd_max_codebook(d, kb.bits);
+    const LloydMaxCodebook& cb = *cb_[0];  // kb.bits == k_bits_
     const int L = 1 << kb.bits;
     const float isd = 1.0f / std::sqrt((float)d);
     w.lut.resize((size_t)G * d * L);
@@ -477,7 +472,7 @@ class CompressedKVCache final : public KVCache {
           for (int j = 0; j < d; j++) w.acc[(size_t)h * d + j] += w.a[(size_t)h * r + i] * w.basis[(size_t)i * d + j];
       }
     }
-    const LloydMaxCodebook& cb = lloyd_max_codebook(d, vb.bits);
+    const LloydMaxCodebook& cb = *cb_[1];  // vb.bits == v_bits_
     const float isd = 1.0f / std::sqrt((float)d);
     w.codes.resize(d);
     const size_t cbytes = vb.code_bytes();
@@ -492,38 +487,31 @@ class CompressedKVCache final : public KVCache {
     }
   }
 
-  // m rows of q8_0 / q4_0 codes (K rows kr, V rows vr).
-  void qblock_segment(Scratch& w, int G, int m, const uint8_t* kr, const uint8_t* vr) const {
-    const int d = shape_.head_dim, nb = d / QK;
+  // One q8_0 / q4_0 row decoded into row[d] (on the fly, one token at a time; nothing kept).
+  void decode_qrow(const uint8_t* r, float* row) const {
     const QRowView qv{q4_};
     const int bpb = qv.bytes_per_block();
+    for (int b = 0; b < shape_.head_dim / QK; b++) {
+      const uint8_t* blk = r + (size_t)b * bpb;
+      const float sc = qv.scale(blk);
+      for (int i = 0; i < QK; i++) row[b * QK + i] = sc * (float)qv.value(blk, i);
+    }
+  }
+
+  // m rows of q8_0 / q4_0 codes (K rows kr, V rows vr).
+  void qblock_segment(Scratch& w, int G, int m, const uint8_t* kr, const uint8_t* vr) const {
+    const int d = shape_.head_dim;
+    const CpuKernels& kern = cpu_kernels();
     w.sc.resize((size_t)G * m);
+    w.basis.resize(d);  // scratch row
     for (int t = 0; t < m; t++) {
-      const uint8_t* row = kr + (size_t)t * row_bytes_;
-      for (int h = 0; h < G; h++) {
-        const float* qh = &w.qt[(size_t)h * d];
-        float s = 0;
-        for (int b = 0; b < nb; b++) {
-          const uint8_t* blk = row + (size_t)b * bpb;
-          float sb = 0;
-          for (int i = 0; i < QK; i++) sb += qh[b * QK + i] * (float)qv.value(blk, i);
-          s += qv.scale(blk) * sb;
-        }
-        w.sc[(size_t)h * m + t] = s;
-      }
+      decode_qrow(kr + (size_t)t * row_bytes_, w.basis.data());
+      for (int h = 0; h < G; h++) w.sc[(size_t)h * m + t] = kern.dot_f32(w.basis.data(), &w.qt[(size_t)h * d], d);
     }
     absorb(w, G, m, d);
     for (int t = 0; t < m; t++) {
-      const uint8_t* row = vr + (size_t)t * row_bytes_;
-      for (int h = 0; h < G; h++) {
-        float* acc = &w.acc[(size_t)h * d];
-        const float wt = w.sc[(size_t)h * m + t];
-        for (int b = 0; b < nb; b++) {
-          const uint8_t* blk = row + (size_t)b * bpb;
-          const float f = wt * qv.scale(blk);
-          for (int i = 0; i < QK; i++) acc[b * QK + i] += f * (float)qv.value(blk, i);
-        }
-      }
+      decode_qrow(vr + (size_t)t * row_bytes_, w.basis.data());
+      for (int h = 0; h < G; h++) kern.axpy_f32(w.sc[(size_t)h * m + t], w.basis.data(), &w.acc[(size_t)h * d], d);
     }
   }
 
@@ -576,6 +564,7 @@ class CompressedKVCache final : public KVCache {
   bool q4_ = false;
   size_t row_bytes_ = 0;
   int k_bits_ = 0, v_bits_ = 0, rank_cap_ = 0, block_ = 0, ring_ = 0, sinks_ = 0;
+  const LloydMaxCodebook* cb_[2] = {nullptr, nullptr};  // K, V residual codebooks
   std::vector<HeadStore> heads_;  // [n_layer][n_head_kv]
   std::vector<int> n_;            // tokens per layer
 };

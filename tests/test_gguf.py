@@ -253,6 +253,30 @@ def test_writer_file_matches_reader(tmp_path, alignment):
         np.testing.assert_array_equal(f.dequantize(name), gguf.quants.dequantize(q, qt))
 
 
+def test_typed_getters(tmp_path):
+    p = tmp_path / "g.gguf"
+    write_with_writer(p)
+    f = _core.GGUFFile(str(p))
+    assert f.get_str("general.architecture") == "llama"
+    assert f.get_str("nope", "dflt") == "dflt"
+    assert f.get_int("v.i8") == -100 and f.get_int("v.u32") == 4_000_000_000
+    assert f.get_int("v.true") == 1  # bool is an integer scalar
+    assert f.get_int("nope", 5) == 5
+    assert f.get_float("v.f64") == 1.0 / 3.0
+    assert f.get_float("v.u16") == 65000.0  # integers are accepted as floats
+    assert f.get_bool("v.true", False) is True and f.get_bool("nope", True) is True
+    assert f.has("v.str") and not f.has("nope")
+    for call, needle in [(lambda: f.get_str("nope"), "missing metadata key 'nope'"),
+                         (lambda: f.get_str("v.u8"), "'v.u8' has type UINT8, expected STRING"),
+                         (lambda: f.get_int("v.str"), "expected an integer"),
+                         (lambda: f.get_int("v.u64"), "does not fit int64"),
+                         (lambda: f.get_float("v.arr_float"), "has type ARRAY"),
+                         (lambda: f.get_bool("v.u8", True), "expected BOOL")]:
+        with pytest.raises(eoq.EoqError) as ei:
+            call()
+        assert ei.value.code == "format" and needle in str(ei.value), str(ei.value)
+
+
 def test_version2_file(tmp_path):
     data = bytearray(base_file())
     data[4:8] = struct.pack("<I", 2)
@@ -474,3 +498,30 @@ def test_io_errors(tmp_path):
 def test_error_names_file(tmp_path):
     msg = expect_error(tmp_path, b"GGUF", "needs 4 bytes")
     assert "t.gguf" in msg
+
+
+def test_non_utf8_names_in_messages(tmp_path):
+    # Names are untrusted bytes; messages must still be valid text (bad bytes shown as \xNN)
+    kvs, tinfos, data = base_parts()
+    iq = bytes(74)
+    raw = build(kvs, tinfos + [tinfo(b"bad\xff\xfe\xed\xa0\x80name", [256], QT.IQ2_XS, 128)],
+                data + b"\0" * (128 - len(data)) + iq)
+    f = _core.GGUFFile(write(tmp_path, raw))
+    assert f.tensors[2]["name"] == "bad\ufffd\ufffd\ufffd\ufffd\ufffdname"  # decoded with replacement
+    with pytest.raises(eoq.EoqError) as ei:
+        f.require_supported(2)  # by index: the str name cannot address it
+    assert str(ei.value) == ("tensor 'bad\\xff\\xfe\\xed\\xa0\\x80name' has type IQ2_XS (17), "
+                             "which eoq does not support")
+    dup = [tinfo("a", [8], QT.F32, 0), tinfo(b"\xc3\xa9\xff", [8], QT.F32, 0),
+           tinfo(b"\xc3\xa9\xff", [8], QT.F32, 0)]
+    expect_error(tmp_path, build(kvs, dup, data), "tensor 2 'é\\xff': duplicate tensor name")
+
+
+def test_fifo_rejected_without_hanging(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.gguf"
+    os.mkfifo(fifo)
+    with pytest.raises(eoq.EoqError) as ei:
+        _core.GGUFFile(str(fifo))
+    assert ei.value.code == "io" and "not a regular file" in str(ei.value)
