@@ -84,7 +84,7 @@ class KVCacheTester {
     const int n = (int)k.shape(0);
     if (held_[il] + n > s.n_ctx) bad("append: context full");
     py::gil_scoped_release nogil;
-    cache_->append(il, held_[il], n, k.data(), v.data());
+    cache_->append(il, held_[il], n, k.data(), v.data(), pool_);
     held_[il] += n;
   }
   // q: [n][n_head][head_dim] at positions pos0..; returns the attention output, same shape.

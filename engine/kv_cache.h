@@ -42,7 +42,8 @@ class KVCache {
 
   // Store keys and values of tokens at positions [pos0, pos0 + n) for layer il.
   // k, v: [n][n_head_kv][head_dim]. Positions arrive in order: pos0 == tokens already held.
-  virtual void append(int il, int pos0, int n, const float* k, const float* v) = 0;
+  // Compressed caches seal blocks here, spread over the pool (one stream per KV head and K/V).
+  virtual void append(int il, int pos0, int n, const float* k, const float* v, ThreadPool& pool) = 0;
 
   // Causal attention for n queries at positions pos0.. of layer il: query i attends to cached
   // tokens [0, pos0 + i]. q: [n][n_head][head_dim] (after RoPE, unscaled); out: same shape.

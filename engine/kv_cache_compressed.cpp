@@ -189,17 +189,21 @@ class CompressedKVCache final : public KVCache {
     return il < p_.boundary_layers || il >= shape_.n_layer - p_.boundary_layers;
   }
 
-  void append(int il, int pos0, int n, const float* k, const float* v) override {
+  void append(int il, int pos0, int n, const float* k, const float* v, ThreadPool& pool) override {
     const KVCacheShape& s = shape_;
     if (il < 0 || il >= s.n_layer) fail(ErrorCode::internal, "KV cache: layer out of range");
     if (pos0 != n_[il] || n < 0 || pos0 + n > s.n_ctx)
       fail(ErrorCode::internal, "KV cache: out-of-order or overflowing append");
     const int d = s.head_dim;
     const bool exact = exact_layer(il);
+    // One work item per (KV head, K or V) stream: streams share nothing but the read-only
+    // rotation, so sealing runs in parallel.
+    pool.parallel_for(2 * s.n_head_kv, [&](int64_t i0, int64_t i1, int) {
     std::vector<float> row(d);
-    for (int g = 0; g < s.n_head_kv; g++) {
+    for (int64_t item = i0; item < i1; item++) {
+      const int g = (int)(item / 2), kv = (int)(item % 2);
       HeadStore& hs = head(il, g);
-      for (int kv = 0; kv < 2; kv++) {
+      {
         Stream& st = hs.s[kv];
         const float* src = kv == 0 ? k : v;
         for (int t = 0; t < n; t++) {
@@ -231,6 +235,7 @@ class CompressedKVCache final : public KVCache {
           while ((int)st.ring_bad.size() >= ring_ + block_) seal_oldest(st, kv);
       }
     }
+    });
     n_[il] = pos0 + n;
   }
 

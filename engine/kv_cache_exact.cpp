@@ -46,7 +46,7 @@ class ExactKVCache final : public KVCache {
     n_.assign(s.n_layer, 0);
   }
 
-  void append(int il, int pos0, int n, const float* k, const float* v) override {
+  void append(int il, int pos0, int n, const float* k, const float* v, ThreadPool&) override {
     const KVCacheShape& s = shape_;
     if (pos0 != n_[il] || pos0 + n > s.n_ctx) fail(ErrorCode::internal, "KV cache: out-of-order or overflowing append");
     for (int t = 0; t < n; t++)

@@ -178,7 +178,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos0, KVCache& kv, Th
       rope_adjacent(&q_[t * q_dim], c.n_head, c.head_dim, c.n_rot, pos, c.rope_inv_freq.data());
       rope_adjacent(&k_[t * kv_dim], c.n_head_kv, c.head_dim, c.n_rot, pos, c.rope_inv_freq.data());
     }
-    kv.append(il, pos0, n, k_.data(), v_.data());
+    kv.append(il, pos0, n, k_.data(), v_.data(), pool);
     kv.attend(il, pos0, n, c.n_head, q_.data(), att_.data(), pool);
     matmul(L.attn_output, att_.data(), n, tmp_.data(), pool);
     for (size_t i = 0; i < (size_t)n * E; i++) x_[i] += tmp_[i];
