@@ -17,6 +17,8 @@ import re
 import secrets
 import sys
 import warnings
+
+import numpy as np
 from typing import List, Optional
 
 PROG = "eoq-run"
@@ -183,6 +185,44 @@ def _mib(n: float) -> str:
     return f"{n / (1 << 20):.2f} MiB"
 
 
+def stats_lines(st) -> List[str]:
+    """A short human summary of Engine.compression_stats()."""
+    out = [f"stats: mode {st.get('mode')}, {st.get('n_tokens', 0)} tokens, {st.get('bytes', 0)} bytes, "
+           f"{float(st.get('bits_per_entry', 0)):.3f} bits per entry (whole cache, fully counted)"]
+    if "f16_bytes" in st:
+        out.append(f"stats: f16 cache of the same length {st['f16_bytes']} bytes, "
+                   f"compression ratio {float(st.get('compression_ratio', 0)):.2f}x")
+    if "params" in st:
+        out.append("stats: params " + ", ".join(f"{k}={v}" for k, v in st["params"].items()))
+    summ = st.get("summary") or {}
+    if summ:
+        out.append(f"stats: blocks sealed {summ.get('blocks_sealed', 0)}, "
+                   f"sealing {float(summ.get('seal_ms_total', 0)):.1f} ms in all, "
+                   f"{float(summ.get('seal_ms_per_block', 0)):.2f} ms per block")
+        for kv in ("k", "v"):
+            d = summ.get(kv)
+            if not d:
+                continue
+            line = (f"stats: {kv.upper()}: sealed bits per entry {float(d.get('bits_per_entry_sealed', 0)):.3f} "
+                    f"(paper convention {float(d.get('bits_per_entry_sealed_paper', 0)):.3f})")
+            if "mean_rank" in d:
+                line += (f", mean rank {float(d['mean_rank']):.2f} (before cap {float(d.get('mean_rank_raw', 0)):.2f})"
+                         f", mean block error {float(d.get('mean_rel_err', 0)):.3f}")
+            fb = {k: v for k, v in (d.get("fallbacks") or {}).items() if k != "none" and v}
+            if fb:
+                line += ", fallbacks " + ", ".join(f"{k}={v}" for k, v in fb.items())
+            out.append(line)
+    ranks = []
+    for layer in st.get("layers") or []:
+        hists = [h["k"]["rank_hist"] for h in layer.get("heads", []) if h.get("k", {}).get("blocks")]
+        rs = [np.dot(np.arange(len(hh)), hh) / max(1, sum(hh)) for hh in hists]
+        if rs:
+            ranks.append(f"{layer['layer']}:{np.mean(rs):.1f}")
+    if ranks:
+        out.append("stats: mean K rank by layer " + " ".join(ranks))
+    return out
+
+
 def kv_config(args):
     """(mode, options) from --kv, -ctk/-ctv and the --kv-* knobs."""
     mode = args.kv
@@ -281,8 +321,8 @@ def run(args) -> int:
              f"for {kv.get('n_tokens', 0)} tokens, {float(kv.get('bits_per_entry', 0.0)):.2f} bits per entry")
         _err(f"finish reason = {c.finish_reason}")
         if args.stats:
-            for k, v in kv.items():
-                _err(f"stats: {k} = {v}")
+            for line in stats_lines(kv):
+                _err(line)
     return 0
 
 
