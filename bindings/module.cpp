@@ -1,5 +1,7 @@
 #include <pybind11/pybind11.h>
 
+#include <cstring>
+
 #include "bindings/bindings.h"
 #include "engine/error.h"
 
@@ -19,7 +21,10 @@ void bind_errors(py::module_& m) {
       static const char* names[] = {"ok", "io", "format", "unsupported", "invalid_arg",
                                     "context_full", "invalid_utf8", "internal"};
       const int c = (int)e.code();
-      py::object inst = py::reinterpret_borrow<py::object>(exc)(py::str(e.what()));
+      // Messages may quote bytes from an untrusted file: decode with replacement, never fail.
+      const char* msg = e.what();
+      py::object text = py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(msg, (Py_ssize_t)std::strlen(msg), "replace"));
+      py::object inst = py::reinterpret_borrow<py::object>(exc)(text);
       inst.attr("code") = py::str(c >= 0 && c < 8 ? names[c] : "internal");
       PyErr_SetObject(exc, inst.ptr());
     }

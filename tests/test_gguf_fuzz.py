@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
+import gguf  # noqa: E402  (a test dependency: a missing package must fail, not skip)
 import eoq  # noqa: E402
 from eoq import _core  # noqa: E402
 
