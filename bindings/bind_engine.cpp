@@ -37,8 +37,9 @@ py::object value_to_py(const eoq::GGUFValue& v) {
   }
 }
 
-// KVCacheParams from Engine(..., kv=mode, kv_options={...}); unknown keys are an error.
-eoq::KVCacheParams kv_params(const std::string& mode, const py::dict& opts) {
+}  // namespace
+
+eoq::KVCacheParams kv_params_from_dict(const std::string& mode, const py::dict& opts) {
   eoq::KVCacheParams p;
   p.mode = mode;
   for (auto item : opts) {
@@ -63,6 +64,8 @@ eoq::KVCacheParams kv_params(const std::string& mode, const py::dict& opts) {
   return p;
 }
 
+namespace {
+
 py::array_t<float> to_array(const std::vector<float>& v, py::ssize_t rows, py::ssize_t cols) {
   py::array_t<float> a(rows > 0 ? std::vector<py::ssize_t>{rows, cols} : std::vector<py::ssize_t>{cols});
   std::copy(v.begin(), v.begin() + (size_t)(rows > 0 ? rows : 1) * cols, a.mutable_data());
@@ -80,7 +83,7 @@ void bind_engine(py::module_& m) {
              p.n_ctx = n_ctx;
              p.n_threads = n_threads;
              p.n_batch = n_batch;
-             p.kv = kv_params(kv, kv_options);
+             p.kv = kv_params_from_dict(kv, kv_options);
              py::gil_scoped_release nogil;
              return std::make_unique<eoq::Engine>(p);
            }),

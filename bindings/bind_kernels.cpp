@@ -16,6 +16,7 @@ namespace {
 
 using f32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using u16 = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>;
+using u8 = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 
 const eoq::CpuKernels& table(const std::string& isa) {
   if (isa == "auto") return eoq::cpu_kernels();
@@ -25,6 +26,19 @@ const eoq::CpuKernels& table(const std::string& isa) {
     throw eoq::Error(eoq::ErrorCode::unsupported, "this CPU has no AVX2/FMA/F16C");
   }
   throw eoq::Error(eoq::ErrorCode::invalid_arg, "unknown ISA '" + isa + "'");
+}
+
+void bad(const std::string& what) { throw eoq::Error(eoq::ErrorCode::invalid_arg, what); }
+
+// rows [m][d] of f16 bits or of packed codes ([m][packed bytes]); q or acc [nq][d]; w [nq][m].
+void check_2d(const py::array& a, py::ssize_t rows, py::ssize_t cols, const char* what) {
+  if (a.ndim() != 2 || (rows >= 0 && a.shape(0) != rows) || (cols >= 0 && a.shape(1) != cols))
+    bad(std::string(what) + " has the wrong shape");
+}
+
+size_t code_row_bytes(int d, int bits) {
+  if (d < 1 || bits < 1 || bits > 8) bad("need d >= 1 and bits in 1..8");
+  return ((size_t)d * bits + 7) / 8;
 }
 
 void same_size(py::ssize_t a, py::ssize_t b) {
@@ -69,6 +83,50 @@ void bind_kernels(py::module_& m) {
     py::array_t<float> out(y.size());
     std::copy(y.data(), y.data() + y.size(), out.mutable_data());
     table(isa).axpy_f16(alpha, x.data(), out.mutable_data(), x.size());
+    return out;
+  });
+  // Attention over m rows for nq query vectors (kernels.h scores_* / values_*).
+  m.def("k_scores_f16", [](const std::string& isa, u16 rows, f32 q) {
+    check_2d(rows, -1, -1, "rows");
+    const int64_t mm = rows.shape(0);
+    const int d = (int)rows.shape(1);
+    check_2d(q, -1, d, "q");
+    const int nq = (int)q.shape(0);
+    py::array_t<float> out({(py::ssize_t)nq, (py::ssize_t)mm});
+    table(isa).scores_f16(rows.data(), mm, d, q.data(), nq, out.mutable_data());
+    return out;
+  });
+  m.def("k_values_f16", [](const std::string& isa, u16 rows, f32 w, f32 acc) {
+    check_2d(rows, -1, -1, "rows");
+    const int64_t mm = rows.shape(0);
+    const int d = (int)rows.shape(1);
+    check_2d(w, -1, mm, "w");
+    check_2d(acc, w.shape(0), d, "acc");
+    py::array_t<float> out({acc.shape(0), acc.shape(1)});
+    std::copy(acc.data(), acc.data() + acc.size(), out.mutable_data());
+    table(isa).values_f16(rows.data(), mm, d, w.data(), (int)w.shape(0), out.mutable_data());
+    return out;
+  });
+  m.def("k_scores_codes", [](const std::string& isa, u8 codes, int d, int bits, f32 centroids, f32 q) {
+    check_2d(codes, -1, (py::ssize_t)code_row_bytes(d, bits), "codes");
+    if (centroids.size() != (py::ssize_t)1 << bits) bad("centroids must hold 2^bits values");
+    check_2d(q, -1, d, "q");
+    const int64_t mm = codes.shape(0);
+    const int nq = (int)q.shape(0);
+    py::array_t<float> out({(py::ssize_t)nq, (py::ssize_t)mm});
+    table(isa).scores_codes(codes.data(), mm, d, bits, centroids.data(), q.data(), nq, out.mutable_data());
+    return out;
+  });
+  m.def("k_values_codes", [](const std::string& isa, u8 codes, int d, int bits, f32 centroids, f32 w, f32 acc) {
+    check_2d(codes, -1, (py::ssize_t)code_row_bytes(d, bits), "codes");
+    if (centroids.size() != (py::ssize_t)1 << bits) bad("centroids must hold 2^bits values");
+    const int64_t mm = codes.shape(0);
+    check_2d(w, -1, mm, "w");
+    check_2d(acc, w.shape(0), d, "acc");
+    py::array_t<float> out({acc.shape(0), acc.shape(1)});
+    std::copy(acc.data(), acc.data() + acc.size(), out.mutable_data());
+    table(isa).values_codes(codes.data(), mm, d, bits, centroids.data(), w.data(), (int)w.shape(0),
+                            out.mutable_data());
     return out;
   });
   // One row of n values of a weight type (raw block bytes: bytes, bytearray, uint8 array...).

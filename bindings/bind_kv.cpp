@@ -39,26 +39,15 @@ py::array_t<float> farray(const std::vector<float>& v, std::vector<py::ssize_t> 
   return a;
 }
 
+// {"mode": ..., knobs...} -> KVCacheParams (the knobs parsed as for Engine(kv_options=...)).
 eoq::KVCacheParams parse_params(const py::dict& d) {
-  eoq::KVCacheParams p;
+  py::dict opts;
+  std::string mode = "f16";
   for (auto item : d) {
-    const std::string k = py::str(item.first);
-    const py::handle v = item.second;
-    if (k == "mode") p.mode = v.cast<std::string>();
-    else if (k == "k_bits") p.k_bits = v.cast<int>();
-    else if (k == "v_bits") p.v_bits = v.cast<int>();
-    else if (k == "rank_cap") p.rank_cap = v.cast<int>();
-    else if (k == "factor_bits") p.factor_bits = v.cast<int>();
-    else if (k == "shrink") p.shrink = v.cast<bool>();
-    else if (k == "block") p.block = v.cast<int>();
-    else if (k == "ring") p.ring = v.cast<int>();
-    else if (k == "sinks") p.sinks = v.cast<int>();
-    else if (k == "boundary_layers") p.boundary_layers = v.cast<int>();
-    else if (k == "norm_correction") p.norm_correction = v.cast<bool>();
-    else if (k == "seed") p.seed = v.cast<uint64_t>();
-    else bad("unknown KV cache parameter '" + k + "'");
+    if (py::str(item.first).cast<std::string>() == "mode") mode = item.second.cast<std::string>();
+    else opts[item.first] = item.second;
   }
-  return p;
+  return kv_params_from_dict(mode, opts);
 }
 
 // A KV cache outside any model: append/attend on NumPy arrays.

@@ -2,7 +2,13 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+namespace eoq { struct KVCacheParams; }
+
 namespace eoq_py {
+// KVCacheParams from a mode and a dict of knobs (k_bits, v_bits, rank_cap, ...); unknown keys
+// raise EoqError. Shared by Engine(kv_options=...) and the cache test hooks.
+eoq::KVCacheParams kv_params_from_dict(const std::string& mode, const pybind11::dict& opts);
+
 void bind_errors(pybind11::module_& m);     // bindings/module.cpp
 void bind_gguf(pybind11::module_& m);       // bindings/bind_gguf.cpp: GGUFFile, dequantize helpers
 void bind_tokenizer(pybind11::module_& m);  // bindings/bind_tokenizer.cpp
