@@ -1,6 +1,7 @@
 // Test hooks for the compressed KV cache: TurboQuant codebooks and rotation, the Jacobi
 // eigensolver, eOptShrink, block sealing, and a standalone KVCache driven from NumPy
 // (KVCacheTester), so tests can check attention from the codes against explicit dequantization.
+#include <algorithm>
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -228,6 +229,29 @@ void bind_kv(py::module_& m) {
         return py::make_tuple(w, V);
       },
       py::arg("G"), "Eigenvalues (descending) and eigenvectors (columns) of a symmetric matrix.");
+  // The production eigensolver (Householder + implicit QL). nvec < 0: all eigenvectors from
+  // eigh_tridiag; nvec >= 0: the two-phase SymEig path seal_block uses (all eigenvalues, then
+  // the first nvec eigenvectors rebuilt one by one; the other columns are zero).
+  m.def(
+      "eigh_tridiag",
+      [](f64 G, int nvec) {
+        if (G.ndim() != 2 || G.shape(0) != G.shape(1)) bad("eigh_tridiag: G must be square");
+        const int n = (int)G.shape(0);
+        if (n < 1) bad("eigh_tridiag: G must be at least 1x1");
+        if (nvec > n) bad("eigh_tridiag: nvec must be <= n");
+        py::array_t<double> w(n), V({(py::ssize_t)n, (py::ssize_t)n});
+        bool ok;
+        if (nvec < 0) {
+          ok = eoq::eigh_tridiag(G.data(), n, w.mutable_data(), V.mutable_data());
+        } else {
+          std::fill(V.mutable_data(), V.mutable_data() + (size_t)n * n, 0.0);
+          eoq::SymEig eig;
+          ok = eig.values(G.data(), n, w.mutable_data());
+          for (int k = 0; k < nvec; k++) eig.vector(k, V.mutable_data() + k, n);
+        }
+        return py::make_tuple(w, V, ok);
+      },
+      py::arg("G"), py::arg("nvec") = -1);
   m.def(
       "eoptshrink",
       [](f64 lam, int p, int N) {

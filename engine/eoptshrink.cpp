@@ -1,8 +1,11 @@
-// Jacobi eigensolver, eOptShrink and block sealing (engine/eoptshrink.h).
+// Eigensolvers (Householder + QL, Jacobi reference), eOptShrink and block sealing (engine/eoptshrink.h).
 #include "engine/eoptshrink.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
 #include <numeric>
 
 #include "engine/error.h"
@@ -72,6 +75,321 @@ bool eigh_jacobi(const double* a_in, int n, double* w, double* v, int max_sweeps
     for (int i = 0; i < n; i++) v[(size_t)i * n + k] = vv[(size_t)i * n + order[k]];
   }
   return converged;
+}
+
+namespace {
+
+// Σ a[j] b[j] with four partial sums in a fixed order (deterministic; vectorisable).
+inline double dot4(const double* a, const double* b, int m) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int j = 0;
+  for (; j + 4 <= m; j += 4) {
+    s0 += a[j] * b[j];
+    s1 += a[j + 1] * b[j + 1];
+    s2 += a[j + 2] * b[j + 2];
+    s3 += a[j + 3] * b[j + 3];
+  }
+  for (; j < m; j++) s0 += a[j] * b[j];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// Σ x[j] b[j] (x float), as dot4.
+inline double dot4f(const float* x, const double* b, int m) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int j = 0;
+  for (; j + 4 <= m; j += 4) {
+    s0 += x[j] * b[j];
+    s1 += x[j + 1] * b[j + 1];
+    s2 += x[j + 2] * b[j + 2];
+    s3 += x[j + 3] * b[j + 3];
+  }
+  for (; j < m; j++) s0 += x[j] * b[j];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// sqrt(f² + g²) without the cost of std::hypot in the usual range.
+inline double norm2(double f, double g) {
+  const double m = std::max(std::fabs(f), std::fabs(g));
+  if (m > 1e-150 && m < 1e150) return std::sqrt(f * f + g * g);
+  return std::hypot(f, g);
+}
+
+}  // namespace
+
+// Loads a (symmetrised) into a_, scaled by 2^-ex_ so that the largest entry lies in [0.5, 1).
+int SymEig::load(const double* a_in, int n) {
+  n_ = n;
+  ex_ = 0;
+  const size_t nn = (size_t)n * n;
+  a_.resize(nn);
+  hv_.resize(nn);
+  beta_.resize(n);
+  d_.resize(n);
+  e_.resize(n);
+  p_.resize(n);
+  order_.resize(n);
+  double amax = 0;
+  bool finite = true;
+  for (size_t i = 0; i < nn; i++) {
+    const double x = a_in[i];
+    if (!std::isfinite(x)) finite = false;
+    else amax = std::max(amax, std::fabs(x));
+  }
+  if (!finite) return -1;
+  if (amax == 0) return 0;
+  std::frexp(amax, &ex_);
+  double* A = a_.data();
+  for (int i = 0; i < n; i++)
+    for (int j = i; j < n; j++) {
+      const double x = std::ldexp(0.5 * a_in[(size_t)i * n + j] + 0.5 * a_in[(size_t)j * n + i], -ex_);
+      A[(size_t)i * n + j] = A[(size_t)j * n + i] = x;
+    }
+  return 1;
+}
+
+// A = Q T Qᵀ with T tridiagonal (d_, e_; e_[i] = T(i, i+1), e_[n−1] = 0) and
+// Q = H_0 H_1 ··· H_{n−3}, H_k = I − beta_[k] h_k h_kᵀ (h_k in row k of hv_, entries k+1..n−1).
+// Step k annihilates row/column k of the trailing block beyond its first subdiagonal entry.
+// Only the lower triangle of the trailing block is read and updated.
+void SymEig::tridiagonalize() {
+  const int n = n_;
+  double* A = a_.data();
+  double* p = p_.data();
+  for (int k = 0; k + 2 < n; k++) {
+    const int m = n - k - 1;
+    // Column k below the diagonal (lower triangle: a strided column; copied into h).
+    double* h = hv_.data() + (size_t)k * n + k + 1;
+    for (int i = 0; i < m; i++) h[i] = A[(size_t)(k + 1 + i) * n + k];
+    d_[k] = A[(size_t)k * n + k];
+    double sigma = 0;
+    for (int i = 1; i < m; i++) sigma += h[i] * h[i];
+    if (sigma == 0) {  // already tridiagonal in this column
+      e_[k] = h[0];
+      beta_[k] = 0;
+      continue;
+    }
+    const double x0 = h[0];
+    const double norm = std::sqrt(x0 * x0 + sigma);
+    const double alpha = x0 >= 0 ? -norm : norm;  // H x = alpha e1, no cancellation in h[0]
+    h[0] = x0 - alpha;
+    const double beta = 2 / (h[0] * h[0] + sigma);
+    beta_[k] = beta;
+    e_[k] = alpha;
+    // Trailing block B (rows/columns k+1..n−1) ← H B H = B − h qᵀ − q hᵀ, where
+    // p = beta B h and q = p − (beta/2)(hᵀp) h. B h from the lower triangle: row i gives
+    // Σ_{j<=i} B_ij h_j to p_i and B_ij h_i to p_j (j < i).
+    double* B = A + (size_t)(k + 1) * n + k + 1;
+    std::fill(p, p + m, 0.0);
+    for (int i = 0; i < m; i++) {
+      const double* row = B + (size_t)i * n;
+      const double hi = h[i];
+      p[i] += dot4(row, h, i) + row[i] * hi;
+      for (int j = 0; j < i; j++) p[j] += row[j] * hi;
+    }
+    for (int i = 0; i < m; i++) p[i] *= beta;
+    const double K = 0.5 * beta * dot4(h, p, m);
+    for (int i = 0; i < m; i++) p[i] -= K * h[i];
+    for (int i = 0; i < m; i++) {
+      double* row = B + (size_t)i * n;
+      const double hi = h[i], qi = p[i];
+      for (int j = 0; j <= i; j++) row[j] -= hi * p[j] + qi * h[j];
+    }
+  }
+  if (n >= 2) {
+    d_[n - 2] = A[(size_t)(n - 2) * n + n - 2];
+    e_[n - 2] = A[(size_t)(n - 1) * n + n - 2];
+  }
+  d_[n - 1] = A[(size_t)(n - 1) * n + n - 1];
+  e_[n - 1] = 0;
+}
+
+// Implicit QL with Wilkinson shifts on (d_, e_), eigenvalues left in d_. Each plane rotation
+// of rows i, i+1 goes to zt (eigenvectors as rows, if zt) and to rot_ (if record_). The d/e
+// arithmetic does not depend on either, so the eigenvalues are the same bit for bit in every
+// mode. Returns false if an eigenvalue takes more than 60 sweeps.
+bool SymEig::ql(double* zt) {
+  const int n = n_;
+  double* d = d_.data();
+  double* e = e_.data();
+  const double eps = std::numeric_limits<double>::epsilon();
+  rot_.clear();
+  // e[m] is negligible when it is small against its two diagonal neighbours, or against the
+  // whole matrix (‖T‖∞): the absolute test settles clusters of eigenvalues at the rounding level
+  // (zero eigenvalues of a rank-deficient Gram matrix) that the relative test alone never does.
+  double tnorm = 0;
+  for (int i = 0; i < n; i++)
+    tnorm = std::max(tnorm, std::fabs(d[i]) + std::fabs(e[i]) + (i > 0 ? std::fabs(e[i - 1]) : 0.0));
+  const double tiny = eps * tnorm;
+  bool ok = true;
+  for (int l = 0; l < n; l++) {
+    int iter = 0;
+    for (;;) {
+      int m = l;
+      for (; m < n - 1; m++) {  // first negligible e[m] at or after l (e[n−1] = 0)
+        const double em = std::fabs(e[m]);
+        if (em <= tiny || em <= eps * (std::fabs(d[m]) + std::fabs(d[m + 1]))) break;
+      }
+      if (m == l) break;
+      if (++iter > 60) {
+        ok = false;
+        break;
+      }
+      // Shift: the eigenvalue of the leading 2×2 of the block closer to d[l].
+      double g = (d[l + 1] - d[l]) / (2 * e[l]);
+      double r = norm2(g, 1.0);
+      g = d[m] - d[l] + e[l] / (g + std::copysign(r, g));
+      double s = 1, c = 1, p = 0;
+      bool early = false;
+      for (int i = m - 1; i >= l; i--) {
+        const double f = s * e[i], b = c * e[i];
+        r = norm2(f, g);
+        e[i + 1] = r;
+        if (r == 0) {  // underflow: the block splits here
+          d[i + 1] -= p;
+          e[m] = 0;
+          early = true;
+          break;
+        }
+        s = f / r;
+        c = g / r;
+        g = d[i + 1] - p;
+        r = (d[i] - g) * s + 2 * c * b;
+        p = s * r;
+        d[i + 1] = g + p;
+        g = c * r - b;
+        if (record_) rot_.push_back(Rot{c, s, i});
+        if (zt) {
+          double* zi = zt + (size_t)i * n;
+          double* zj = zi + n;
+          for (int k = 0; k < n; k++) {
+            const double x = zi[k], y = zj[k];
+            zj[k] = s * x + c * y;
+            zi[k] = c * x - s * y;
+          }
+        }
+      }
+      if (early) continue;
+      d[l] -= p;
+      e[l] = g;
+      e[m] = 0;
+    }
+  }
+  return ok;
+}
+
+// order_: positions of d_ by eigenvalue, descending (NaN last, ties by position).
+void SymEig::sort_values() {
+  std::iota(order_.begin(), order_.end(), 0);
+  const double* d = d_.data();
+  std::stable_sort(order_.begin(), order_.end(), [d](int x, int y) {
+    if (std::isnan(d[x])) return false;
+    if (std::isnan(d[y])) return true;
+    return d[x] > d[y];
+  });
+}
+
+bool SymEig::values(const double* a, int n, double* w) {
+  state_ = 0;
+  if (n <= 0) return true;
+  state_ = load(a, n);
+  if (state_ <= 0) {
+    for (int k = 0; k < n; k++) w[k] = state_ == 0 ? 0.0 : std::numeric_limits<double>::quiet_NaN();
+    return state_ == 0;
+  }
+  tridiagonalize();
+  record_ = true;
+  const bool ok = ql(nullptr);
+  record_ = false;
+  sort_values();
+  for (int k = 0; k < n; k++) w[k] = std::ldexp(d_[order_[k]], ex_);
+  return ok;
+}
+
+void SymEig::vectors(const int* ks, int count, double* out, int ld) const {
+  const int n = n_;
+  if (count <= 0) return;
+  if (state_ <= 0) {  // zero (or non-finite) matrix: the unit vectors, as eigh_tridiag
+    for (int i = 0; i < n; i++)
+      for (int c = 0; c < count; c++) out[(size_t)i * ld + c] = i == ks[c] ? 1.0 : 0.0;
+    return;
+  }
+  // The eigenvectors are the rows of Zt = R_K ··· R_1 Qᵀ (R_j: the QL rotations in order), so
+  // the one at position o is Q R_1ᵀ ··· R_Kᵀ e_o: rotations last to first, then reflections,
+  // H_{n−3} first. The vectors are interleaved (y[i * count + c]) so that one pass over the
+  // rotations serves all of them, with independent dependency chains.
+  y_.assign((size_t)n * count, 0.0);
+  double* y = y_.data();
+  for (int c = 0; c < count; c++) y[(size_t)order_[ks[c]] * count + c] = 1;
+  for (size_t j = rot_.size(); j-- > 0;) {
+    const Rot& R = rot_[j];
+    double* ya = y + (size_t)R.i * count;
+    double* yb = ya + count;
+    for (int c = 0; c < count; c++) {
+      const double a = ya[c], b = yb[c];
+      ya[c] = R.c * a + R.s * b;
+      yb[c] = R.c * b - R.s * a;
+    }
+  }
+  double s[16];
+  for (int c0 = 0; c0 < count; c0 += 16) {
+    const int cn = std::min(16, count - c0);
+    for (int kk = n - 3; kk >= 0; kk--) {
+      const double beta = beta_[kk];
+      if (beta == 0) continue;
+      const int m = n - kk - 1;
+      const double* h = hv_.data() + (size_t)kk * n + kk + 1;
+      double* t = y + (size_t)(kk + 1) * count + c0;
+      for (int c = 0; c < cn; c++) s[c] = 0;
+      for (int i = 0; i < m; i++)
+        for (int c = 0; c < cn; c++) s[c] += h[i] * t[(size_t)i * count + c];
+      for (int c = 0; c < cn; c++) s[c] *= beta;
+      for (int i = 0; i < m; i++)
+        for (int c = 0; c < cn; c++) t[(size_t)i * count + c] -= s[c] * h[i];
+    }
+  }
+  for (int i = 0; i < n; i++)
+    for (int c = 0; c < count; c++) out[(size_t)i * ld + c] = y[(size_t)i * count + c];
+}
+
+void SymEig::vector(int k, double* out, int stride) const { vectors(&k, 1, out, stride); }
+
+bool eigh_tridiag(const double* a, int n, double* w, double* v) {
+  if (n <= 0) return true;
+  thread_local SymEig se;
+  se.state_ = se.load(a, n);
+  if (se.state_ <= 0) {
+    for (int k = 0; k < n; k++) w[k] = se.state_ == 0 ? 0.0 : std::numeric_limits<double>::quiet_NaN();
+    std::fill(v, v + (size_t)n * n, 0.0);
+    for (int k = 0; k < n; k++) v[(size_t)k * n + k] = 1;
+    return se.state_ == 0;
+  }
+  se.tridiagonalize();
+  // zt ← Qᵀ = H_{n−3} ··· H_1 H_0, accumulated from the right (zt ← zt H_k, k descending),
+  // which only touches rows/columns k+1..n−1.
+  se.zt_.assign((size_t)n * n, 0.0);
+  double* Z = se.zt_.data();
+  for (int i = 0; i < n; i++) Z[(size_t)i * n + i] = 1;
+  for (int k = n - 3; k >= 0; k--) {
+    const double beta = se.beta_[k];
+    if (beta == 0) continue;
+    const int m = n - k - 1;
+    const double* h = se.hv_.data() + (size_t)k * n + k + 1;
+    for (int i = k + 1; i < n; i++) {
+      double* row = Z + (size_t)i * n + k + 1;
+      const double s = beta * dot4(row, h, m);
+      for (int j = 0; j < m; j++) row[j] -= s * h[j];
+    }
+  }
+  se.record_ = false;
+  const bool ok = se.ql(Z);
+  se.sort_values();
+  for (int k = 0; k < n; k++) {
+    const int o = se.order_[k];
+    w[k] = std::ldexp(se.d_[o], se.ex_);
+    const double* z = Z + (size_t)o * n;
+    for (int i = 0; i < n; i++) v[(size_t)i * n + k] = z[i];
+  }
+  return ok;
 }
 
 EOptShrinkResult eoptshrink(const double* lam, int p, int N) {
@@ -204,12 +522,12 @@ void make_exact(const float* X, int n, int d, SealedBlock& out) {
 // Symmetric factor_bits quantizer with an f16 scale: codes in [-qmax, qmax], scale = amax/qmax
 // rounded to f16 (the codes are chosen against the rounded scale). Returns false if the scale
 // overflows f16.
-bool quantize_factor(const double* x, int count, int stride, int qmax, uint16_t& scale16, std::vector<int>& q) {
+bool quantize_factor(const double* x, int count, int stride, int qmax, uint16_t& scale16, int* q) {
   double amax = 0;
   for (int i = 0; i < count; i++) amax = std::max(amax, std::fabs(x[(size_t)i * stride]));
   scale16 = fp32_to_fp16((float)(amax / qmax));
   const float s = fp16_to_fp32(scale16);
-  q.assign(count, 0);
+  std::fill(q, q + count, 0);
   if (!std::isfinite(s)) return false;
   if (s == 0) return true;
   for (int i = 0; i < count; i++) {
@@ -217,6 +535,52 @@ bool quantize_factor(const double* x, int count, int stride, int qmax, uint16_t&
     q[i] = (int)std::min<long>(std::max<long>(v, -qmax), qmax);
   }
   return true;
+}
+
+// Per-thread buffers of seal_block (sealing allocates only the stored block in steady state).
+struct SealWork {
+  std::vector<double> G, w, V, C, Bm, xd;
+  SymEig eig;
+  std::vector<int> comp, cq, bq;
+  std::vector<float> Lq, coef, basis, R, Rh;
+};
+
+SealWork& seal_work() {
+  thread_local SealWork sw;
+  return sw;
+}
+
+// G = XᵀX (d×d, double, both triangles). Four rows at a time: each pass over the lower
+// triangle of G adds four rank-1 terms (the inner loop runs over contiguous j and vectorises).
+void gram(const float* X, int n, int d, SealWork& sw) {
+  sw.G.assign((size_t)d * d, 0.0);
+  sw.xd.resize((size_t)4 * d);
+  double* G = sw.G.data();
+  double* x0 = sw.xd.data();
+  double* x1 = x0 + d;
+  double* x2 = x1 + d;
+  double* x3 = x2 + d;
+  int t = 0;
+  for (; t + 4 <= n; t += 4) {
+    const float* src = X + (size_t)t * d;
+    for (int j = 0; j < 4 * d; j++) x0[j] = src[j];
+    for (int i = 0; i < d; i++) {
+      const double a0 = x0[i], a1 = x1[i], a2 = x2[i], a3 = x3[i];
+      double* g = G + (size_t)i * d;
+      for (int j = 0; j <= i; j++) g[j] += a0 * x0[j] + a1 * x1[j] + a2 * x2[j] + a3 * x3[j];
+    }
+  }
+  for (; t < n; t++) {
+    const float* src = X + (size_t)t * d;
+    for (int j = 0; j < d; j++) x0[j] = src[j];
+    for (int i = 0; i < d; i++) {
+      const double a0 = x0[i];
+      double* g = G + (size_t)i * d;
+      for (int j = 0; j <= i; j++) g[j] += a0 * x0[j];
+    }
+  }
+  for (int i = 0; i < d; i++)
+    for (int j = i + 1; j < d; j++) G[(size_t)i * d + j] = G[(size_t)j * d + i];
 }
 
 }  // namespace
@@ -235,12 +599,26 @@ void seal_block(const float* X, int n, int d, const SealParams& p, SealedBlock& 
   out.factor_bits = p.factor_bits;
 
   const size_t nd = (size_t)n * d;
-  double xnorm2 = 0;
+  // ‖X‖² over the finite entries, four partial sums (independent chains, fixed order).
+  double xs[4] = {0, 0, 0, 0};
   bool finite = true;
-  for (size_t i = 0; i < nd; i++) {
-    if (!std::isfinite(X[i])) finite = false;
-    else xnorm2 += (double)X[i] * X[i];
+  {
+    size_t i = 0;
+    for (; i + 4 <= nd; i += 4)
+      for (int k = 0; k < 4; k++) {
+        const double x = X[i + k];
+        const bool f = std::isfinite(x);
+        finite = finite && f;
+        xs[k] += f ? x * x : 0.0;
+      }
+    for (; i < nd; i++) {
+      const double x = X[i];
+      const bool f = std::isfinite(x);
+      finite = finite && f;
+      xs[0] += f ? x * x : 0.0;
+    }
   }
+  const double xnorm2 = (xs[0] + xs[1]) + (xs[2] + xs[3]);
   if (!finite || p.nonfinite_input) {
     // Non-finite input: an exact copy with the non-finite entries zeroed, so attention stays finite.
     make_exact(X, n, d, out);
@@ -255,27 +633,24 @@ void seal_block(const float* X, int n, int d, const SealParams& p, SealedBlock& 
   }
 
   // ---- stage 1: low-rank part ----
+  SealWork& sw = seal_work();
   int r = 0;
-  std::vector<double> C, Bm;  // n×r row-major, r×d row-major (before quantization)
-  std::vector<int> comp;      // kept eigen-indices
-  std::vector<double> w, V;
+  std::vector<double>& C = sw.C;    // n×r row-major (before quantization)
+  std::vector<double>& Bm = sw.Bm;  // r×d row-major
+  std::vector<int>& comp = sw.comp; // kept eigen-indices
+  comp.clear();
   if (xnorm2 == 0) {
     info.fallback = SealFallback::turbo_zero;
   } else if (p.rank_cap > 0) {
-    std::vector<double> G((size_t)d * d, 0.0);
-    for (int t = 0; t < n; t++) {
-      const float* x = X + (size_t)t * d;
-      for (int i = 0; i < d; i++) {
-        const double xi = x[i];
-        double* g = &G[(size_t)i * d];
-        for (int j = 0; j <= i; j++) g[j] += xi * x[j];
-      }
-    }
-    for (int i = 0; i < d; i++)
-      for (int j = i + 1; j < d; j++) G[(size_t)i * d + j] = G[(size_t)j * d + i];
+    std::vector<double>& w = sw.w;
+    std::vector<double>& V = sw.V;
+    gram(X, n, d, sw);
     w.resize(d);
     V.resize((size_t)d * d);
-    const bool ok = eigh_jacobi(G.data(), d, w.data(), V.data());
+    bool jacobi = p.eigensolver == Eigensolver::jacobi;
+    if (const char* env = std::getenv("EOQ_SEAL_EIGH")) jacobi = jacobi || std::strcmp(env, "jacobi") == 0;
+    // Production: all eigenvalues, then only the kept eigenvectors (SymEig::vectors).
+    const bool ok = jacobi ? eigh_jacobi(sw.G.data(), d, w.data(), V.data()) : sw.eig.values(sw.G.data(), d, w.data());
     const int pp = std::min(n, d), NN = std::max(n, d);
     EOptShrinkResult es;
     if (ok) es = eoptshrink(w.data(), pp, NN);
@@ -289,21 +664,23 @@ void seal_block(const float* X, int n, int d, const SealParams& p, SealedBlock& 
     r = (int)comp.size();
     C.assign((size_t)n * r, 0.0);
     Bm.assign((size_t)r * d, 0.0);
+    // The kept eigenvectors: column comp[c] of V (Jacobi, all of them) or column c (only those).
+    if (!jacobi) sw.eig.vectors(comp.data(), r, V.data(), d);
     for (int c = 0; c < r; c++) {
       const int i = comp[c];
+      const int col = jacobi ? i : c;
       const double sigma = std::sqrt(w[i]);
       const double g = p.shrink ? es.phi[i] / sigma : 1.0;
       // Sign convention: the basis row's largest-magnitude entry is positive.
       int jmax = 0;
       for (int j = 1; j < d; j++)
-        if (std::fabs(V[(size_t)j * d + i]) > std::fabs(V[(size_t)jmax * d + i])) jmax = j;
-      const double sgn = V[(size_t)jmax * d + i] < 0 ? -1.0 : 1.0;
-      for (int j = 0; j < d; j++) Bm[(size_t)c * d + j] = sgn * V[(size_t)j * d + i];
+        if (std::fabs(V[(size_t)j * d + col]) > std::fabs(V[(size_t)jmax * d + col])) jmax = j;
+      const double sgn = V[(size_t)jmax * d + col] < 0 ? -1.0 : 1.0;
+      double* bm = &Bm[(size_t)c * d];
+      for (int j = 0; j < d; j++) bm[j] = sgn * V[(size_t)j * d + col];
       for (int t = 0; t < n; t++) {
         const float* x = X + (size_t)t * d;
-        double s = 0;
-        for (int j = 0; j < d; j++) s += x[j] * Bm[(size_t)c * d + j];
-        C[(size_t)t * r + c] = s * g;
+        C[(size_t)t * r + c] = dot4f(x, bm, d) * g;
       }
       info.sigma.push_back(sigma);
       info.phi.push_back(es.phi[i]);
@@ -313,14 +690,19 @@ void seal_block(const float* X, int n, int d, const SealParams& p, SealedBlock& 
   }
 
   // ---- factor quantization (falls back to r = 0 if a scale overflows f16) ----
-  std::vector<float> Lq(nd, 0.0f);  // dequant(C) · dequant(Bm), as stored
+  std::vector<float>& Lq = sw.Lq;  // dequant(C) · dequant(Bm), as stored
+  Lq.assign(nd, 0.0f);
   if (r > 0) {
     const int qmax = (1 << (p.factor_bits - 1)) - 1;
     std::vector<uint16_t> cs(r), bs(r);
-    std::vector<std::vector<int>> cq(r), bq(r);
+    std::vector<int>& cq = sw.cq;  // r×n: coefficient codes of column c in row c
+    std::vector<int>& bq = sw.bq;  // r×d
+    cq.resize((size_t)r * n);
+    bq.resize((size_t)r * d);
     bool ok = true;
     for (int c = 0; c < r && ok; c++) {
-      ok = quantize_factor(&C[c], n, r, qmax, cs[c], cq[c]) && quantize_factor(&Bm[(size_t)c * d], d, 1, qmax, bs[c], bq[c]);
+      ok = quantize_factor(&C[c], n, r, qmax, cs[c], &cq[(size_t)c * n]) &&
+           quantize_factor(&Bm[(size_t)c * d], d, 1, qmax, bs[c], &bq[(size_t)c * d]);
     }
     if (!ok) {
       r = 0;
@@ -336,31 +718,49 @@ void seal_block(const float* X, int n, int d, const SealParams& p, SealedBlock& 
       out.coef_codes.assign(packed_bytes((int64_t)n * r, p.factor_bits), 0);
       out.basis_codes.assign(packed_bytes((int64_t)r * d, p.factor_bits), 0);
       for (int t = 0; t < n; t++)
-        for (int c = 0; c < r; c++) put_bits(out.coef_codes.data(), (int64_t)t * r + c, p.factor_bits, (uint32_t)(cq[c][t] + qmax));
+        for (int c = 0; c < r; c++)
+          put_bits(out.coef_codes.data(), (int64_t)t * r + c, p.factor_bits, (uint32_t)(cq[(size_t)c * n + t] + qmax));
       for (int c = 0; c < r; c++)
-        for (int j = 0; j < d; j++) put_bits(out.basis_codes.data(), (int64_t)c * d + j, p.factor_bits, (uint32_t)(bq[c][j] + qmax));
+        for (int j = 0; j < d; j++)
+          put_bits(out.basis_codes.data(), (int64_t)c * d + j, p.factor_bits, (uint32_t)(bq[(size_t)c * d + j] + qmax));
       for (int c = 0; c < r; c++) out.gains.push_back(fp32_to_fp16((float)info.gains[c]));
-      std::vector<float> coef((size_t)n * r), basis((size_t)r * d);
+      std::vector<float>& coef = sw.coef;
+      std::vector<float>& basis = sw.basis;
+      coef.resize((size_t)n * r);
+      basis.resize((size_t)r * d);
       out.factors(coef.data(), basis.data());
-      for (int t = 0; t < n; t++)
-        for (int j = 0; j < d; j++) {
-          float s = 0;
-          for (int c = 0; c < r; c++) s += coef[(size_t)t * r + c] * basis[(size_t)c * d + j];
-          Lq[(size_t)t * d + j] = s;
+      // Each entry summed over c in the same order as SealedBlock::dequantize, starting from
+      // 0 (the stored form, bit for bit); the loop over j runs innermost and vectorises.
+      for (int t = 0; t < n; t++) {
+        float* lrow = Lq.data() + (size_t)t * d;
+        for (int c = 0; c < r; c++) {
+          const float a = coef[(size_t)t * r + c];
+          const float* b = basis.data() + (size_t)c * d;
+          for (int j = 0; j < d; j++) lrow[j] += a * b[j];
         }
+      }
     }
   }
   info.rank = r;
   out.rank = r;
 
   // ---- stage 2: TurboQuant residual of R = X − L (closed loop) ----
+  // The block error is measured on the stored form as it is built: X̂ = decode(residual) + L
+  // is exactly what SealedBlock::dequantize returns (same operations in the same order).
   const TurboRowCodec codec(d, p.bits);
   const size_t cb = codec.code_bytes();
   out.codes.assign((size_t)n * cb, 0);
   out.norms.resize(n);
-  std::vector<float> R(d);
+  std::vector<float>& R = sw.R;
+  std::vector<float>& Rh = sw.Rh;
+  R.resize(d);
+  Rh.resize(d);
+  double e2s[4] = {0, 0, 0, 0};  // partial sums of the squared error (fixed order)
+  bool overflow = false;
   for (int t = 0; t < n; t++) {
-    for (int j = 0; j < d; j++) R[j] = X[(size_t)t * d + j] - Lq[(size_t)t * d + j];
+    const float* x = X + (size_t)t * d;
+    const float* l = Lq.data() + (size_t)t * d;
+    for (int j = 0; j < d; j++) R[j] = x[j] - l[j];
     out.norms[t] = codec.encode(R.data(), out.codes.data() + t * cb, p.norm_correction);
     if (!std::isfinite(fp16_to_fp32(out.norms[t]))) {
       make_exact(X, n, d, out);
@@ -369,15 +769,24 @@ void seal_block(const float* X, int n, int d, const SealParams& p, SealedBlock& 
       info.sigma.clear();
       info.phi.clear();
       info.gains.clear();
+      overflow = true;
       break;
     }
+    codec.decode(out.codes.data() + t * cb, out.norms[t], Rh.data());
+    if (r > 0)
+      for (int j = 0; j < d; j++) Rh[j] += l[j];
+    for (int j = 0; j < d; j++) {
+      const double diff = (double)x[j] - Rh[j];
+      e2s[j & 3] += diff * diff;
+    }
   }
-
-  // Block error, measured on the stored form.
-  std::vector<float> xh(nd);
-  out.dequantize(xh.data());
-  double e2 = 0;
-  for (size_t i = 0; i < nd; i++) e2 += ((double)X[i] - xh[i]) * ((double)X[i] - xh[i]);
+  double e2 = (e2s[0] + e2s[1]) + (e2s[2] + e2s[3]);
+  if (overflow) {  // the exact copy: measure it the plain way
+    std::vector<float> xh(nd);
+    out.dequantize(xh.data());
+    e2 = 0;
+    for (size_t i = 0; i < nd; i++) e2 += ((double)X[i] - xh[i]) * ((double)X[i] - xh[i]);
+  }
   info.rel_err = xnorm2 > 0 ? std::sqrt(e2 / xnorm2) : 0;
 }
 

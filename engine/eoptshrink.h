@@ -14,7 +14,51 @@ namespace eoq {
 // Jacobi rotations in double. w[n]: eigenvalues, descending. v[n*n] row-major with eigenvector
 // k in column k (v[i*n + k]). Returns false if it did not converge in max_sweeps (results are
 // still the best estimate). Meant for n <= 256.
+// The slow reference (O(n³) per sweep, ~6–10 sweeps); seal_block uses eigh_tridiag.
 bool eigh_jacobi(const double* a, int n, double* w, double* v, int max_sweeps = 60);
+
+// The production eigensolver, same contract and layout as eigh_jacobi: Householder reduction to
+// symmetric tridiagonal form (transformations accumulated), then implicit QL with Wilkinson
+// shifts, all in double; the matrix is first scaled by a power of two (exact) so that its
+// largest entry lies in [0.5, 1). Deterministic (one thread, fixed operation order). Returns
+// false on non-finite input or if an eigenvalue needs more than 60 QL sweeps. Any n >= 1.
+bool eigh_tridiag(const double* a, int n, double* w, double* v);
+
+// The same solver in two phases, for callers that need only a few eigenvectors (seal_block):
+// values() reduces a and runs QL without accumulating vectors, recording the plane rotations
+// (O(n²) memory); vector(k) then rebuilds the eigenvector of w[k] alone by applying those
+// rotations to a unit vector and back-transforming with the Householder reflections, O(n²) per
+// vector instead of O(n³) for all. Mathematically the column k of eigh_tridiag's v (the same
+// rotations, so the same vectors, equal up to rounding). vector() needs a successful values()
+// (after a failed one it still returns vectors, of the unconverged reduction).
+// Reusing one object avoids allocation.
+class SymEig {
+ public:
+  bool values(const double* a, int n, double* w);
+  void vector(int k, double* out, int stride = 1) const;  // out[i * stride], i < n
+  // Several at once (one pass over the rotations): the vector of w[ks[c]] in out[i * ld + c].
+  void vectors(const int* ks, int count, double* out, int ld) const;
+  int n() const { return n_; }
+
+ private:
+  friend bool eigh_tridiag(const double* a, int n, double* w, double* v);
+  struct Rot {
+    double c, s;
+    int i;
+  };
+  int load(const double* a, int n);  // 1: ok, 0: zero matrix, -1: non-finite
+  void tridiagonalize();
+  bool ql(double* zt);
+  void sort_values();
+  int n_ = 0, ex_ = 0, state_ = 0;
+  bool record_ = false;
+  std::vector<double> a_, hv_, beta_, d_, e_, p_, zt_;
+  std::vector<Rot> rot_;
+  std::vector<int> order_;
+  mutable std::vector<double> y_;
+};
+
+enum class Eigensolver : int { tridiag_ql = 0, jacobi = 1 };
 
 // eOptShrink from the eigenvalues of XᵀX (spec section 3.1). lambda: the p largest
 // eigenvalues, descending, p = min(rows, cols) of X, N = max(rows, cols) (β = p/N <= 1).
@@ -39,6 +83,9 @@ struct SealParams {
   // The caller already replaced non-finite input by 0 (the KV cache does so at append): store
   // the block as an exact copy all the same, as for non-finite input (counted as such).
   bool nonfinite_input = false;
+  // Eigen-decomposition of XᵀX. The environment variable EOQ_SEAL_EIGH=jacobi (read at each
+  // call) forces the Jacobi reference, so tests can compare the two on the same build.
+  Eigensolver eigensolver = Eigensolver::tridiag_ql;
 };
 
 // What one sealed matrix (n tokens × d, in the rotated basis) stores.
