@@ -129,6 +129,14 @@ void bind_kernels(py::module_& m) {
                             out.mutable_data());
     return out;
   });
+  m.def("k_max_f32", [](const std::string& isa, f32 x) { return table(isa).max_f32(x.data(), x.size()); });
+  // x[i] = exp(x[i] - mx); returns (x, Σ x).
+  m.def("k_softmax_exp", [](const std::string& isa, f32 x, float mx) {
+    py::array_t<float> out(x.size());
+    std::copy(x.data(), x.data() + x.size(), out.mutable_data());
+    const float s = table(isa).softmax_exp(out.mutable_data(), x.size(), mx);
+    return py::make_tuple(out, s);
+  });
   // One row of n values of a weight type (raw block bytes: bytes, bytearray, uint8 array...).
   m.def(
       "k_dequantize_row",

@@ -8,8 +8,12 @@
 // keys and values are rotated on append, queries once per step, the output un-rotated once per
 // step. Attention reads the codes directly (scores through the factors and per-coordinate
 // codebook look-ups, values through Ĉᵀw and weighted codebook sums) with an online softmax over
-// sinks, blocks and ring; K and V are never rebuilt.
+// sinks, blocks and ring; K and V are never rebuilt. The inner loops are kernels.h entries
+// (scores_codes / values_codes straight from the packed codes, scores_f16 / values_f16 for exact
+// rows, softmax_exp, max_f32), scalar references in kernels/ref/vec.cpp, AVX2 versions in
+// kernels/cpu/avx2_codes.cpp.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -17,6 +21,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/eoptshrink.h"
@@ -239,17 +244,80 @@ class CompressedKVCache final : public KVCache {
     n_[il] = pos0 + n;
   }
 
+  // Work items are (query token, KV head): all G query heads of a KV head share one pass over
+  // its data. Threads take items round-robin (a later query sees more tokens, so contiguous
+  // ranges would leave the first thread idle). With few items (a decode step has n_head_kv of
+  // them, 3 for SmolLM2, on 2+ threads), each item's visible tokens are also split into P parts
+  // of equal length, each with its own online-softmax state (max, normaliser, accumulator),
+  // merged at the end; so every thread is busy whatever n_head_kv is. Results equal the
+  // one-pass ones up to float rounding.
   void attend(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) override {
     const KVCacheShape& s = shape_;
     if (n_head % s.n_head_kv != 0) fail(ErrorCode::internal, "KV cache: n_head is not a multiple of n_head_kv");
-    const int G = n_head / s.n_head_kv;
-    pool.parallel_for((int64_t)n * s.n_head_kv, [&](int64_t b, int64_t e, int) {
-      for (int64_t item = b; item < e; item++) {
-        const int t = (int)(item / s.n_head_kv), g = (int)(item % s.n_head_kv);
-        attend_group(il, g, pos0 + t, G, q + ((size_t)t * n_head + (size_t)g * G) * s.head_dim,
-                     out + ((size_t)t * n_head + (size_t)g * G) * s.head_dim);
+    const int G = n_head / s.n_head_kv, d = s.head_dim, hkv = s.n_head_kv;
+    const uint64_t call = next_call_id();
+    const int64_t items = (int64_t)n * hkv;
+    const int nt = pool.size();
+    const int P = parts_per_item(items, nt, pos0 + n);
+    if (P == 1) {
+      pool.parallel_for(nt, [&](int64_t b, int64_t e, int) {
+        thread_local Scratch w;
+        for (int64_t k = b; k < e; k++) {
+          for (int64_t item = k; item < items; item += nt) {
+            const int t = (int)(item / hkv), g = (int)(item % hkv);
+            const size_t off = ((size_t)t * n_head + (size_t)g * G) * d;
+            const HeadStore& hs = head(il, g);
+            begin_group(w, hs, G, q + off);
+            attend_range(w, hs, G, 0, pos0 + t + 1, call);
+            finish_group(w, hs, G, out + off);
+          }
+        }
+      });
+      return;
+    }
+    const size_t stride = (size_t)G * (d + 2);  // one part's state: mx[G], sum[G], acc[G][d]
+    thread_local std::vector<float> parts_tl;  // the caller's; workers write through `parts`
+    parts_tl.resize((size_t)items * P * stride);
+    float* const parts = parts_tl.data();
+    pool.parallel_for(nt, [&](int64_t b, int64_t e, int) {
+      thread_local Scratch w;
+      for (int64_t k = b; k < e; k++) {
+        for (int64_t i = k; i < items * P; i += nt) {
+          const int64_t item = i / P;
+          const int p = (int)(i % P), t = (int)(item / hkv), g = (int)(item % hkv);
+          const int n_vis = pos0 + t + 1;
+          const HeadStore& hs = head(il, g);
+          begin_group(w, hs, G, q + ((size_t)t * n_head + (size_t)g * G) * d);
+          attend_range(w, hs, G, (int)((int64_t)n_vis * p / P), (int)((int64_t)n_vis * (p + 1) / P), call);
+          float* st = &parts[(size_t)i * stride];
+          std::copy(w.mx.begin(), w.mx.end(), st);
+          std::copy(w.sum.begin(), w.sum.end(), st + G);
+          std::copy(w.acc.begin(), w.acc.end(), st + 2 * G);
+        }
       }
     });
+    std::vector<float> acc(d);
+    for (int64_t item = 0; item < items; item++) {  // merge the parts, normalise, un-rotate
+      const int t = (int)(item / hkv), g = (int)(item % hkv);
+      const HeadStore& hs = head(il, g);
+      for (int h = 0; h < G; h++) {
+        const float* st0 = &parts[(size_t)item * P * stride];
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int p = 0; p < P; p++) mx = std::max(mx, st0[p * stride + h]);
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        float sum = 0;
+        for (int p = 0; p < P; p++) {
+          const float* st = st0 + p * stride;
+          if (!(st[G + h] > 0)) continue;  // an empty part
+          const float f = std::exp(st[h] - mx);
+          sum += f * st[G + h];
+          cpu_kernels().axpy_f32(f, st + 2 * G + (size_t)h * d, acc.data(), d);
+        }
+        const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+        for (int j = 0; j < d; j++) acc[j] *= inv;
+        hs.rot.apply_t(acc.data(), out + ((size_t)t * n_head + (size_t)g * G + h) * d);
+      }
+    }
   }
 
   size_t bytes() const override {
@@ -367,31 +435,98 @@ class CompressedKVCache final : public KVCache {
     }
   }
 
-  // Online-softmax state of the G query heads of one KV group for one query.
+  // Online-softmax state of the G query heads of one KV group for one query, and scratch.
   struct Scratch {
-    std::vector<float> qt, acc, mx, sum, sc, lut, kq, a, coef, basis;
-    std::vector<uint8_t> codes;
+    std::vector<float> qt, acc, mx, sum, sc, rho, wr, basis;
   };
+
+  // A new id per attend() call: per-thread caches of decoded factors are valid within one call
+  // (blocks only change in append()).
+  static uint64_t next_call_id() {
+    static std::atomic<uint64_t> id{0};
+    return ++id;
+  }
+
+  // Parts per (query, KV head) item: 1 when there are enough items to feed every thread,
+  // otherwise enough parts for about 4 per thread (a multiple of the thread count in all),
+  // each at least 32 tokens long.
+  static int parts_per_item(int64_t items, int n_threads, int max_tokens) {
+    if (n_threads <= 1 || items >= 4 * (int64_t)n_threads) return 1;
+    int64_t P = (4 * (int64_t)n_threads + items - 1) / items;
+    while ((items * P) % n_threads) P++;
+    return (int)std::max<int64_t>(1, std::min<int64_t>(P, max_tokens / 32));
+  }
+
+  // The decoded low-rank factors of a sealed block, coefficients transposed, coefT[r][n], then
+  // basis[r][d]: decoded once per block per thread and attend() call, not once per query token
+  // (prefill has hundreds). The cache is dropped when it outgrows kFactorCacheFloats (and at
+  // the next call).
+  const float* factors_of(const SealedBlock& blk, uint64_t call) const {
+    struct Cache {
+      uint64_t call = 0;
+      size_t floats = 0;
+      std::unordered_map<const SealedBlock*, std::vector<float>> map;
+    };
+    constexpr size_t kFactorCacheFloats = (size_t)1 << 20;
+    thread_local Cache c;
+    if (c.call != call || c.floats > kFactorCacheFloats) {
+      c.map.clear();
+      c.call = call;
+      c.floats = 0;
+    }
+    std::vector<float>& v = c.map[&blk];
+    if (v.empty()) {
+      const size_t nr = (size_t)blk.n * blk.rank;
+      v.resize(2 * nr + (size_t)blk.rank * blk.d);
+      float* coef = v.data() + nr + (size_t)blk.rank * blk.d;  // row-major, then transposed into place
+      blk.factors(coef, v.data() + nr);
+      for (int t = 0; t < blk.n; t++)
+        for (int i = 0; i < blk.rank; i++) v[(size_t)i * blk.n + t] = coef[(size_t)t * blk.rank + i];
+      c.floats += v.size();
+    }
+    return v.data();
+  }
+
+  // q̃ = Π q / sqrt(d) for the G query heads of KV head hs (q [G][d]); empty softmax states.
+  void begin_group(Scratch& w, const HeadStore& hs, int G, const float* q) const {
+    const int d = shape_.head_dim;
+    w.qt.resize((size_t)G * d);
+    w.acc.assign((size_t)G * d, 0.0f);
+    w.mx.assign(G, -std::numeric_limits<float>::infinity());
+    w.sum.assign(G, 0.0f);
+    const float scale = 1.0f / std::sqrt((float)d);
+    for (int h = 0; h < G; h++) {
+      float* qt = &w.qt[(size_t)h * d];
+      hs.rot.apply(q + (size_t)h * d, qt);
+      for (int j = 0; j < d; j++) qt[j] *= scale;
+    }
+  }
+
+  // out [G][d] = Πᵀ acc / Σw.
+  void finish_group(Scratch& w, const HeadStore& hs, int G, float* out) const {
+    const int d = shape_.head_dim;
+    for (int h = 0; h < G; h++) {
+      float* acc = &w.acc[(size_t)h * d];
+      const float inv = w.sum[h] > 0 ? 1.0f / w.sum[h] : 0.0f;
+      for (int j = 0; j < d; j++) acc[j] *= inv;
+      hs.rot.apply_t(acc, out + (size_t)h * d);
+    }
+  }
 
   // Scores sc[h*m + t] of m tokens are in; fold them into the running max / normaliser and turn
   // them into weights exp(score − max).
   static void absorb(Scratch& w, int G, int m, int d) {
+    const CpuKernels& kern = cpu_kernels();
     for (int h = 0; h < G; h++) {
       float* sc = &w.sc[(size_t)h * m];
-      float bm = -std::numeric_limits<float>::infinity();
-      for (int t = 0; t < m; t++) bm = std::max(bm, sc[t]);
+      const float bm = kern.max_f32(sc, m);
       if (bm > w.mx[h]) {
         const float f = std::exp(w.mx[h] - bm);  // 0 on the first segment (mx = -inf)
         for (int i = 0; i < d; i++) w.acc[(size_t)h * d + i] *= f;
         w.sum[h] *= f;
         w.mx[h] = bm;
       }
-      float s = 0;
-      for (int t = 0; t < m; t++) {
-        sc[t] = std::exp(sc[t] - w.mx[h]);
-        s += sc[t];
-      }
-      w.sum[h] += s;
+      w.sum[h] += kern.softmax_exp(sc, m, w.mx[h]);
     }
   }
 
@@ -400,96 +535,79 @@ class CompressedKVCache final : public KVCache {
     const int d = shape_.head_dim;
     const CpuKernels& kern = cpu_kernels();
     w.sc.resize((size_t)G * m);
-    for (int t = 0; t < m; t++)
-      for (int h = 0; h < G; h++) w.sc[(size_t)h * m + t] = kern.dot_f16_f32(kr + (size_t)t * d, &w.qt[(size_t)h * d], d);
+    kern.scores_f16(kr, m, d, w.qt.data(), G, w.sc.data());
     absorb(w, G, m, d);
-    for (int t = 0; t < m; t++)
-      for (int h = 0; h < G; h++) kern.axpy_f16(w.sc[(size_t)h * m + t], vr + (size_t)t * d, &w.acc[(size_t)h * d], d);
+    kern.values_f16(vr, m, d, w.sc.data(), G, w.acc.data());
   }
 
-  // Scores of the first m tokens of a sealed K block into w.sc.
-  void block_scores(Scratch& w, int G, int m, const SealedBlock& kb) const {
+  // Scores of tokens [a, a + m) of a sealed K block into w.sc: the codebook dot straight from the
+  // packed codes (kernels.h scores_codes), times ρ_t / sqrt(d), plus Ĉ_K[t] · (B̂_K q̃).
+  void block_scores(Scratch& w, int G, const SealedBlock& kb, int a, int m, uint64_t call) const {
     const int d = shape_.head_dim;
+    const CpuKernels& kern = cpu_kernels();
     w.sc.resize((size_t)G * m);
     if (kb.kind == SealedBlock::exact) {
-      const CpuKernels& kern = cpu_kernels();
-      for (int t = 0; t < m; t++)
-        for (int h = 0; h < G; h++)
-          w.sc[(size_t)h * m + t] = kern.dot_f16_f32(&kb.exact_f16[(size_t)t * d], &w.qt[(size_t)h * d], d);
+      kern.scores_f16(&kb.exact_f16[(size_t)a * d], m, d, w.qt.data(), G, w.sc.data());
       return;
     }
-    const int r = kb.rank;
-    if (r > 0) {  // kq = B̂ q̃, r·d once per block and head
-      w.coef.resize((size_t)kb.n * r);
-      w.basis.resize((size_t)r * d);
-      kb.factors(w.coef.data(), w.basis.data());
-      w.kq.resize((size_t)G * r);
-      for (int h = 0; h < G; h++)
-        for (int i = 0; i < r; i++) {
-          float s = 0;
-          for (int j = 0; j < d; j++) s += w.basis[(size_t)i * d + j] * w.qt[(size_t)h * d + j];
-          w.kq[(size_t)h * r + i] = s;
-        }
-    }
-    // Look-up table lut[h][j][c] = q̃_j · centroid_c / sqrt(d): the codebook dot becomes d look-ups.
     const LloydMaxCodebook& cb = *cb_[0];  // kb.bits == k_bits_
-    const int L = 1 << kb.bits;
-    const float isd = 1.0f / std::sqrt((float)d);
-    w.lut.resize((size_t)G * d * L);
-    for (int h = 0; h < G; h++)
-      for (int j = 0; j < d; j++)
-        for (int c = 0; c < L; c++) w.lut[((size_t)h * d + j) * L + c] = w.qt[(size_t)h * d + j] * cb.centroids[c] * isd;
-    w.codes.resize(d);
-    const size_t cbytes = kb.code_bytes();
-    for (int t = 0; t < m; t++) {
-      unpack_bits(kb.codes.data() + t * cbytes, d, kb.bits, w.codes.data());
-      const float rho = fp16_to_fp32(kb.norms[t]);
-      for (int h = 0; h < G; h++) {
-        const float* lut = &w.lut[(size_t)h * d * L];
-        float s = 0;
-        for (int j = 0; j < d; j++) s += lut[(size_t)j * L + w.codes[j]];
-        float lr = 0;
-        for (int i = 0; i < r; i++) lr += w.coef[(size_t)t * r + i] * w.kq[(size_t)h * r + i];
-        w.sc[(size_t)h * m + t] = lr + rho * s;
-      }
+    kern.scores_codes(kb.codes.data() + (size_t)a * kb.code_bytes(), m, d, kb.bits, cb.centroids.data(), w.qt.data(),
+                      G, w.sc.data());
+    norms_of(w, kb, a, m);
+    for (int h = 0; h < G; h++) {
+      float* sc = &w.sc[(size_t)h * m];
+      const float* rho = w.rho.data();
+      for (int t = 0; t < m; t++) sc[t] *= rho[t];
     }
+    const int r = kb.rank;
+    if (r == 0) return;
+    const float* coefT = factors_of(kb, call);  // kq = B̂ q̃, r·d once per block and head
+    const float* basis = coefT + (size_t)kb.n * r;
+    for (int h = 0; h < G; h++)
+      for (int i = 0; i < r; i++) {
+        const float kq = kern.dot_f32(basis + (size_t)i * d, &w.qt[(size_t)h * d], d);
+        kern.axpy_f32(kq, coefT + (size_t)i * kb.n + a, &w.sc[(size_t)h * m], m);
+      }
   }
 
-  // Adds the weighted values of the first m tokens of a sealed V block (weights in w.sc).
-  void block_values(Scratch& w, int G, int m, const SealedBlock& vb) const {
+  // w.rho[t] = ρ_{a+t} / sqrt(d) for tokens [a, a + m) of a sealed block.
+  void norms_of(Scratch& w, const SealedBlock& blk, int a, int m) const {
+    w.rho.resize(m);
+    cpu_kernels().dequantize_row(GGMLType::F16, blk.norms.data() + a, w.rho.data(), m);
+    const float isd = 1.0f / std::sqrt((float)shape_.head_dim);
+    for (int t = 0; t < m; t++) w.rho[t] *= isd;
+  }
+
+  // Adds the weighted values of tokens [a, a + m) of a sealed V block (weights in w.sc):
+  // acc += B̂ᵀ (Ĉᵀ w) + Σ_t (w_t ρ_t / sqrt(d)) · centroids[codes_t] (kernels.h values_codes).
+  void block_values(Scratch& w, int G, const SealedBlock& vb, int a, int m, uint64_t call) const {
     const int d = shape_.head_dim;
+    const CpuKernels& kern = cpu_kernels();
     if (vb.kind == SealedBlock::exact) {
-      const CpuKernels& kern = cpu_kernels();
-      for (int t = 0; t < m; t++)
-        for (int h = 0; h < G; h++) kern.axpy_f16(w.sc[(size_t)h * m + t], &vb.exact_f16[(size_t)t * d], &w.acc[(size_t)h * d], d);
+      kern.values_f16(&vb.exact_f16[(size_t)a * d], m, d, w.sc.data(), G, w.acc.data());
       return;
     }
     const int r = vb.rank;
     if (r > 0) {  // a = Ĉᵀ w, then acc += B̂ᵀ a
-      w.coef.resize((size_t)vb.n * r);
-      w.basis.resize((size_t)r * d);
-      vb.factors(w.coef.data(), w.basis.data());
-      w.a.assign((size_t)G * r, 0.0f);
-      for (int h = 0; h < G; h++) {
-        for (int t = 0; t < m; t++)
-          for (int i = 0; i < r; i++) w.a[(size_t)h * r + i] += w.sc[(size_t)h * m + t] * w.coef[(size_t)t * r + i];
-        for (int i = 0; i < r; i++)
-          for (int j = 0; j < d; j++) w.acc[(size_t)h * d + j] += w.a[(size_t)h * r + i] * w.basis[(size_t)i * d + j];
-      }
+      const float* coefT = factors_of(vb, call);
+      const float* basis = coefT + (size_t)vb.n * r;
+      for (int h = 0; h < G; h++)
+        for (int i = 0; i < r; i++) {
+          const float ai = kern.dot_f32(&w.sc[(size_t)h * m], coefT + (size_t)i * vb.n + a, m);
+          kern.axpy_f32(ai, basis + (size_t)i * d, &w.acc[(size_t)h * d], d);
+        }
+    }
+    norms_of(w, vb, a, m);
+    w.wr.resize((size_t)G * m);
+    for (int h = 0; h < G; h++) {
+      const float* sc = &w.sc[(size_t)h * m];
+      const float* rho = w.rho.data();
+      float* wr = &w.wr[(size_t)h * m];
+      for (int t = 0; t < m; t++) wr[t] = sc[t] * rho[t];
     }
     const LloydMaxCodebook& cb = *cb_[1];  // vb.bits == v_bits_
-    const float isd = 1.0f / std::sqrt((float)d);
-    w.codes.resize(d);
-    const size_t cbytes = vb.code_bytes();
-    for (int t = 0; t < m; t++) {
-      unpack_bits(vb.codes.data() + t * cbytes, d, vb.bits, w.codes.data());
-      const float rs = fp16_to_fp32(vb.norms[t]) * isd;
-      for (int h = 0; h < G; h++) {
-        const float wt = w.sc[(size_t)h * m + t] * rs;
-        float* acc = &w.acc[(size_t)h * d];
-        for (int j = 0; j < d; j++) acc[j] += wt * cb.centroids[w.codes[j]];
-      }
-    }
+    kern.values_codes(vb.codes.data() + (size_t)a * vb.code_bytes(), m, d, vb.bits, cb.centroids.data(), w.wr.data(),
+                      G, w.acc.data());
   }
 
   // One q8_0 / q4_0 row decoded into row[d] (on the fly, one token at a time; nothing kept).
@@ -520,48 +638,40 @@ class CompressedKVCache final : public KVCache {
     }
   }
 
-  // The G query heads of KV head g for the query at position pos: q, out [G][d].
-  void attend_group(int il, int g, int pos, int G, const float* q, float* out) const {
+  // Folds cached tokens [lo, hi) of KV head hs (token order: sinks, blocks, ring; or q rows)
+  // into the online-softmax state w of its G query heads.
+  void attend_range(Scratch& w, const HeadStore& hs, int G, int lo, int hi, uint64_t call) const {
     const int d = shape_.head_dim;
-    const HeadStore& hs = head(il, g);
     const Stream& K = hs.s[0];
     const Stream& V = hs.s[1];
-    thread_local Scratch w;
-    w.qt.resize((size_t)G * d);
-    w.acc.assign((size_t)G * d, 0.0f);
-    w.mx.assign(G, -std::numeric_limits<float>::infinity());
-    w.sum.assign(G, 0.0f);
-    const float scale = 1.0f / std::sqrt((float)d);
-    for (int h = 0; h < G; h++) {  // q̃ = Π q / sqrt(d)
-      float* qt = &w.qt[(size_t)h * d];
-      hs.rot.apply(q + (size_t)h * d, qt);
-      for (int j = 0; j < d; j++) qt[j] *= scale;
-    }
-    const int n_vis = pos + 1;  // tokens [0, pos] are visible
+    if (lo >= hi) return;
     if (!K.qrows.empty()) {
-      const int m = std::min(n_vis, (int)(K.qrows.size() / row_bytes_));
-      if (m > 0) qblock_segment(w, G, m, K.qrows.data(), V.qrows.data());
-    } else {
-      const int ns = (int)(K.sinks.size() / d);
-      int start = 0;
-      if (ns > 0) exact_segment(w, G, std::min(ns, n_vis), K.sinks.data(), V.sinks.data());
-      start = ns;
-      for (size_t b = 0; b < K.blocks.size() && start < n_vis; b++) {
-        const int m = std::min(K.blocks[b].n, n_vis - start);
-        block_scores(w, G, m, K.blocks[b]);
-        absorb(w, G, m, d);
-        block_values(w, G, m, V.blocks[b]);
-        start += K.blocks[b].n;
+      const int nq = (int)(K.qrows.size() / row_bytes_);
+      hi = std::min(hi, nq);
+      if (lo < hi)
+        qblock_segment(w, G, hi - lo, K.qrows.data() + (size_t)lo * row_bytes_, V.qrows.data() + (size_t)lo * row_bytes_);
+      return;
+    }
+    int a = 0, b = 0;
+    // [a, b): the part of segment [start, start + len) inside [lo, hi), relative to start.
+    auto clip = [&](int start, int len) {
+      a = std::max(lo, start) - start;
+      b = std::min(hi, start + len) - start;
+      return a < b;
+    };
+    const int ns = (int)(K.sinks.size() / d);
+    if (clip(0, ns)) exact_segment(w, G, b - a, K.sinks.data() + (size_t)a * d, V.sinks.data() + (size_t)a * d);
+    int start = ns;
+    for (size_t i = 0; i < K.blocks.size() && start < hi; i++) {
+      if (clip(start, K.blocks[i].n)) {
+        block_scores(w, G, K.blocks[i], a, b - a, call);
+        absorb(w, G, b - a, d);
+        block_values(w, G, V.blocks[i], a, b - a, call);
       }
-      const int nr = (int)K.ring_bad.size();
-      if (start < n_vis && nr > 0) exact_segment(w, G, std::min(nr, n_vis - start), K.ring.data(), V.ring.data());
+      start += K.blocks[i].n;
     }
-    for (int h = 0; h < G; h++) {  // out = Πᵀ acc / Σw
-      float* acc = &w.acc[(size_t)h * d];
-      const float inv = w.sum[h] > 0 ? 1.0f / w.sum[h] : 0.0f;
-      for (int j = 0; j < d; j++) acc[j] *= inv;
-      hs.rot.apply_t(acc, out + (size_t)h * d);
-    }
+    const int nr = (int)K.ring_bad.size();
+    if (clip(start, nr)) exact_segment(w, G, b - a, K.ring.data() + (size_t)a * d, V.ring.data() + (size_t)a * d);
   }
 
   KVCacheParams p_;

@@ -20,6 +20,26 @@ struct CpuKernels {
   // dot of an f16 row with a float vector; and y += alpha * f16 row (attention over f16 K/V)
   float (*dot_f16_f32)(const uint16_t* a, const float* b, int64_t n);
   void (*axpy_f16)(float alpha, const uint16_t* x, float* y, int64_t n);
+
+  // Attention over one KV head for nq query vectors at once (the query heads of a GQA group),
+  // reading m cached rows of d values. Scores out[h*m + t] = Σ_j q[h*d + j] · row_t[j]; values
+  // acc[h*d + j] += Σ_t w[h*m + t] · row_t[j]. Rows are either
+  //  * f16, row t at rows + t*d (sinks, ring, exact blocks), or
+  //  * packed TurboQuant codes: row t is centroids[code_tj], code_tj the j-th bits-bit field
+  //    (kernels/turboquant.h get_bits) of the packed_bytes(d, bits) bytes at codes + t*that;
+  //    the caller applies the row's norm and 1/sqrt(d) (bits in 1..8, centroids[2^bits]).
+  // Only the summation order may differ between ISAs.
+  void (*scores_f16)(const uint16_t* rows, int64_t m, int d, const float* q, int nq, float* out);
+  void (*values_f16)(const uint16_t* rows, int64_t m, int d, const float* w, int nq, float* acc);
+  void (*scores_codes)(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
+                       int nq, float* out);
+  void (*values_codes)(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
+                       int nq, float* acc);
+  // Softmax weights: x[i] = exp(x[i] − mx) for x[i] <= mx (any finite mx), returns Σ x[i].
+  // SIMD versions may differ from std::exp by a few ulp and flush results below 2^-126 to 0.
+  float (*softmax_exp)(float* x, int64_t n, float mx);
+  // max(x[0..n)), -inf for n = 0 (NaN inputs: unspecified which value wins)
+  float (*max_f32)(const float* x, int64_t n);
 };
 
 const CpuKernels& cpu_kernels();        // chosen at run time

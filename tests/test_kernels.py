@@ -182,3 +182,162 @@ def test_k_dequantize_row_bad_arguments():
         with pytest.raises(_core.EoqError, match="contiguous"):
             _core.k_dequantize_row(isa, "F32", np.zeros(16, np.uint8)[::2], 2)
     assert _core.k_dequantize_row("scalar", "Q6_K", b"", 0).shape == (0,)
+
+
+# ---- attention kernels over one KV head: f16 rows and packed TurboQuant codes, nq query
+# vectors at once (kernels.h scores_* / values_*). SIMD against the scalar reference, and the
+# reference against NumPy on explicitly decoded rows. ----
+
+ATT_D = [8, 16, 24, 48, 64, 100, 128]
+ATT_M = [1, 7, 8, 9, 33, 256]
+ATT_NQ = [1, 2, 3, 4, 5, 9]
+
+
+def unpack_codes(codes, d, bits):
+    """Little-endian bit fields: field j of a row is bits [j*bits, (j+1)*bits) (kernels/turboquant.h)."""
+    bitsarr = np.unpackbits(codes, axis=1, bitorder="little")[:, : d * bits].reshape(codes.shape[0], d, bits)
+    return (bitsarr.astype(np.int64) << np.arange(bits)).sum(axis=2)
+
+
+def att_bound(terms_abs):
+    # float32 sums of the same products in another order: a few ulp of the absolute sum.
+    return 2e-6 * terms_abs + 1e-7
+
+
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD)
+@pytest.mark.parametrize("d", ATT_D)
+def test_attention_f16_kernels(isa, d):
+    r = rng()
+    for m in ATT_M:
+        nq = int(r.choice(ATT_NQ))
+        rows = (r.standard_normal((m, d)) * 3).astype(np.float16)
+        q = r.standard_normal((nq, d)).astype(np.float32)
+        rf = rows.astype(np.float64)
+        want = q.astype(np.float64) @ rf.T
+        got = _core.k_scores_f16(isa, rows.view(np.uint16), q)
+        assert got.shape == (nq, m)
+        assert np.all(np.abs(got - want) <= att_bound(np.abs(q) @ np.abs(rf).T)), (m, nq)
+        w = r.random((nq, m)).astype(np.float32)
+        acc = r.standard_normal((nq, d)).astype(np.float32)
+        want = acc + w.astype(np.float64) @ rf
+        got = _core.k_values_f16(isa, rows.view(np.uint16), w, acc)
+        assert got.shape == (nq, d)
+        assert np.all(np.abs(got - want) <= att_bound(np.abs(acc) + w @ np.abs(rf))), (m, nq)
+        if isa != "scalar":
+            np.testing.assert_allclose(got, _core.k_values_f16("scalar", rows.view(np.uint16), w, acc), rtol=1e-5,
+                                       atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD)
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
+def test_attention_code_kernels(isa, bits):
+    r = rng()
+    for d in ATT_D:
+        for m in ATT_M:
+            nq = int(r.choice(ATT_NQ))
+            rb = (d * bits + 7) // 8
+            codes = r.integers(0, 256, (m, rb), dtype=np.uint8)
+            cent = np.sort(r.standard_normal(2 ** bits)).astype(np.float32)
+            rows = cent[unpack_codes(codes, d, bits)].astype(np.float64)  # [m, d]
+            q = r.standard_normal((nq, d)).astype(np.float32)
+            want = q.astype(np.float64) @ rows.T
+            got = _core.k_scores_codes(isa, codes, d, bits, cent, q)
+            assert got.shape == (nq, m)
+            assert np.all(np.abs(got - want) <= att_bound(np.abs(q) @ np.abs(rows).T)), (d, m, nq)
+            w = r.random((nq, m)).astype(np.float32)
+            acc = r.standard_normal((nq, d)).astype(np.float32)
+            want = acc + w.astype(np.float64) @ rows
+            got = _core.k_values_codes(isa, codes, d, bits, cent, w, acc)
+            assert got.shape == (nq, d)
+            assert np.all(np.abs(got - want) <= att_bound(np.abs(acc) + w @ np.abs(rows))), (d, m, nq)
+            if isa != "scalar":
+                ref_s = _core.k_scores_codes("scalar", codes, d, bits, cent, q)
+                np.testing.assert_allclose(_core.k_scores_codes(isa, codes, d, bits, cent, q), ref_s, rtol=1e-4,
+                                           atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", SIMD)
+def test_attention_code_kernels_read_only_their_rows(isa):
+    # The SIMD kernels read codes 4 bytes at a time; the last row must not read past the array
+    # (a view ending exactly at a page would fault) and rows after m must not matter.
+    r = rng()
+    for bits in (1, 2, 3, 4):
+        d = 64
+        rb = d * bits // 8
+        codes = r.integers(0, 256, (10, rb), dtype=np.uint8)
+        cent = np.linspace(-2, 2, 2 ** bits).astype(np.float32)
+        q = r.standard_normal((3, d)).astype(np.float32)
+        want = _core.k_scores_codes("scalar", codes[:5], d, bits, cent, q)
+        junk = codes.copy()
+        junk[5:] = 255 - junk[5:]
+        np.testing.assert_allclose(_core.k_scores_codes(isa, junk[:5], d, bits, cent, q), want, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_kernels_bad_arguments():
+    with pytest.raises(_core.EoqError):
+        _core.k_scores_codes("scalar", np.zeros((3, 16), np.uint8), 64, 3, np.zeros(8, np.float32),
+                             np.zeros((1, 64), np.float32))  # 64 3-bit codes take 24 bytes
+    with pytest.raises(_core.EoqError):
+        _core.k_scores_codes("scalar", np.zeros((3, 16), np.uint8), 64, 2, np.zeros(8, np.float32),
+                             np.zeros((1, 64), np.float32))  # 2 bits: 4 centroids
+    with pytest.raises(_core.EoqError):
+        _core.k_values_f16("scalar", np.zeros((3, 8), np.uint16), np.zeros((2, 4), np.float32),
+                           np.zeros((2, 8), np.float32))
+
+
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD)
+def test_softmax_exp(isa):
+    r = rng()
+    for n in [1, 7, 8, 15, 16, 17, 100, 1000]:
+        x = (r.standard_normal(n) * 20).astype(np.float32)
+        x[r.integers(0, n)] = -200.0  # underflows to (nearly) 0
+        mx = float(x.max()) + float(r.random())
+        want = np.exp((x - np.float32(mx)).astype(np.float64))  # the difference rounds to float first
+        got, s = _core.k_softmax_exp(isa, x, mx)
+        # a few ulp of the float result; values below 2^-126 may flush to 0
+        np.testing.assert_allclose(got, want, rtol=4e-7, atol=2.0 ** -125)
+        assert abs(s - want.sum()) <= 1e-6 * want.sum() + 2.0 ** -120
+    got, s = _core.k_softmax_exp(isa, np.array([0.0, -np.inf, -87.5, -1e30], np.float32), 0.0)
+    assert got[0] == 1.0 and np.all(got[1:] < 2.0 ** -125) and s == 1.0
+
+
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD)
+def test_max_f32(isa):
+    r = rng()
+    assert _core.k_max_f32(isa, np.zeros(0, np.float32)) == -np.inf
+    for n in [1, 7, 8, 15, 16, 17, 33, 1000]:
+        x = (r.standard_normal(n) * 10).astype(np.float32)
+        assert _core.k_max_f32(isa, x) == x.max()
+        x[r.integers(0, n)] = -np.inf
+        assert _core.k_max_f32(isa, x) == x.max()
+
+
+@pytest.mark.parametrize("mode", ["turbo2", "eoq2", "turbo4", "q8_0"])
+def test_attention_split_across_threads(mode):
+    # A decode step has few (query, KV head) items, so the compressed cache splits each KV head's
+    # tokens into parts with their own online-softmax state, merged at the end (more threads,
+    # more parts). Parts cut through sinks, blocks and the ring: the results must equal the
+    # one-thread pass and attention over the explicitly dequantized cache.
+    r = rng()
+    d, hkv, nh, n = 32, 2, 6, 300
+    k = (r.standard_normal((n, hkv, d)) + 2 * r.standard_normal((1, hkv, d))).astype(np.float32)
+    v = r.standard_normal((n, hkv, d)).astype(np.float32)
+    params = dict(mode=mode, block=32, ring=32, sinks=3)
+    caches = [_core.KVCacheTester(params, 1, hkv, d, n, n_threads=nt) for nt in (1, 2, 3, 5)]
+    for c in caches:
+        c.append(0, k[:200], v[:200])
+        c.append(0, k[200:], v[200:])
+    K, V = caches[0].dequantized(0)
+    for pos in (n - 1, 150, 40):
+        q = r.standard_normal((1, nh, d)).astype(np.float32)
+        outs = [c.attend(0, pos, q) for c in caches]
+        ref = np.zeros((nh, d))
+        for h in range(nh):
+            kk, vv = K[: pos + 1, h // (nh // hkv)].astype(np.float64), V[: pos + 1, h // (nh // hkv)].astype(np.float64)
+            s = kk @ q[0, h].astype(np.float64) / np.sqrt(d)
+            w = np.exp(s - s.max())
+            ref[h] = w @ vv / w.sum()
+        scale = np.abs(ref).max()
+        for o in outs:
+            assert np.abs(o[0] - ref).max() / scale < 2e-5
+            assert np.abs(o - outs[0]).max() / scale < 1e-5

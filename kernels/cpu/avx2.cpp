@@ -9,6 +9,16 @@
 
 namespace eoq {
 
+// Attention over packed codes and f16 rows, in kernels/cpu/avx2_codes.cpp.
+void scores_f16_avx2(const uint16_t* rows, int64_t m, int d, const float* q, int nq, float* out);
+void values_f16_avx2(const uint16_t* rows, int64_t m, int d, const float* w, int nq, float* acc);
+void scores_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
+                       int nq, float* out);
+void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
+                       int nq, float* acc);
+float softmax_exp_avx2(float* x, int64_t n, float mx);
+float max_f32_avx2(const float* x, int64_t n);
+
 namespace {
 
 inline float hsum256(__m256 v) {
@@ -68,7 +78,9 @@ void axpy_f16_avx2(float alpha, const uint16_t* x, float* y, int64_t n) {
 
 const CpuKernels* cpu_kernels_avx2() {
   static const CpuKernels k = {"avx2", dot_f32_avx2, axpy_f32_avx2, dequantize_row_avx2,
-                               dot_f16_f32_avx2, axpy_f16_avx2};
+                               dot_f16_f32_avx2, axpy_f16_avx2, scores_f16_avx2, values_f16_avx2,
+                               scores_codes_avx2, values_codes_avx2, softmax_exp_avx2,
+                               max_f32_avx2};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");
   return ok ? &k : nullptr;

@@ -3,6 +3,10 @@
 #include "kernels/fp16.h"
 #include "kernels/kernels.h"
 #include "kernels/quants.h"
+#include "kernels/turboquant.h"
+
+#include <cmath>
+#include <vector>
 
 namespace eoq {
 
@@ -34,11 +38,69 @@ void axpy_f16_scalar(float alpha, const uint16_t* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] += alpha * fp16_to_fp32(x[i]);
 }
 
+// Attention over m cached rows for nq query vectors (kernels.h). Plain loops, one row at a time:
+// the reference the SIMD versions are tested against.
+void scores_f16_scalar(const uint16_t* rows, int64_t m, int d, const float* q, int nq, float* out) {
+  for (int64_t t = 0; t < m; t++)
+    for (int h = 0; h < nq; h++) out[h * m + t] = dot_f16_f32_scalar(rows + t * d, q + (size_t)h * d, d);
+}
+
+void values_f16_scalar(const uint16_t* rows, int64_t m, int d, const float* w, int nq, float* acc) {
+  for (int64_t t = 0; t < m; t++)
+    for (int h = 0; h < nq; h++) axpy_f16_scalar(w[h * m + t], rows + t * d, acc + (size_t)h * d, d);
+}
+
+void scores_codes_scalar(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
+                         int nq, float* out) {
+  const size_t rb = packed_bytes(d, bits);
+  std::vector<uint8_t> c(d);
+  for (int64_t t = 0; t < m; t++) {
+    unpack_bits(codes + t * rb, d, bits, c.data());
+    for (int h = 0; h < nq; h++) {
+      const float* qh = q + (size_t)h * d;
+      float s = 0;
+      for (int j = 0; j < d; j++) s += qh[j] * centroids[c[j]];
+      out[h * m + t] = s;
+    }
+  }
+}
+
+void values_codes_scalar(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
+                         int nq, float* acc) {
+  const size_t rb = packed_bytes(d, bits);
+  std::vector<uint8_t> c(d);
+  for (int64_t t = 0; t < m; t++) {
+    unpack_bits(codes + t * rb, d, bits, c.data());
+    for (int h = 0; h < nq; h++) {
+      const float wt = w[h * m + t];
+      float* a = acc + (size_t)h * d;
+      for (int j = 0; j < d; j++) a[j] += wt * centroids[c[j]];
+    }
+  }
+}
+
+float softmax_exp_scalar(float* x, int64_t n, float mx) {
+  float s = 0;
+  for (int64_t i = 0; i < n; i++) {
+    x[i] = std::exp(x[i] - mx);
+    s += x[i];
+  }
+  return s;
+}
+
+float max_f32_scalar(const float* x, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
 }  // namespace
 
 const CpuKernels& cpu_kernels_scalar() {
   static const CpuKernels k = {"scalar", dot_f32_scalar, axpy_f32_scalar, dequantize_row_ref,
-                               dot_f16_f32_scalar, axpy_f16_scalar};
+                               dot_f16_f32_scalar, axpy_f16_scalar, scores_f16_scalar, values_f16_scalar,
+                               scores_codes_scalar, values_codes_scalar, softmax_exp_scalar,
+                               max_f32_scalar};
   return k;
 }
 
