@@ -1,4 +1,5 @@
 """eoq-run / `python -m eoq` as a subprocess: output, stderr report, exit codes."""
+import re
 import os
 import subprocess
 import sys
@@ -71,7 +72,10 @@ def test_chat_stats_seed(smollm2_path):
     assert r.returncode == 0, err
     assert "Paris" in r.stdout.decode()
     assert "seed = " in err  # random seed reported
-    assert "stats: mode = f16" in err and "stats: bits_per_entry" in err
+    m = re.search(r"stats: mode f16, (\d+) tokens, (\d+) bytes, 16\.000 bits per entry", err)
+    assert m, err
+    # 30 layers x 3 KV heads x 64 dims x (K and V) x 2 bytes per cached token
+    assert int(m.group(2)) == int(m.group(1)) * 30 * 3 * 64 * 2 * 2
     r = run_cli("-m", smollm2_path, "-p", "Hi", "--system", "Answer in one word.", "-n", 4,
                 "--temp", 0, "-c", 128)
     assert r.returncode == 0
