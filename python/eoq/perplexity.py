@@ -30,7 +30,8 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 def chunks_of(engine, text: str, n_ctx: int, n_chunks: int = -1):
     """The token chunks llama-perplexity would score."""
-    tokens = engine.tokenize(text, add_special=False, parse_special=False)
+    # As llama-perplexity: BOS first when the model's metadata asks for it, specials as plain text.
+    tokens = engine.tokenize(text, add_special=True, parse_special=False)
     available = len(tokens) // n_ctx
     if available == 0:
         raise ValueError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}")
@@ -143,7 +144,8 @@ def main(argv=None) -> int:
         if a.ctx_size < 8:
             raise ValueError("--ctx-size must be at least 8")
         model = a.model or str(default_model_path(download=True))
-        with open(a.file, encoding="utf-8") as fh:
+        # newline="": keep CRLF as it is; llama-perplexity reads the file's raw bytes.
+        with open(a.file, encoding="utf-8", newline="") as fh:
             text = fh.read()
 
         def make(spec):
