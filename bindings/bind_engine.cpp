@@ -45,21 +45,11 @@ eoq::KVCacheParams kv_params_from_dict(const std::string& mode, const py::dict& 
   for (auto item : opts) {
     const std::string k = py::str(item.first);
     py::handle v = item.second;
-    if (k == "k_bits") p.k_bits = v.cast<int>();
-    else if (k == "v_bits") p.v_bits = v.cast<int>();
-    else if (k == "rank_cap") p.rank_cap = v.cast<int>();
-    else if (k == "factor_bits") p.factor_bits = v.cast<int>();
-    else if (k == "shrink") p.shrink = v.cast<bool>();
-    else if (k == "block") p.block = v.cast<int>();
-    else if (k == "ring") p.ring = v.cast<int>();
-    else if (k == "sinks") p.sinks = v.cast<int>();
-    else if (k == "boundary_layers") p.boundary_layers = v.cast<int>();
-    else if (k == "norm_correction") p.norm_correction = v.cast<bool>();
-    else if (k == "seed") p.seed = v.cast<uint64_t>();
-    else
-      throw eoq::Error(eoq::ErrorCode::invalid_arg,
-                       "unknown KV cache option '" + k + "' (known: k_bits, v_bits, rank_cap, factor_bits, shrink, "
-                       "block, ring, sinks, boundary_layers, norm_correction, seed)");
+    long long x;
+    if (py::isinstance<py::bool_>(v)) x = v.cast<bool>() ? 1 : 0;
+    else if (py::isinstance<py::int_>(v)) x = v.cast<long long>();
+    else throw eoq::Error(eoq::ErrorCode::invalid_arg, "KV cache option " + k + " must be an int or a bool");
+    eoq::set_kv_option(p, k, x);
   }
   return p;
 }

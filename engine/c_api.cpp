@@ -63,7 +63,7 @@ eoq_status eoq_model_load(const char* path, const eoq_params* params, eoq_model*
     ep.n_ctx = p.n_ctx;
     ep.n_threads = p.n_threads;
     ep.n_batch = p.n_batch;
-    ep.kv.mode = p.kv ? p.kv : "f16";
+    ep.kv = eoq::parse_kv_spec(p.kv ? p.kv : "f16");
     auto m = std::make_unique<eoq_model>();
     m->engine = std::make_unique<eoq::Engine>(ep);
     *out = m.release();

@@ -26,15 +26,22 @@ struct KVCacheParams {
   int k_bits = -1;           // residual bits for keys   (turbo/eoq; default: the mode's digit)
   int v_bits = -1;           // residual bits for values
   int rank_cap = -1;         // eoq: max low-rank components per block (default 3 if d <= 64 else 4)
+  int v_rank_cap = -1;       // eoq: the cap for values alone (default: rank_cap; 0: values are plain turbo)
   int factor_bits = 4;       // eoq: bits of the low-rank coefficient and basis codes
   bool shrink = true;        // eoq: eOptShrink gains (true) or plain truncation (false)
   int block = -1;            // tokens per sealed block (default 256 if head_dim < 128 else 128)
   int ring = -1;             // exact recent tokens kept before sealing (default = block)
   int sinks = 4;             // exact attention-sink tokens at the start
-  int boundary_layers = 0;   // first and last n layers stored as f16 (higher precision)
+  int boundary_layers = 0;   // first and last n layers at higher precision:
+  int boundary_bits = 0;     //   0: stored f16; 1..8: sealed like the others with this many residual bits
   bool norm_correction = true;
   uint64_t seed = 0x5eed;    // rotation seeds derive from (seed, layer, kv head)
 };
+
+// One knob by its field name above (bools as 0/1); throws Error(invalid_arg) for unknown keys.
+void set_kv_option(KVCacheParams& p, const std::string& key, long long value);
+// "eoq2:ring=0:shrink=false" -> mode "eoq2" with those knobs (values: integers, true, false).
+KVCacheParams parse_kv_spec(const std::string& spec);
 
 class KVCache {
  public:

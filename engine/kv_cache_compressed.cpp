@@ -153,25 +153,30 @@ class CompressedKVCache final : public KVCache {
     if (p.ring < -1) bad("ring must be >= 0 (or -1 for the default)");
     if (p.sinks < 0) bad("sinks must be >= 0");
     if (p.boundary_layers < 0) bad("boundary_layers must be >= 0");
+    if (p.boundary_bits < 0 || p.boundary_bits > 8) bad("boundary_bits must be in 0..8 (0: f16)");
+    if (p.v_rank_cap < -1) bad("v_rank_cap must be >= 0 (or -1: rank_cap)");
     if (fam_ == Family::qblock) {
       if (d % QK != 0) bad("head_dim " + std::to_string(d) + " is not a multiple of 32");
-      if (p.k_bits != -1 || p.v_bits != -1 || p.rank_cap > 0) bad("k_bits, v_bits and rank_cap apply to turbo/eoq modes");
+      if (p.k_bits != -1 || p.v_bits != -1 || p.rank_cap > 0 || p.v_rank_cap > 0 || p.boundary_bits != 0)
+        bad("k_bits, v_bits, rank_cap, v_rank_cap and boundary_bits apply to turbo/eoq modes");
       row_bytes_ = (size_t)(d / QK) * (q4_ ? 18 : 34);
     } else {
       if (d < 2) bad("head_dim must be >= 2");
-      if (fam_ == Family::turbo && p.rank_cap > 0) bad("rank_cap applies to eoq modes (turbo is r = 0)");
+      if (fam_ == Family::turbo && (p.rank_cap > 0 || p.v_rank_cap > 0))
+        bad("rank_cap and v_rank_cap apply to eoq modes (turbo is r = 0)");
       if (fam_ == Family::eoq && d > 256) bad("head_dim > 256 is not supported by the Jacobi eigensolver");
-      if (p.rank_cap > d) bad("rank_cap must be <= head_dim");
+      if (p.rank_cap > d || p.v_rank_cap > d) bad("rank_cap and v_rank_cap must be <= head_dim");
     }
     k_bits_ = p.k_bits > 0 ? p.k_bits : digit;
     v_bits_ = p.v_bits > 0 ? p.v_bits : digit;
-    rank_cap_ = fam_ == Family::eoq ? (p.rank_cap >= 0 ? p.rank_cap : (d <= 64 ? 3 : 4)) : 0;
+    rank_cap_[0] = fam_ == Family::eoq ? (p.rank_cap >= 0 ? p.rank_cap : (d <= 64 ? 3 : 4)) : 0;
+    rank_cap_[1] = fam_ == Family::eoq && p.v_rank_cap >= 0 ? p.v_rank_cap : rank_cap_[0];
     block_ = p.block > 0 ? p.block : (d < 128 ? 256 : 128);
     ring_ = p.ring >= 0 ? p.ring : block_;
     sinks_ = p.sinks;
     if (fam_ != Family::qblock) {  // build the codebooks now, not inside an attention step
-      cb_[0] = &lloyd_max_codebook(d, k_bits_);
-      cb_[1] = &lloyd_max_codebook(d, v_bits_);
+      for (int b : {k_bits_, v_bits_, p.boundary_bits})
+        if (b > 0) cb_[b] = &lloyd_max_codebook(d, b);
     }
     heads_.resize((size_t)s.n_layer * s.n_head_kv);
     for (int il = 0; il < s.n_layer; il++)
@@ -190,9 +195,11 @@ class CompressedKVCache final : public KVCache {
     n_.assign(shape_.n_layer, 0);
   }
 
-  bool exact_layer(int il) const {
+  bool boundary_layer(int il) const {
     return il < p_.boundary_layers || il >= shape_.n_layer - p_.boundary_layers;
   }
+  // Boundary layers kept f16 (boundary_bits 0) are exact; otherwise they are sealed with more bits.
+  bool exact_layer(int il) const { return boundary_layer(il) && p_.boundary_bits == 0; }
 
   void append(int il, int pos0, int n, const float* k, const float* v, ThreadPool& pool) override {
     const KVCacheShape& s = shape_;
@@ -237,7 +244,7 @@ class CompressedKVCache final : public KVCache {
           }
         }
         if (fam_ != Family::qblock && !exact)
-          while ((int)st.ring_bad.size() >= ring_ + block_) seal_oldest(st, kv);
+          while ((int)st.ring_bad.size() >= ring_ + block_) seal_oldest(st, kv, il);
       }
     }
     });
@@ -382,15 +389,15 @@ class CompressedKVCache final : public KVCache {
     return b;
   }
 
-  void seal_oldest(Stream& st, int kv) {
+  void seal_oldest(Stream& st, int kv, int il) {
     const int d = shape_.head_dim;
     std::vector<float> X((size_t)block_ * d);
     for (size_t i = 0; i < X.size(); i++) X[i] = fp16_to_fp32(st.ring[i]);
     bool had_bad = false;
     for (int t = 0; t < block_; t++) had_bad |= st.ring_bad[t] != 0;
     SealParams sp;
-    sp.bits = kv == 0 ? k_bits_ : v_bits_;
-    sp.rank_cap = rank_cap_;
+    sp.bits = boundary_layer(il) ? p_.boundary_bits : kv == 0 ? k_bits_ : v_bits_;
+    sp.rank_cap = rank_cap_[kv];
     sp.factor_bits = p_.factor_bits;
     sp.shrink = p_.shrink;
     sp.norm_correction = p_.norm_correction;
@@ -550,7 +557,7 @@ class CompressedKVCache final : public KVCache {
       kern.scores_f16(&kb.exact_f16[(size_t)a * d], m, d, w.qt.data(), G, w.sc.data());
       return;
     }
-    const LloydMaxCodebook& cb = *cb_[0];  // kb.bits == k_bits_
+    const LloydMaxCodebook& cb = *cb_[kb.bits];
     kern.scores_codes(kb.codes.data() + (size_t)a * kb.code_bytes(), m, d, kb.bits, cb.centroids.data(), w.qt.data(),
                       G, w.sc.data());
     norms_of(w, kb, a, m);
@@ -605,7 +612,7 @@ class CompressedKVCache final : public KVCache {
       float* wr = &w.wr[(size_t)h * m];
       for (int t = 0; t < m; t++) wr[t] = sc[t] * rho[t];
     }
-    const LloydMaxCodebook& cb = *cb_[1];  // vb.bits == v_bits_
+    const LloydMaxCodebook& cb = *cb_[vb.bits];
     kern.values_codes(vb.codes.data() + (size_t)a * vb.code_bytes(), m, d, vb.bits, cb.centroids.data(), w.wr.data(),
                       G, w.acc.data());
   }
@@ -678,8 +685,9 @@ class CompressedKVCache final : public KVCache {
   Family fam_ = Family::turbo;
   bool q4_ = false;
   size_t row_bytes_ = 0;
-  int k_bits_ = 0, v_bits_ = 0, rank_cap_ = 0, block_ = 0, ring_ = 0, sinks_ = 0;
-  const LloydMaxCodebook* cb_[2] = {nullptr, nullptr};  // K, V residual codebooks
+  int k_bits_ = 0, v_bits_ = 0, block_ = 0, ring_ = 0, sinks_ = 0;
+  int rank_cap_[2] = {0, 0};  // K, V
+  const LloydMaxCodebook* cb_[9] = {};  // residual codebooks by bits (those in use: K, V, boundary)
   std::vector<HeadStore> heads_;  // [n_layer][n_head_kv]
   std::vector<int> n_;            // tokens per layer
 };
@@ -694,10 +702,12 @@ std::string CompressedKVCache::stats_json() const {
   o << "{\"mode\": \"" << p_.mode << "\", \"n_tokens\": " << N << ", \"bytes\": " << total
     << ", \"bits_per_entry\": " << jnum(bits_per_entry()) << ", \"f16_bytes\": " << jnum(f16_bytes)
     << ", \"compression_ratio\": " << jnum(total > 0 ? f16_bytes / total : 0.0);
-  o << ", \"params\": {\"k_bits\": " << k_bits_ << ", \"v_bits\": " << v_bits_ << ", \"rank_cap\": " << rank_cap_
+  o << ", \"params\": {\"k_bits\": " << k_bits_ << ", \"v_bits\": " << v_bits_ << ", \"rank_cap\": " << rank_cap_[0]
+    << ", \"v_rank_cap\": " << rank_cap_[1]
     << ", \"factor_bits\": " << p_.factor_bits << ", \"shrink\": " << (p_.shrink ? "true" : "false")
     << ", \"block\": " << block_ << ", \"ring\": " << ring_ << ", \"sinks\": " << sinks_
-    << ", \"boundary_layers\": " << p_.boundary_layers << ", \"norm_correction\": " << (p_.norm_correction ? "true" : "false")
+    << ", \"boundary_layers\": " << p_.boundary_layers
+    << ", \"boundary_bits\": " << p_.boundary_bits << ", \"norm_correction\": " << (p_.norm_correction ? "true" : "false")
     << ", \"seed\": " << p_.seed << ", \"head_dim\": " << d << "}";
 
   // Summary accumulators per K (0) and V (1).

@@ -38,7 +38,8 @@ typedef struct {
   int32_t n_ctx;     /* 0: the model's training context */
   int32_t n_threads; /* 0: all hardware threads */
   int32_t n_batch;   /* prompt tokens per forward call (512) */
-  const char* kv;    /* KV cache mode, e.g. "f16" (NULL: "f16") */
+  const char* kv;    /* KV cache mode with optional knobs, e.g. "f16" or "eoq2:ring=0:k_bits=3"
+                        (NULL: "f16"; knobs as Engine(kv_options=...) in Python) */
 } eoq_params;
 
 typedef struct {

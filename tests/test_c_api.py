@@ -19,6 +19,12 @@ static int on_token(void* user, int32_t token, const char* text, size_t len) {
   return 1;
 }
 
+static int count_only(void* user, int32_t token, const char* text, size_t len) {
+  (void)token; (void)text; (void)len;
+  (*(int*)user)++;
+  return 1;
+}
+
 int main(int argc, char** argv) {
   eoq_model* bad = NULL;
   eoq_status s = eoq_model_load("/nonexistent/model.gguf", NULL, &bad);
@@ -49,6 +55,19 @@ int main(int argc, char** argv) {
   if (eoq_generate(m, argv[2], 4, &sp, on_token, &count, NULL) != EOQ_ERR_INVALID_ARG) return 16;
   fprintf(stderr, "bad sampling: %s\n", eoq_last_error());
   eoq_model_free(m);
+
+  /* compressed cache with knobs in the mode string; a malformed knob is a clear error */
+  p.kv = "eoq2:ring=0:block=16:v_rank_cap=0";
+  if (eoq_model_load(argv[1], &p, &m) != EOQ_OK) { fprintf(stderr, "load eoq2: %s\n", eoq_last_error()); return 17; }
+  sp.top_p = 1.0f;
+  int count2 = 0;
+  if (eoq_generate(m, argv[2], 8, &sp, count_only, &count2, &n_gen) != EOQ_OK || n_gen < 1) return 18;
+  fprintf(stderr, "eoq2 generated %d\n", n_gen);
+  eoq_model_free(m);
+  p.kv = "eoq2:ring";
+  eoq_model* bad2 = NULL;
+  if (eoq_model_load(argv[1], &p, &bad2) != EOQ_ERR_INVALID_ARG || bad2 != NULL) return 19;
+  fprintf(stderr, "bad kv: %s\n", eoq_last_error());
   return 0;
 }
 """
@@ -91,3 +110,5 @@ def test_c_program_generates_text(c_program, smollm2_path):
     assert r.stdout == e.detokenize(out)
     assert f"generated {len(out)} " in err
     assert "top_p" in err
+    assert "eoq2 generated " in err
+    assert "bad kv: " in err and "'ring'" in err and "key=value" in err

@@ -339,8 +339,11 @@ def test_attention_from_codes_equals_dequantized_attention(mode):
         dict(mode="turbo3", block=24, ring=3, sinks=7, norm_correction=False),
         dict(mode="eoq4", block=16, ring=16, sinks=4, factor_bits=6, boundary_layers=1, seed=99),
         dict(mode="q4_0", boundary_layers=1),
+        dict(mode="eoq2", block=16, ring=8, sinks=4, boundary_layers=1, boundary_bits=4, v_rank_cap=0),
+        dict(mode="turbo2", block=16, ring=0, sinks=2, boundary_layers=1, boundary_bits=3, v_bits=3),
     ],
-    ids=["no-ring-no-sinks", "asym-bits-truncate", "turbo-odd-sizes", "boundary", "q4_0-boundary"],
+    ids=["no-ring-no-sinks", "asym-bits-truncate", "turbo-odd-sizes", "boundary", "q4_0-boundary",
+         "boundary-bits-eoq", "boundary-bits-turbo"],
 )
 def test_attention_from_codes_knobs(params):
     c, worst = drive(params, n_layer=3)
@@ -487,6 +490,33 @@ def test_stats_report_sealing():
     assert c.n_tokens == 0 and c.bytes == 0
 
 
+def test_boundary_bits_and_value_rank_cap():
+    """boundary_bits seals the first and last layers with more residual bits instead of keeping
+    them f16; v_rank_cap=0 makes values plain TurboQuant while keys keep their low-rank part."""
+    p = dict(mode="eoq2", block=16, ring=16, sinks=4, boundary_layers=1, v_rank_cap=0)
+    c4, _ = drive(dict(p, boundary_bits=4), n_layer=3, check=False)
+    c16, _ = drive(p, n_layer=3, check=False)
+    st4, st16 = c4.stats(), c16.stats()
+    assert st4["params"]["boundary_bits"] == 4 and st4["params"]["v_rank_cap"] == 0
+    for il in (0, 2):
+        assert st16["layers"][il]["exact_layer"] and not st4["layers"][il]["exact_layer"]
+        h = st4["layers"][il]["heads"][0]
+        assert h["k"]["blocks"] == 7
+        # rank-0 values: 4-bit codes + a 16-bit norm per 32-value row + an 8-byte header per 16x32 block
+        assert h["v"]["bits_per_entry_sealed"] == pytest.approx(4 + 16 / 32 + 64 / 512)
+        assert h["k"]["bits_per_entry_sealed"] >= 4 + 16 / 32 + 64 / 512
+    mid = st4["layers"][1]["heads"][0]
+    assert mid["v"]["bits_per_entry_sealed"] == pytest.approx(2 + 16 / 32 + 64 / 512)  # 2-bit codes, rank 0
+    assert sum(mid["v"]["rank_hist"][1:]) == 0 and sum(mid["k"]["rank_hist"][1:]) > 0
+    assert st4["bytes"] < st16["bytes"]
+
+
+def test_kv_spec_strings():
+    """The C API's "mode:key=value" strings (also what eoq-perplexity takes) parse to the same knobs."""
+    st = _core.KVCacheTester(dict(mode="eoq3", ring=0, shrink=False, boundary_layers=1, boundary_bits=4), 3, 1, 64, 32).stats()
+    assert st["params"]["ring"] == 0 and st["params"]["shrink"] is False and st["params"]["boundary_bits"] == 4
+
+
 def test_invalid_parameters():
     ok = dict(mode="eoq2")
     T = _core.KVCacheTester
@@ -500,6 +530,11 @@ def test_invalid_parameters():
     invalid_arg(T, dict(ok, sinks=-1), 1, 1, 64, 32)
     invalid_arg(T, dict(ok, rank_cap=65), 1, 1, 64, 32)
     invalid_arg(T, dict(ok, boundary_layers=-1), 1, 1, 64, 32)
+    invalid_arg(T, dict(ok, boundary_bits=9), 1, 1, 64, 32)
+    invalid_arg(T, dict(ok, v_rank_cap=-2), 1, 1, 64, 32)
+    invalid_arg(T, dict(mode="q8_0", boundary_bits=4), 1, 1, 64, 32)
+    invalid_arg(T, dict(mode="turbo2", v_rank_cap=1), 1, 1, 64, 32)
+    invalid_arg(T, dict(ok, shrink=2), 1, 1, 64, 32)
     invalid_arg(T, dict(ok, bogus=1), 1, 1, 64, 32)
     invalid_arg(T, dict(mode="turbo2", rank_cap=2), 1, 1, 64, 32)
     invalid_arg(T, dict(mode="q8_0"), 1, 1, 48, 32)  # head_dim not a multiple of 32

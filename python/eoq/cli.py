@@ -74,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-block", type=int, metavar="N", help="tokens per sealed block")
     g.add_argument("--kv-ring", type=int, metavar="N", help="exact recent tokens kept before sealing")
     g.add_argument("--kv-sinks", type=int, metavar="N", help="exact attention-sink tokens (4)")
-    g.add_argument("--kv-boundary-layers", type=int, metavar="N", help="first and last N layers kept f16")
+    g.add_argument("--kv-boundary-layers", type=int, metavar="N",
+                   help="first and last N layers at higher precision (f16, or --kv-boundary-bits)")
+    g.add_argument("--kv-boundary-bits", type=int, metavar="B",
+                   help="turbo/eoq: residual bits of the boundary layers (0: keep them f16)")
+    g.add_argument("--kv-v-rank-cap", type=int, metavar="N", help="eoq: rank cap for values (0: plain turbo)")
     g.add_argument("--stats", action="store_true", help="print KV compression statistics at the end")
 
     g = ap.add_argument_group("sampling (llama.cpp defaults)")
@@ -259,7 +263,8 @@ def kv_config(args):
         raise CliError(f"--kv {mode!r} is not a KV cache mode (known: {', '.join(KV_MODES)})")
     for key, val in (("rank_cap", args.kv_rank_cap), ("factor_bits", args.kv_factor_bits),
                      ("block", args.kv_block), ("ring", args.kv_ring), ("sinks", args.kv_sinks),
-                     ("boundary_layers", args.kv_boundary_layers)):
+                     ("boundary_layers", args.kv_boundary_layers), ("boundary_bits", args.kv_boundary_bits),
+                     ("v_rank_cap", args.kv_v_rank_cap)):
         if val is not None:
             options[key] = val
     if args.kv_truncate:

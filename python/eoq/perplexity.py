@@ -15,6 +15,7 @@ ln(PPL(mode)/PPL(f16)).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -82,7 +83,7 @@ def kl_divergence(make_engine, modes, text, n_ctx, n_chunks=-1, progress=None):
     base = make_engine("f16")
     chunks = chunks_of(base, text, n_ctx, n_chunks)
     engines = {m: make_engine(m) for m in modes}
-    acc = {m: dict(kld=[], nll=[], same=[], bpe=[], bytes=[]) for m in modes}
+    acc = {m: dict(kld=[], nll=[], same=[], bpe=[], bytes=[], stats={}) for m in modes}
     base_nll = []
     for i, chunk in enumerate(chunks):
         ref = scored_logprobs(base, chunk)
@@ -96,6 +97,7 @@ def kl_divergence(make_engine, modes, text, n_ctx, n_chunks=-1, progress=None):
             info = e.kv_info()
             a["bpe"].append(info["bits_per_entry"])
             a["bytes"].append(info["bytes"])
+            a["stats"] = cache_summary(e)
         if progress:
             progress(i + 1, len(chunks))
     bn = np.concatenate(base_nll)
@@ -107,7 +109,33 @@ def kl_divergence(make_engine, modes, text, n_ctx, n_chunks=-1, progress=None):
                       kld_mean=float(kld.mean()), kld_median=float(np.median(kld)),
                       kld_p99=float(np.percentile(kld, 99)), kld_max=float(kld.max()),
                       same_top=float(np.concatenate(a["same"]).mean()),
-                      bits_per_entry=float(np.mean(a["bpe"])), bytes=int(np.mean(a["bytes"])), scored=len(nll))
+                      bits_per_entry=float(np.mean(a["bpe"])), bytes=int(np.mean(a["bytes"])), scored=len(nll),
+                      cache=a["stats"])
+    return out
+
+
+def cache_summary(engine) -> dict:
+    """What the cache reports at the end of a chunk (compressed modes): sealed bits per entry of
+    K and V (fully counted and the paper's convention), mean eOptShrink rank per layer, sealing
+    time per block. Empty for exact caches."""
+    st = json.loads(engine.compression_stats_json())
+    summ = st.get("summary")
+    if not summ:
+        return {}
+    out = dict(params=st.get("params", {}), seal_ms_per_block=summ.get("seal_ms_per_block", 0.0))
+    for kv in ("k", "v"):
+        d = summ.get(kv, {})
+        out[kv] = {key: d.get(key) for key in ("bits_per_entry_sealed", "bits_per_entry_sealed_paper", "mean_rank",
+                                               "mean_rank_raw", "mean_rel_err") if key in d}
+        ranks = []
+        for layer in st.get("layers", []):
+            hist = [0] * 64
+            for h in layer.get("heads", []):
+                for r, c in enumerate(h.get(kv, {}).get("rank_hist", [])):
+                    hist[r] += c
+            n = sum(hist)
+            ranks.append(sum(r * c for r, c in enumerate(hist)) / n if n else None)
+        out[kv]["mean_rank_by_layer"] = ranks
     return out
 
 
@@ -139,6 +167,8 @@ def main(argv=None) -> int:
                     help="KV cache mode with optional :key=value knobs (e.g. eoq2:ring=0:shrink=false), "
                          "or a comma-separated list of them with --kl-divergence")
     ap.add_argument("--kl-divergence", action="store_true", help="compare each --kv mode with an f16 cache")
+    ap.add_argument("--json", metavar="FILE", help="with --kl-divergence: also write the results (and each mode's "
+                                                    "compression statistics) to FILE as JSON")
     a = ap.parse_args(argv)
     try:
         if a.ctx_size < 8:
@@ -169,9 +199,14 @@ def main(argv=None) -> int:
             for m, r in res.items():
                 print(f"| {m} | {r['bits_per_entry']:.2f} | {r['ppl']:.4f} | {r['ln_ratio']:+.4f} | {r['kld_mean']:.4f} | "
                       f"{r['kld_median']:.4f} | {r['kld_p99']:.4f} | {r['kld_max']:.3f} | {100 * r['same_top']:.1f}% |")
+            if a.json:
+                with open(a.json, "w", encoding="utf-8") as fh:
+                    json.dump(dict(model=model, file=a.file, ctx=a.ctx_size, chunks=a.chunks, modes=res), fh, indent=1)
             return 0
         if len(modes) != 1:
             raise ValueError("several --kv modes need --kl-divergence")
+        if a.json:
+            raise ValueError("--json needs --kl-divergence")
         engine = make(modes[0])
 
         def progress(i, n, ppl):

@@ -1,0 +1,74 @@
+// KV cache knobs by name: the one parser behind Engine(kv_options=...), the C API's
+// "mode:key=value" strings and eoq-run's flags (which build the same dict).
+#include <cerrno>
+#include <cstdlib>
+#include <string>
+
+#include "engine/error.h"
+#include "engine/kv_cache.h"
+
+namespace eoq {
+
+namespace {
+
+const char* const kKnown =
+    "k_bits, v_bits, rank_cap, v_rank_cap, factor_bits, shrink, block, ring, sinks, boundary_layers, "
+    "boundary_bits, norm_correction, seed";
+
+}  // namespace
+
+void set_kv_option(KVCacheParams& p, const std::string& key, long long value) {
+  auto as_int = [&]() -> int {
+    if (value < -(1LL << 30) || value > (1LL << 30))
+      fail(ErrorCode::invalid_arg, "KV cache option " + key + "=" + std::to_string(value) + " is out of range");
+    return (int)value;
+  };
+  auto as_bool = [&]() -> bool {
+    if (value != 0 && value != 1)
+      fail(ErrorCode::invalid_arg, "KV cache option " + key + " is true or false, not " + std::to_string(value));
+    return value != 0;
+  };
+  if (key == "k_bits") p.k_bits = as_int();
+  else if (key == "v_bits") p.v_bits = as_int();
+  else if (key == "rank_cap") p.rank_cap = as_int();
+  else if (key == "v_rank_cap") p.v_rank_cap = as_int();
+  else if (key == "factor_bits") p.factor_bits = as_int();
+  else if (key == "shrink") p.shrink = as_bool();
+  else if (key == "block") p.block = as_int();
+  else if (key == "ring") p.ring = as_int();
+  else if (key == "sinks") p.sinks = as_int();
+  else if (key == "boundary_layers") p.boundary_layers = as_int();
+  else if (key == "boundary_bits") p.boundary_bits = as_int();
+  else if (key == "norm_correction") p.norm_correction = as_bool();
+  else if (key == "seed") p.seed = (uint64_t)value;
+  else fail(ErrorCode::invalid_arg, "unknown KV cache option '" + key + "' (known: " + kKnown + ")");
+}
+
+KVCacheParams parse_kv_spec(const std::string& spec) {
+  KVCacheParams p;
+  size_t at = spec.find(':');
+  p.mode = spec.substr(0, at);
+  while (at != std::string::npos) {
+    const size_t next = spec.find(':', at + 1);
+    const std::string opt = spec.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1);
+    const size_t eq = opt.find('=');
+    if (eq == std::string::npos || eq == 0)
+      fail(ErrorCode::invalid_arg, "KV cache option '" + opt + "' in '" + spec + "' is not key=value");
+    const std::string key = opt.substr(0, eq), val = opt.substr(eq + 1);
+    long long v;
+    if (val == "true") v = 1;
+    else if (val == "false") v = 0;
+    else {
+      char* end = nullptr;
+      errno = 0;
+      v = std::strtoll(val.c_str(), &end, 10);
+      if (val.empty() || *end != '\0' || errno == ERANGE)
+        fail(ErrorCode::invalid_arg, "KV cache option " + key + ": '" + val + "' is not an integer, true or false");
+    }
+    set_kv_option(p, key, v);
+    at = next;
+  }
+  return p;
+}
+
+}  // namespace eoq
