@@ -134,6 +134,40 @@ void bind_engine(py::module_& m) {
              return to_array(e.all_logits(), (py::ssize_t)(e.all_logits().size() / nv), (py::ssize_t)nv);
            })
       .def("reset", &eoq::Engine::reset)
+      // Post-RoPE q, k, v of every layer for `tokens` run from position 0 with a temporary KV
+      // cache of mode `kv` (knobs as for Engine(kv_options=...); default f16, the reference; f32
+      // for exactness tests). The engine's own cache, n_past and logits are untouched. Returns a
+      // dict of float32 arrays q [n_layer, n_tok, n_head, head_dim], k and v [n_layer, n_tok,
+      // n_head_kv, head_dim]: what the forward pass hands to KVCache::attend / append.
+      .def(
+          "capture_qkv",
+          [](eoq::Engine& e, const std::vector<int32_t>& tokens, const std::string& kv, const py::dict& kv_options) {
+            const eoq::KVCacheParams params = kv_params_from_dict(kv, kv_options);
+            const eoq::LlamaConfig& c = e.config();
+            const py::ssize_t L = c.n_layer, n = (py::ssize_t)tokens.size(), hd = c.head_dim;
+            if (n == 0) throw eoq::Error(eoq::ErrorCode::invalid_arg, "capture_qkv: no tokens");
+            if (n > e.n_ctx())
+              throw eoq::Error(eoq::ErrorCode::context_full, "capture_qkv: " + std::to_string(n) + " tokens > n_ctx " +
+                                                                 std::to_string(e.n_ctx()));
+            py::array_t<float> q({L, n, (py::ssize_t)c.n_head, hd});
+            py::array_t<float> k({L, n, (py::ssize_t)c.n_head_kv, hd});
+            py::array_t<float> v({L, n, (py::ssize_t)c.n_head_kv, hd});
+            eoq::QKVCapture cap;
+            cap.q = q.mutable_data();
+            cap.k = k.mutable_data();
+            cap.v = v.mutable_data();
+            cap.n_tok = (int)n;
+            {
+              py::gil_scoped_release nogil;
+              e.capture_qkv(tokens, cap, params);
+            }
+            py::dict d;
+            d["q"] = q;
+            d["k"] = k;
+            d["v"] = v;
+            return d;
+          },
+          py::arg("tokens"), py::arg("kv") = "f16", py::arg("kv_options") = py::dict())
       .def("compression_stats_json", [](eoq::Engine& e) { return e.kv().stats_json(); })
       .def("kv_info", [](eoq::Engine& e) {
         py::dict d;

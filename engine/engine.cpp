@@ -69,6 +69,31 @@ void Engine::eval(const std::vector<int32_t>& tokens, bool all_logits) {
   if (all_logits) std::copy(all_logits_.end() - n_vocab, all_logits_.end(), logits_.begin());
 }
 
+void Engine::capture_qkv(const std::vector<int32_t>& tokens, const QKVCapture& out, const KVCacheParams& cache_params) {
+  const int n = (int)tokens.size();
+  if (n == 0) fail(ErrorCode::invalid_arg, "capture_qkv: no tokens");
+  if (out.n_tok != n || !out.q || !out.k || !out.v)
+    fail(ErrorCode::invalid_arg, "capture_qkv: the capture buffers must hold exactly the " + std::to_string(n) + " tokens");
+  if (n > n_ctx_)
+    fail(ErrorCode::context_full, "capture_qkv: " + std::to_string(n) + " tokens > n_ctx " + std::to_string(n_ctx_));
+  const LlamaConfig& c = model_->config();
+  for (int32_t t : tokens)
+    if (t < 0 || t >= c.n_vocab) fail(ErrorCode::invalid_arg, "token id " + std::to_string(t) + " is out of range");
+  // A cache of its own: independent of the engine's mode and state.
+  auto cache = make_kv_cache(cache_params, KVCacheShape{c.n_layer, c.n_head_kv, c.head_dim, n});
+  std::vector<float> last_logits(c.n_vocab);
+  // The capture must be switched off again whatever happens (forward may throw).
+  struct Guard {
+    LlamaModel& m;
+    ~Guard() { m.set_capture(nullptr); }
+  } guard{*model_};
+  model_->set_capture(&out);
+  for (int i = 0; i < n; i += n_batch_) {
+    const int m = std::min(n_batch_, n - i);
+    model_->forward(tokens.data() + i, m, i, *cache, *pool_, last_logits.data(), false);
+  }
+}
+
 GenerateResult Engine::generate(const std::vector<int32_t>& prompt, int max_tokens, Sampler& sampler,
                                 const std::function<bool(int32_t, const std::string&)>& on_token) {
   GenerateResult r;

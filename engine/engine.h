@@ -17,6 +17,7 @@ class GGUFFile;
 class Tokenizer;
 class LlamaModel;
 struct LlamaConfig;
+struct QKVCapture;
 class ThreadPool;
 
 struct EngineParams {
@@ -54,6 +55,15 @@ class Engine {
   const std::vector<float>& logits() const { return logits_; }          // [n_vocab], last token
   const std::vector<float>& all_logits() const { return all_logits_; }  // [n][n_vocab], last eval
   void reset();  // empty the cache
+
+  // Runs tokens from position 0 (in chunks of n_batch) through the model with a temporary KV
+  // cache configured by `cache` (default f16, the reference; f32 for exactness tests) and
+  // copies each layer's post-RoPE q, k and v into `out` (layout in models/llama.h; out.n_tok
+  // must equal tokens.size()). The engine's own cache, n_past and logits are left as they were.
+  // Throws Error(invalid_arg) for empty input, a size mismatch, null buffers, a bad token id or
+  // bad cache params, Error(context_full) when tokens exceed n_ctx.
+  void capture_qkv(const std::vector<int32_t>& tokens, const QKVCapture& out,
+                   const KVCacheParams& cache = KVCacheParams());
 
   // Evaluates the prompt after reset(), then samples up to max_tokens (< 0: until the context
   // is full). on_token(token, bytes) is called for each generated token; returning false stops.

@@ -149,6 +149,20 @@ void LlamaModel::set_max_batch(int n) {
   up_.resize((size_t)n * c.n_ff);
 }
 
+void LlamaModel::capture_layer(int il, int pos0, int n) const {
+  const LlamaConfig& c = cfg_;
+  if (pos0 < 0 || pos0 + n > capture_->n_tok)
+    fail(ErrorCode::invalid_arg, "Q/K/V capture: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n - 1) +
+                                     " do not fit its " + std::to_string(capture_->n_tok) + " rows");
+  const size_t q_dim = (size_t)c.n_head * c.head_dim, kv_dim = (size_t)c.n_head_kv * c.head_dim;
+  // Rows of one layer are contiguous in both the scratch buffers and the capture: [n][heads*hd].
+  const size_t q_off = ((size_t)il * capture_->n_tok + pos0) * q_dim;
+  const size_t kv_off = ((size_t)il * capture_->n_tok + pos0) * kv_dim;
+  std::memcpy(capture_->q + q_off, q_.data(), (size_t)n * q_dim * sizeof(float));
+  std::memcpy(capture_->k + kv_off, k_.data(), (size_t)n * kv_dim * sizeof(float));
+  std::memcpy(capture_->v + kv_off, v_.data(), (size_t)n * kv_dim * sizeof(float));
+}
+
 void LlamaModel::forward(const int32_t* tokens, int n, int pos0, KVCache& kv, ThreadPool& pool, float* logits,
                          bool all_logits) {
   const LlamaConfig& c = cfg_;
@@ -178,6 +192,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos0, KVCache& kv, Th
       rope_adjacent(&q_[t * q_dim], c.n_head, c.head_dim, c.n_rot, pos, c.rope_inv_freq.data());
       rope_adjacent(&k_[t * kv_dim], c.n_head_kv, c.head_dim, c.n_rot, pos, c.rope_inv_freq.data());
     }
+    if (capture_) capture_layer(il, pos0, n);
     kv.append(il, pos0, n, k_.data(), v_.data(), pool);
     kv.attend(il, pos0, n, c.n_head, q_.data(), att_.data(), pool);
     matmul(L.attn_output, att_.data(), n, tmp_.data(), pool);

@@ -34,6 +34,19 @@ struct LlamaConfig {
   static LlamaConfig from_gguf(const GGUFFile& f);
 };
 
+// Destination of the opt-in Q/K/V capture (LlamaModel::set_capture): per layer, the post-RoPE
+// queries (unscaled) as handed to KVCache::attend, and the keys (post-RoPE) and values as handed to
+// KVCache::append, float32, row-major:
+//   q [n_layer][n_tok][n_head][head_dim],  k and v [n_layer][n_tok][n_head_kv][head_dim].
+// Position p of a forward call goes to row p; forward() fails if a position is >= n_tok.
+// The buffers belong to the caller and must outlive the capture.
+struct QKVCapture {
+  float* q = nullptr;
+  float* k = nullptr;
+  float* v = nullptr;
+  int n_tok = 0;
+};
+
 struct LlamaLayer {
   const float* attn_norm;  // [n_embd]
   WeightView attn_q;       // [n_embd] -> [n_head * head_dim]
@@ -61,6 +74,10 @@ class LlamaModel {
 
   void set_max_batch(int n_batch);
 
+  // Captures every later forward()'s Q/K/V into *cap (nullptr: off, the default). When off, the
+  // forward pass pays one pointer test per layer.
+  void set_capture(const QKVCapture* cap) { capture_ = cap; }
+
  private:
   LlamaConfig cfg_;
   WeightView token_embd_;    // [n_vocab rows][n_embd]
@@ -68,6 +85,10 @@ class LlamaModel {
   WeightView output_;        // [n_vocab rows][n_embd] (token_embd when tied)
   std::vector<LlamaLayer> layers_;
   std::vector<float> owned_;  // F16/BF16 norm vectors converted to f32 at load
+  const QKVCapture* capture_ = nullptr;
+
+  // Copies layer il's q_, k_, v_ (n tokens at positions pos0..) into capture_.
+  void capture_layer(int il, int pos0, int n) const;
 
   // Scratch activations, [max_batch][...]
   int max_batch_ = 0;
