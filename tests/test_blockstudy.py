@@ -295,3 +295,13 @@ def test_report_run_stats(tmp_path, tiny_d64, wikitext):
     st = json.loads((tmp_path / "r" / "stats.json").read_text())
     assert st["mode"] == "eoq2" and st["summary"]["k"]["blocks"] > 0
     assert "| 1 | " in out.read_text()
+
+
+def test_report_reads_perplexity_and_sweep_json():
+    """eoq-perplexity --json ({"modes": ...}) and tools/kv_sweep.py ({"results": {ctx: ...}}) files
+    are read as they are written."""
+    from eoq import report as rpt
+    assert dict(rpt.kld_rows({"model": "m", "ctx": 512, "modes": KLD})) == KLD
+    rows = dict(rpt.kld_rows({"results": {"512": {"eoq2": KLD["eoq2"]}, "2048": {"turbo2": KLD["turbo2"]}}}))
+    assert rows == {"eoq2 @512": KLD["eoq2"], "turbo2 @2048": KLD["turbo2"]}
+    assert dict(rpt.kld_rows({"results": {"2048": KLD}})) == KLD

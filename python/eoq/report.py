@@ -11,7 +11,8 @@ Sections, each written when its input is given and replaced by a note when it is
   and saves it as stats.json beside the report.
 * Bits per entry against KL divergence per KV mode: --kld FILE, the per-mode results of
   eoq.perplexity.kl_divergence: {mode: {bits_per_entry, kld_mean, ...}} (also accepted wrapped
-  as {"results": {...}} or as a list of such dicts with a "mode" key).
+  as {"results": {...}} or as a list of such dicts with a "mode" key); eoq-perplexity --json
+  ({"modes": {...}}) and tools/kv_sweep.py ({"results": {ctx: {mode: ...}}}) files as they are.
 * Needle retrieval accuracy: --needle FILE, eoq-needle's `-o json` records, a list of
   {mode, ctx, depth, correct} (extra keys ignored).
 * Block study: --blockstudy FILE, the JSON of eoq-blockstudy -o.
@@ -61,8 +62,12 @@ def load_json(path) -> Any:
 def kld_rows(data: Any) -> List[Tuple[str, dict]]:
     """(mode, result) pairs from the accepted KL-divergence layouts (see the module docstring);
     each result must hold bits_per_entry and kld_mean."""
-    if isinstance(data, dict) and isinstance(data.get("results"), (dict, list)):
+    if isinstance(data, dict) and isinstance(data.get("modes"), dict):  # eoq-perplexity --json
+        data = data["modes"]
+    elif isinstance(data, dict) and isinstance(data.get("results"), (dict, list)):
         data = data["results"]
+        if isinstance(data, dict) and data and all(str(k).isdigit() for k in data):  # tools/kv_sweep.py: by context
+            data = {(f"{m} @{ctx}" if len(data) > 1 else m): r for ctx, modes in data.items() for m, r in modes.items()}
     if isinstance(data, dict):
         rows = list(data.items())
     elif isinstance(data, list):
@@ -198,8 +203,8 @@ def section_ranks(rep: Report, stats: Optional[dict]) -> None:
 def section_kld(rep: Report, kld: Optional[Any]) -> None:
     rep.add("## Bits per entry against KL divergence", "")
     if kld is None:
-        rep.note("Skipped: no KL-divergence results given (--kld FILE; eoq-perplexity --kl-divergence has no "
-                 "JSON output yet, see the module docstring for the layout).")
+        rep.note("Skipped: no KL-divergence results given (--kld FILE, from eoq-perplexity --kl-divergence "
+                 "--json FILE or tools/kv_sweep.py -o FILE).")
         return
     rows = sorted(kld_rows(kld), key=lambda mr: mr[1]["bits_per_entry"])
     rep.add("Against an f16 cache on the same text: whole-cache bits per entry, mean KL(f16 ‖ mode) of the "
