@@ -1,5 +1,5 @@
 # Type stubs for eoq._core, the pybind11 module (bindings/*.cpp). The Pythonic API is eoq.Engine.
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import numpy.typing as npt
@@ -54,6 +54,11 @@ class Engine:
     def reset(self) -> None: ...
     def kv_info(self) -> dict:
         """mode (str), n_tokens (int), bytes (int), bits_per_entry (float)."""
+    def compression_stats_json(self) -> str:
+        """The cache's statistics as JSON (kv-compression spec section 8)."""
+    def capture_qkv(self, tokens: List[int], kv: str = "f16", kv_options: Dict[str, Any] = ...) -> Dict[str, npt.NDArray[np.float32]]:
+        """Post-RoPE q [n_layer, n, n_head, head_dim], k and v [n_layer, n, n_head_kv, head_dim] of
+        tokens run from position 0 with a temporary cache; the engine's own state is untouched."""
 
 class Sampler:
     """Repeat penalty, top-k, top-p, min-p, temperature (0 = greedy), then a seeded draw."""
