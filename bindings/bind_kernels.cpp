@@ -7,6 +7,7 @@
 #include "engine/error.h"
 #include "kernels/ggml_type.h"
 #include "kernels/kernels.h"
+#include "kernels/quant_dot.h"
 
 namespace py = pybind11;
 
@@ -52,6 +53,12 @@ eoq::GGMLType weight_type(const std::string& name) {
     if (ti.name && name == ti.name) return (eoq::GGMLType)k;
   }
   throw eoq::Error(eoq::ErrorCode::invalid_arg, "unknown GGML type name '" + name + "'");
+}
+
+// A C-contiguous buffer's bytes (bytes, bytearray, uint8 array...).
+std::pair<const uint8_t*, size_t> contiguous_bytes(const py::buffer_info& b, const char* fn) {
+  if (!PyBuffer_IsContiguous(b.view(), 'C')) bad(std::string(fn) + ": data must be C-contiguous");
+  return {static_cast<const uint8_t*>(b.ptr), (size_t)b.size * (size_t)b.itemsize};
 }
 
 }  // namespace
@@ -164,6 +171,43 @@ void bind_kernels(py::module_& m) {
       },
       py::arg("isa"), py::arg("type_name"), py::arg("data"), py::arg("n"),
       "dequantize one row of n values with the chosen ISA's kernel");
+
+  // Weight × activation products (kernels/quant_dot.h).
+  m.def(
+      "vec_dot_type", [](const std::string& w) { return std::string(eoq::type_name(eoq::vec_dot_type(weight_type(w)))); },
+      "the activation format a weight type's dot products take");
+  m.def(
+      "act_row_bytes", [](const std::string& act, int64_t n) { return eoq::act_row_bytes(weight_type(act), n); },
+      "bytes of one activation row of n values");
+  m.def(
+      "k_quantize_act",
+      [](const std::string& isa, const std::string& act, f32 x) {
+        const eoq::CpuKernels& k = table(isa);
+        const eoq::GGMLType t = weight_type(act);
+        std::string out(eoq::act_row_bytes(t, x.size()), '\0');
+        k.quantize_act(t, x.data(), &out[0], x.size());
+        return py::bytes(out);
+      },
+      py::arg("isa"), py::arg("act"), py::arg("x"), "one row of floats in an activation format (raw block bytes)");
+  m.def(
+      "k_vec_dot",
+      [](const std::string& isa, const std::string& wtype, py::buffer w, int nr, py::buffer a, int nt, int64_t n) {
+        const eoq::CpuKernels& k = table(isa);
+        const eoq::GGMLType t = weight_type(wtype);
+        const eoq::GGMLType act = eoq::vec_dot_type(t);
+        if (nr < 0 || nt < 0) bad("k_vec_dot: nr and nt must be >= 0");
+        const size_t wrow = eoq::row_size(t, n), arow = eoq::act_row_bytes(act, n);
+        if (wrow == 0 && n != 0) bad("k_vec_dot: n is not a multiple of the weight block size");
+        const py::buffer_info wb = w.request(), ab = a.request();
+        const auto wd = contiguous_bytes(wb, "k_vec_dot"), ad = contiguous_bytes(ab, "k_vec_dot");
+        if (wd.second != wrow * (size_t)nr) bad("k_vec_dot: weights must be nr rows of " + std::to_string(wrow) + " bytes");
+        if (ad.second != arow * (size_t)nt) bad("k_vec_dot: activations must be nt rows of " + std::to_string(arow) + " bytes");
+        py::array_t<float> out({(py::ssize_t)nt, (py::ssize_t)nr});
+        k.vec_dot(t, n, wd.first, wrow, nr, ad.first, arow, nt, out.mutable_data(), nr);
+        return out;
+      },
+      py::arg("isa"), py::arg("wtype"), py::arg("w"), py::arg("nr"), py::arg("a"), py::arg("nt"), py::arg("n"),
+      "[nt, nr] dot products of nr weight rows with nt activation rows (from k_quantize_act)");
 }
 
 }  // namespace eoq_py

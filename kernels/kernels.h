@@ -3,6 +3,7 @@
 // best the running CPU supports, once, from CPUID. EOQ_ISA=scalar|avx2|avx512 in the environment
 // forces a choice (for tests and benchmarks); asking for an ISA the CPU lacks falls back to scalar.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/ggml_type.h"
@@ -40,6 +41,22 @@ struct CpuKernels {
   float (*softmax_exp)(float* x, int64_t n, float mx);
   // max(x[0..n)), -inf for n = 0 (NaN inputs: unspecified which value wins)
   float (*max_f32)(const float* x, int64_t n);
+
+  // Weight × activation products in GGML's vec_dot_type scheme (formats, formulas and the
+  // scalar spec in kernels/quant_dot.h; kernels/matmul.cpp is the caller).
+  // quantize_act: dst = x[0..n) in activation format act (F32, F16, BF16, Q8_0, Q8_1 or Q8_K),
+  // act_row_bytes(act, n) bytes; n a multiple of act's block size. The same bytes on every ISA
+  // (non-finite inputs: unspecified bytes).
+  void (*quantize_act)(GGMLType act, const float* x, void* dst, int64_t n);
+  // vec_dot: y[t*ldy + r] = Σ_i W_r[i] A_t[i] for r < nr, t < nt, where W_r is the row of n values
+  // of weight type w at w_rows + r*w_stride and A_t the activation row at a_rows + t*a_stride in
+  // vec_dot_type(w) (from quantize_act). Rows may sit at any address. Each result depends only on
+  // (W_r, A_t) and the ISA, never on nr, nt or the other rows/tokens of the call, so a prompt
+  // evaluated in one batch or token by token gives the same bits. Across ISAs only the float
+  // summation order differs (integer block sums are exact). Works best when the nr rows fit in
+  // L1/L2: the kernel walks the tokens in small groups and re-reads the rows for each group.
+  void (*vec_dot)(GGMLType w, int64_t n, const void* w_rows, size_t w_stride, int nr, const void* a_rows,
+                  size_t a_stride, int nt, float* y, int64_t ldy);
 };
 
 const CpuKernels& cpu_kernels();        // chosen at run time

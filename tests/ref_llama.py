@@ -16,11 +16,25 @@ Conventions (spec/engine.md section 4):
 * RMSNorm: x / sqrt(mean(x^2) + eps) * w.  FFN: down(silu(gate(x)) * up(x)).
 * No output.weight: the output layer is token_embd (tied).
 
+Activation quantization (``act_quant=True``): llama.cpp (and eoq) convert the input of every
+weight product to the weight type's "vec_dot_type" and take integer block dot products.  With
+act_quant the reference does the same in NumPy, from the format definitions: the float32 input
+rows are quantized (F16/BF16 weights: inputs rounded to half / bfloat16; Q4_0/Q5_0/Q8_0: Q8_0
+blocks; Q4_1/Q5_1: Q8_1 blocks, whose fp16 sum field s replaces d*Σq in the weights' minimum
+term; K-quants: Q8_K blocks; F32: unchanged) and dequantized exactly, then multiplied by the
+dequantized weights.  What remains between engine and reference is float summation order, plus
+the rare element whose x*scale sits so close to a rounding boundary that a last-ulp difference
+upstream rounds it the other way (one quantum, amax/127 of its block).  Without act_quant (the
+default) activations stay exact floats (used by the KV-cache and perplexity tests).
+
 API:
     m = RefLlama.load(path, dtype=np.float64)         # cached per (path, mtime, size, dtype)
+    m = RefLlama.load(path, np.float32, act_quant=True)  # llama.cpp's activation quantization
     logits = m.forward(tokens)                        # [n, n_vocab] float32, positions 0..n-1
     logits, kv = m.forward(tokens, return_kv=True)    # kv: RefKV (per-layer post-RoPE q, k, v)
     logits = m.forward(tokens, pos0=7)                # same tokens placed at positions 7..7+n-1
+    m.last_uncertain                                  # after forward (act_quant): bool [n], rows
+                                                      # downstream of a near-tie rounding
     cache = m.new_cache(); m.forward(a, cache=cache); m.forward(b, cache=cache)  # incremental
     ids = m.greedy(tokens, n)                         # n greedily generated ids (KV-cached)
 """
@@ -119,6 +133,110 @@ def _field(reader: gguf.GGUFReader, key: str, default=None):
     return f.contents()
 
 
+# --- activation formats (vec_dot_type), from their definitions -------------------------------
+
+VEC_DOT_TYPE = {"F32": "F32", "F16": "F16", "BF16": "BF16",
+                "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_1": "Q8_1", "Q5_1": "Q8_1",
+                "Q2_K": "Q8_K", "Q3_K": "Q8_K", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K"}
+
+
+# Size of the float differences (relative, about one float32 ulp) that a float32 implementation
+# may carry into a quantizer: a rounding decision closer than this to its boundary may go either
+# way there (quant units: 127 * NEAR_TIE, the largest |x*scale| being 127).
+NEAR_TIE = 1e-7
+
+
+def _ambiguous(rnd, lo, hi) -> np.ndarray:
+    """True where rounding with `rnd` gives different results at the two ends of [lo, hi]."""
+    return rnd(lo) != rnd(hi)
+
+
+def _f16(z):
+    return np.asarray(z, np.float64).astype(np.float16)
+
+
+def _near_f16(y) -> np.ndarray:
+    y = np.asarray(y, np.float64)
+    return _ambiguous(_f16, y * (1 - NEAR_TIE), y * (1 + NEAR_TIE))
+
+
+def quantize_q8(x: np.ndarray, block: int):
+    """Q8_0 / Q8_1 blocks of float32 rows x [..., n]: (q int8 [..., nb, block], d float32 [..., nb]
+    before fp16 rounding, near [..., nb]: a rounding of the block is within NEAR_TIE of its
+    boundary).  amax = max|x|, d = amax/127, q = round_half_even(x * (127/amax))."""
+    x = np.asarray(x, np.float32)
+    xb = x.reshape(x.shape[:-1] + (x.shape[-1] // block, block))
+    amax = np.abs(xb).max(axis=-1)
+    d = amax / np.float32(127)
+    iden = np.divide(np.float32(127), amax, out=np.zeros_like(amax), where=amax != 0)
+    v = xb * iden[..., None]
+    q = np.clip(np.rint(v), -128, 127).astype(np.int8)
+    tol = 127 * NEAR_TIE  # in quant units: a relative error NEAR_TIE moves |v| <= 127 by this much
+    near = _ambiguous(np.rint, v - tol, v + tol).any(axis=-1) | _near_f16(d)
+    return q, d, near
+
+
+def quantize_q8_K(x: np.ndarray):
+    """Q8_K blocks of float32 rows x [..., n]: (q int8 [..., nb, 256], d float32 [..., nb], near).
+    m = the first element of largest magnitude; iscale = -127/m, q = min(127,
+    round_half_even(iscale * x)), d = 1/iscale; all-zero blocks get d = 0, q = 0."""
+    x = np.asarray(x, np.float32)
+    xb = x.reshape(x.shape[:-1] + (x.shape[-1] // 256, 256))
+    m = np.take_along_axis(xb, np.abs(xb).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+    nz = m != 0
+    iscale = np.divide(np.float32(-127), m, out=np.zeros_like(m), where=nz)
+    v = xb * iscale[..., None]
+    q = np.clip(np.rint(v), -128, 127).astype(np.int8)
+    d = np.divide(np.float32(1), iscale, out=np.zeros_like(m), where=nz)
+    tol = 127 * NEAR_TIE
+    return q, d, _ambiguous(np.rint, v - tol, v + tol).any(axis=-1)
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> nearest-even bfloat16, returned as float32 (finite inputs)."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint32) << 16
+    return r.view(np.float32)
+
+
+def quantize_activations(x: np.ndarray, act: str):
+    """x [n, in] (any float dtype, taken as float32) in activation format `act`, dequantized:
+    (values float64 [n, in], s_excess float64 [n, nb] or None, near bool [n]).  For Q8_1,
+    s_excess is s - d*Σq per block (the fp16 sum field minus the sum of the dequantized values),
+    which the weights' per-block minimum multiplies.  near[t]: some rounding of row t was within
+    NEAR_TIE of its boundary, so another correct float32 implementation may round it the other
+    way (one quantum, or one fp16/bf16 ulp)."""
+    x32 = np.asarray(x, np.float32)
+    x64 = x32.astype(np.float64)
+    lo, hi = x64 * (1 - NEAR_TIE), x64 * (1 + NEAR_TIE)
+    if act == "F32":
+        return x64, None, np.zeros(len(x32), bool)
+    if act == "F16":
+        return _f16(x32).astype(np.float64), None, _ambiguous(_f16, lo, hi).any(axis=-1)
+    if act == "BF16":
+        return to_bf16(x32).astype(np.float64), None, _ambiguous(to_bf16, lo, hi).any(axis=-1)
+    if act == "Q8_K":
+        q, d, near = quantize_q8_K(x32)
+        return (q * d[..., None].astype(np.float64)).reshape(x32.shape), None, near.any(axis=-1)
+    q, d, near = quantize_q8(x32, 32)
+    d16 = d.astype(np.float16).astype(np.float64)                   # stored scale
+    vals = (q * d16[..., None]).reshape(x32.shape)
+    if act == "Q8_0":
+        return vals, None, near.any(axis=-1)
+    qsum = q.astype(np.int64).sum(axis=-1)
+    s32 = d * qsum.astype(np.float32)                                # float32 product
+    near |= _near_f16(s32)
+    return vals, s32.astype(np.float16).astype(np.float64) - d16 * qsum, near.any(axis=-1)
+
+
+def block_mins(t) -> np.ndarray:
+    """Per-block minimum m [rows, nb] (fp16 at bytes 2..3 of every block) of a Q4_1/Q5_1 tensor."""
+    size = {"Q4_1": 20, "Q5_1": 24}[t.tensor_type.name]
+    raw = np.asarray(t.data, np.uint8).reshape(-1, size)
+    rows = int(np.prod([int(s) for s in list(t.shape)[1:]]))
+    return raw[:, 2:4].copy().view(np.float16).astype(np.float64).reshape(rows, -1)
+
+
 def dequantize_tensor(t) -> np.ndarray:
     """A GGUF tensor as float32 numpy, shape reversed from GGUF order (rows, cols)."""
     shape = tuple(int(s) for s in reversed(list(t.shape)))
@@ -127,9 +245,10 @@ def dequantize_tensor(t) -> np.ndarray:
 
 
 class RefLlama:
-    def __init__(self, path, dtype=np.float64):
+    def __init__(self, path, dtype=np.float64, act_quant=False):
         self.path = str(path)
         self.dtype = np.dtype(dtype)
+        self.act_quant = bool(act_quant)
         r = gguf.GGUFReader(self.path)
         arch = _field(r, "general.architecture", "llama")
         self.arch = arch
@@ -139,6 +258,7 @@ class RefLlama:
 
         self.tensors = {t.name: dequantize_tensor(t) for t in r.tensors}
         self.tensor_types = {t.name: t.tensor_type.name for t in r.tensors}
+        self.mins = {t.name: block_mins(t) for t in r.tensors if t.tensor_type.name in ("Q4_1", "Q5_1")}
         n_embd = int(kv("embedding_length"))
         n_head = int(kv("attention.head_count"))
         n_head_kv = int(kv("attention.head_count_kv", n_head))
@@ -164,7 +284,8 @@ class RefLlama:
         assert emb.shape == (c.n_vocab, c.n_embd), emb.shape
         assert c.n_head % c.n_head_kv == 0
         self.tied = "output.weight" not in self.tensors
-        self.output = emb if self.tied else self.tensors["output.weight"]
+        self.output_name = "token_embd.weight" if self.tied else "output.weight"
+        self.output = self.tensors[self.output_name]
         self.rope_factors = self.tensors.get("rope_freqs.weight")
         if self.rope_factors is not None:
             assert self.rope_factors.shape == (c.n_rot // 2,), self.rope_factors.shape
@@ -179,21 +300,25 @@ class RefLlama:
             self.inv_freq = self.inv_freq / self.rope_factors.astype(np.float64)
 
     @classmethod
-    def load(cls, path, dtype=np.float64) -> "RefLlama":
-        """Cached constructor: one instance per (path, mtime, size, dtype)."""
+    def load(cls, path, dtype=np.float64, act_quant=False) -> "RefLlama":
+        """Cached constructor: one instance per (path, mtime, size, dtype, act_quant)."""
         st = os.stat(path)
         base = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
-        key = base + (np.dtype(dtype).str,)
+        key = base + (np.dtype(dtype).str, bool(act_quant))
         m = _CACHE.get(key)
         if m is None:
             other = next((v for k, v in _CACHE.items() if k[:3] == base), None)
-            m = _CACHE[key] = other.with_dtype(dtype) if other is not None else cls(path, dtype)
+            m = _CACHE[key] = (other.with_dtype(dtype, act_quant) if other is not None
+                               else cls(path, dtype, act_quant))
         return m
 
-    def with_dtype(self, dtype) -> "RefLlama":
-        """A view of this model computing in another dtype (weights shared, not copied)."""
+    def with_dtype(self, dtype, act_quant=None) -> "RefLlama":
+        """A view of this model computing in another dtype (and, if given, with or without
+        activation quantization); weights shared, not copied."""
         m = copy.copy(self)
         m.dtype = np.dtype(dtype)
+        if act_quant is not None:
+            m.act_quant = bool(act_quant)
         return m
 
     # --- building blocks -------------------------------------------------------------------
@@ -201,9 +326,18 @@ class RefLlama:
     def w(self, name: str) -> np.ndarray:
         return self.tensors[name]
 
-    def _mm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """x [n, in] @ w[out, in].T in self.dtype."""
-        return x @ w.T.astype(self.dtype, copy=False)
+    def _mm(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x [n, in] @ W[out, in].T in self.dtype for the weight tensor `name`; with act_quant, x
+        first goes through the weight type's activation format (module docstring)."""
+        w = self.tensors[name]
+        if not self.act_quant:
+            return x @ w.T.astype(self.dtype, copy=False)
+        vals, s_excess, near = quantize_activations(x, VEC_DOT_TYPE[self.tensor_types[name]])
+        self._near |= near
+        y = vals.astype(self.dtype) @ w.T.astype(self.dtype, copy=False)
+        if s_excess is not None:  # Q8_1: the weights' minimum m meets s, not d*Σq
+            y = y + (s_excess @ self.mins[name].T).astype(self.dtype)
+        return y
 
     def rms_norm(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         eps = self.dtype.type(self.cfg.norm_eps)
@@ -258,14 +392,15 @@ class RefLlama:
         kj = np.arange(n_past + n)
         mask = kj[None, :] > (n_past + np.arange(n))[:, None]             # [n, n_past+n] True = hidden
         kvout = RefKV()
+        self._near = np.zeros(n, bool)
 
         h = self.tensors["token_embd.weight"][tokens].astype(dt)           # [n, n_embd]
         for l in range(c.n_layer):
             pre = f"blk.{l}."
             x = self.rms_norm(h, self.w(pre + "attn_norm.weight"))
-            q = self._mm(x, self.w(pre + "attn_q.weight")).reshape(n, c.n_head, c.head_dim)
-            k = self._mm(x, self.w(pre + "attn_k.weight")).reshape(n, c.n_head_kv, c.head_dim)
-            v = self._mm(x, self.w(pre + "attn_v.weight")).reshape(n, c.n_head_kv, c.head_dim_v)
+            q = self._mm(x, pre + "attn_q.weight").reshape(n, c.n_head, c.head_dim)
+            k = self._mm(x, pre + "attn_k.weight").reshape(n, c.n_head_kv, c.head_dim)
+            v = self._mm(x, pre + "attn_v.weight").reshape(n, c.n_head_kv, c.head_dim_v)
             q = self.rope(q, positions)
             k = self.rope(k, positions)
             if return_kv:
@@ -285,15 +420,18 @@ class RefLlama:
             e = np.exp(s)
             a = e / e.sum(axis=-1, keepdims=True)
             o = np.einsum("kgij,jkd->ikgd", a, V).reshape(n, c.n_head * c.head_dim_v)
-            h = h + self._mm(o, self.w(pre + "attn_output.weight"))
+            h = h + self._mm(o, pre + "attn_output.weight")
             x = self.rms_norm(h, self.w(pre + "ffn_norm.weight"))
-            g = self._mm(x, self.w(pre + "ffn_gate.weight"))
-            u = self._mm(x, self.w(pre + "ffn_up.weight"))
-            h = h + self._mm(self._silu(g) * u, self.w(pre + "ffn_down.weight"))
+            g = self._mm(x, pre + "ffn_gate.weight")
+            u = self._mm(x, pre + "ffn_up.weight")
+            h = h + self._mm(self._silu(g) * u, pre + "ffn_down.weight")
         if cache is not None:
             cache.n_past += n
         hn = self.rms_norm(h, self.w("output_norm.weight"))
-        logits = self._mm(hn, self.output).astype(np.float32)
+        logits = self._mm(hn, self.output_name).astype(np.float32)
+        # Row t depends on the quantizations of rows <= t (attention), so an ambiguous rounding
+        # in row t makes rows t.. uncertain at the level of one quantum.
+        self.last_uncertain = np.logical_or.accumulate(self._near)
         out = [logits]
         if return_kv:
             out.append(kvout)

@@ -27,17 +27,49 @@ def tiny(tiny_dir, wtype="F32", **kw):
     return str(path)
 
 
+def kl_divergence(logits_p, logits_q):
+    """Mean over rows of KL(softmax(p) || softmax(q)), in float64."""
+    p = np.asarray(logits_p, np.float64)
+    q = np.asarray(logits_q, np.float64)
+    lp = p - p.max(1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+    lq = q - q.max(1, keepdims=True)
+    lq -= np.log(np.exp(lq).sum(1, keepdims=True))
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), 1)))
+
+
 @pytest.mark.parametrize("wtype", SUPPORTED_TYPES)
 def test_tiny_model_logits_match_reference(tiny_dir, wtype):
+    # The engine quantizes the input of every weight product as llama.cpp does (Q8_0/Q8_1/Q8_K
+    # blocks, f16/bf16 values); the reference models that exactly (act_quant, float64 otherwise).
+    # What remains is float32 summation order -- errors of a few ulps of the logit scale, as for
+    # exact activations -- except downstream of a rounding decision that sat within ~1 ulp of its
+    # boundary (ref.last_uncertain): there a legitimate float difference may round one element
+    # the other way, one quantum (amax/127 of its block), which these random models turn into up
+    # to ~1e-2 of the logit scale. So: ulp-level agreement on the certain rows, 3e-2 on the rest.
     path = tiny(tiny_dir, wtype)
-    ref = RefLlama.load(path).forward(PROMPT_TOKENS)  # float64 arithmetic
+    m = RefLlama.load(path, act_quant=True)
+    ref = m.forward(PROMPT_TOKENS)
+    uncertain = m.last_uncertain
     e = _core.Engine(path, n_ctx=64, n_threads=2, kv="f32")
     e.eval(PROMPT_TOKENS, all_logits=True)
     got = e.all_logits()
     assert got.shape == ref.shape
-    # float32 arithmetic over 2 layers: errors of a few ulps of the logit scale.
-    assert rel_err(got, ref) < 2e-5, wtype
-    np.testing.assert_array_equal(np.argmax(got, 1), np.argmax(ref, 1))
+    if wtype == "F16":
+        # f16 rounding (11 bits) puts some element of almost every row within an ulp of a
+        # rounding boundary; a flip there moves one element by one f16 ulp (2^-11 relative).
+        assert rel_err(got, ref) < 1e-3
+    else:
+        assert wtype != "F32" or not uncertain.any()  # F32 activations are not quantized
+        certain = ~uncertain
+        if certain.any():
+            assert rel_err(got[certain], ref[certain]) < 2e-5, (wtype, int(certain.sum()))
+        assert rel_err(got, ref) < 3e-2, wtype
+    # and the quantization is really modelled: exact activations are much further away
+    if wtype != "F32":
+        plain = RefLlama.load(path).forward(PROMPT_TOKENS)
+        assert rel_err(got, plain) > 1e-4, wtype
+    assert np.mean(np.argmax(got, 1) == np.argmax(ref, 1)) >= 0.9
 
 
 @pytest.mark.parametrize(
@@ -60,7 +92,9 @@ def test_tiny_model_variants_match_reference(tiny_dir, kw):
 
 
 def test_f16_cache_is_close_to_exact(tiny_dir):
-    path = tiny(tiny_dir, "Q8_0")
+    # F32 weights: their activations are not quantized, so the only rounding is the cache's
+    # (with quantized activations, each cache rounding can also flip activation roundings).
+    path = tiny(tiny_dir, "F32")
     ref = RefLlama.load(path).forward(PROMPT_TOKENS)
     e = _core.Engine(path, n_ctx=64, n_threads=2, kv="f16")
     e.eval(PROMPT_TOKENS, all_logits=True)
@@ -109,13 +143,19 @@ def test_smollm2_real_text_matches_reference(smollm2_path, wikitext):
     e = _core.Engine(smollm2_path, n_ctx=256, n_threads=2, kv="f32")
     text = wikitext[:2000]
     tokens = e.tokenize(text, add_special=True, parse_special=False)[:96]
-    ref = RefLlama.load(smollm2_path, dtype=np.float32).forward(tokens)
+    ref = RefLlama.load(smollm2_path, dtype=np.float32, act_quant=True).forward(tokens)
     e.eval(tokens, all_logits=True)
     got = e.all_logits()
-    # 30 layers in float32 on both sides (different summation orders).
-    assert rel_err(got, ref) < 2e-3
-    assert np.mean(np.argmax(got, 1) == np.argmax(ref, 1)) > 0.97
+    # With quantized activations the 30-layer model is chaotic at the 1e-3 level: a last-ulp
+    # difference flips some element's rounding by one quantum, and in the blocks that hold
+    # SmolLM2's outlier dimensions a quantum is ~20% of a typical value. Two correct
+    # implementations (this reference in float32 and in float64) differ by ~3e-2 of the logit
+    # scale, mean KL ~3e-3 and ~95% argmax agreement; the engine must stay within that spread.
+    assert rel_err(got, ref) < 0.1
+    assert kl_divergence(got, ref) < 0.01
+    assert np.mean(np.argmax(got, 1) == np.argmax(ref, 1)) > 0.9
 
     e16 = _core.Engine(smollm2_path, n_ctx=256, n_threads=2, kv="f16")
     e16.eval(tokens, all_logits=True)
-    assert np.mean(np.argmax(e16.all_logits(), 1) == np.argmax(ref, 1)) > 0.95
+    assert kl_divergence(e16.all_logits(), ref) < 0.01
+    assert np.mean(np.argmax(e16.all_logits(), 1) == np.argmax(ref, 1)) > 0.9

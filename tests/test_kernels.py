@@ -223,9 +223,9 @@ def test_attention_f16_kernels(isa, d):
         got = _core.k_values_f16(isa, rows.view(np.uint16), w, acc)
         assert got.shape == (nq, d)
         assert np.all(np.abs(got - want) <= att_bound(np.abs(acc) + w @ np.abs(rf))), (m, nq)
-        if isa != "scalar":
-            np.testing.assert_allclose(got, _core.k_values_f16("scalar", rows.view(np.uint16), w, acc), rtol=1e-5,
-                                       atol=1e-5)
+        if isa != "scalar":  # both within the rounding bound of the exact sum, so within twice it of each other
+            ref = _core.k_values_f16("scalar", rows.view(np.uint16), w, acc)
+            assert np.all(np.abs(got - ref) <= 2 * att_bound(np.abs(acc) + w @ np.abs(rf))), (m, nq)
 
 
 @pytest.mark.parametrize("isa", ["scalar"] + SIMD)

@@ -608,8 +608,20 @@ def test_smollm2_nll_close_to_f16(smollm2_runs, mode):
     assert ratio < NLL_BOUNDS[mode], ratio
     assert np.all(np.isfinite(r["lp"]))
     if mode.startswith(("turbo", "eoq")):
-        # Before any block is sealed (position 512 is the first chunk's end) the cache is exact.
-        assert np.max(kld[:512]) < 1e-3
+        # Before any block is sealed (position 512 is the first chunk's end) the cache holds the
+        # same f16 values as the f16 cache, in a rotated basis: attention differs by float32
+        # rounding only. The 8-bit activation quantization of the weight products (as llama.cpp)
+        # can turn such a last-bit difference into a whole quantization step at a rounding
+        # boundary, so the bound is the spread between two correct float32 implementations
+        # (tests/test_forward.py measures the same effect against the NumPy reference), far below
+        # what even the first sealed block does (kld[516:]).
+        # Measured: mean KLD 3.7e-3, max 3.3e-2, same top 96.9% (the NumPy reference in float32
+        # against float64 shows the same: mean KLD 3.2e-3); a wrong rotation or a dropped token
+        # gives KLDs of order 1.
+        early = kld[:512]
+        same_early = np.mean(base["lp"][:512].argmax(1) == r["lp"][:512].argmax(1))
+        print(f"  exact phase: mean kld {early.mean():.2e}, max {early.max():.2e}, same top {same_early:.3f}")
+        assert early.mean() < 1e-2 and early.max() < 0.1 and same_early > 0.93
 
 
 @pytest.fixture(scope="module")

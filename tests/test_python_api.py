@@ -95,13 +95,13 @@ def test_max_tokens(eng):
 
 
 def test_chat_stops_at_eos(eng):
-    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    msgs = [{"role": "user", "content": "What is the capital of Germany?"}]
     c = eng.chat(msgs, max_tokens=48, temperature=0)
-    assert c.text.strip() and "Paris" in c.text
+    assert c.text.strip() and "Berlin" in c.text
     assert c.finish_reason == "stop"
     assert eng.eos not in c.tokens and "<|im_end|>" not in c.text
     rendered = eng.apply_chat_template(msgs)
-    assert rendered.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+    assert rendered.endswith("<|im_start|>user\nWhat is the capital of Germany?<|im_end|>\n"
                              "<|im_start|>assistant\n")
     toks = eng.chat_tokens(msgs)
     assert toks[0] == eng.tokenize("<|im_start|>", add_special=False, parse_special=True)[0]

@@ -18,6 +18,10 @@ void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const f
                        int nq, float* acc);
 float softmax_exp_avx2(float* x, int64_t n, float mx);
 float max_f32_avx2(const float* x, int64_t n);
+// Activation quantizers and weight × activation dot products, in kernels/cpu/avx2_dot.cpp.
+void quantize_act_avx2(GGMLType act, const float* x, void* dst, int64_t n);
+void vec_dot_avx2(GGMLType w, int64_t n, const void* w_rows, size_t w_stride, int nr, const void* a_rows,
+                  size_t a_stride, int nt, float* y, int64_t ldy);
 
 namespace {
 
@@ -80,7 +84,7 @@ const CpuKernels* cpu_kernels_avx2() {
   static const CpuKernels k = {"avx2", dot_f32_avx2, axpy_f32_avx2, dequantize_row_avx2,
                                dot_f16_f32_avx2, axpy_f16_avx2, scores_f16_avx2, values_f16_avx2,
                                scores_codes_avx2, values_codes_avx2, softmax_exp_avx2,
-                               max_f32_avx2};
+                               max_f32_avx2, quantize_act_avx2, vec_dot_avx2};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");
   return ok ? &k : nullptr;

@@ -2,6 +2,7 @@
 // baseline (SSE2) compiler output still vectorises without -ffast-math.
 #include "kernels/fp16.h"
 #include "kernels/kernels.h"
+#include "kernels/quant_dot.h"
 #include "kernels/quants.h"
 #include "kernels/turboquant.h"
 
@@ -100,7 +101,7 @@ const CpuKernels& cpu_kernels_scalar() {
   static const CpuKernels k = {"scalar", dot_f32_scalar, axpy_f32_scalar, dequantize_row_ref,
                                dot_f16_f32_scalar, axpy_f16_scalar, scores_f16_scalar, values_f16_scalar,
                                scores_codes_scalar, values_codes_scalar, softmax_exp_scalar,
-                               max_f32_scalar};
+                               max_f32_scalar, quantize_act_ref, vec_dot_ref_rows};
   return k;
 }
 
