@@ -10,14 +10,15 @@ prompt tokens, with an f16 KV cache:
   * eoq: eoq.Engine(kv="f16").generate(prompt_ids, temperature=0), prompt_ids being the prompt
     tokenized as llama-completion tokenizes it (BOS when the model adds one, special-token texts
     such as <|im_start|> parsed as special tokens);
-  * llama.cpp: llama-completion -p PROMPT --no-escape -n N --temp 0 -no-cnv --no-display-prompt
-    --verbose-prompt (its prompt token ids are read from the --verbose-prompt listing and checked
-    against eoq's; its generated text is read from stdout, " [end of text]" marking EOS).
-llama-completion prints text, not generated ids, so its tokens are matched against eoq's: the
-number of identical leading tokens is the number of eoq tokens whose text pieces, concatenated,
-are a prefix of llama.cpp's output bytes (a divergence shows as a differing piece; the EOS token,
-empty as text, counts as identical when llama.cpp also stopped there). Where they part, eoq's
-logit gap between its top two tokens is printed: near-ties flip on rounding differences.
+  * llama.cpp: llama-completion -p PROMPT --no-escape -n N --temp 0 --top-k 1 -no-cnv
+    --no-display-prompt --verbose-prompt --prompt-cache FILE --prompt-cache-all. It prints text,
+    not ids, but the session file it saves at the end holds every token it evaluated or sampled:
+    the prompt ids (checked against eoq's and against its --verbose-prompt listing) and then the
+    generated ids, the end-of-generation token included when it stopped there.
+The generated ids are compared one by one (eoq's end-of-generation token is appended when it
+stopped there, as llama.cpp's -n counts it too). Where they part, eoq's logit gap between its own
+choice and llama.cpp's is printed: a few hundredths of a logit is a near-tie that rounding
+differences decide, a wide gap points at a real difference between the engines.
 
 Chat-template prompts are written out in the model's template (ChatML for SmolLM2) and passed as
 plain text to both engines.
@@ -33,7 +34,9 @@ import json
 import os
 import re
 import subprocess
+import struct
 import sys
+import tempfile
 
 CHATML = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -61,7 +64,6 @@ DEFAULT_PROMPTS = [
 
 _VP_COUNT = re.compile(r"number of tokens in prompt = (\d+)")
 _VP_LINE = re.compile(r"^(?:[0-9.]+ [A-Z] )?\s*(-?\d+) -> '")
-_EOT = b" [end of text]\n"
 
 
 def load_prompts(path):
@@ -75,54 +77,51 @@ def load_prompts(path):
     return [p.strip("\n") for p in re.split(r"(?m)^---\s*$", text) if p.strip()]
 
 
+def read_session_tokens(path):
+    """Token ids of a llama.cpp session file (--prompt-cache): magic 'ggsn', version, count, ids."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12:
+            raise RuntimeError(f"{path}: not a llama.cpp session file")
+        magic, version, n = struct.unpack("<III", head)
+        if magic != 0x6767736E:
+            raise RuntimeError(f"{path}: not a llama.cpp session file (magic {magic:#x})")
+        return list(struct.unpack(f"<{n}i", fh.read(4 * n)))
+
+
 def llama_generate(binary, model, prompt, n, threads, n_ctx):
-    """-> (prompt ids as llama.cpp tokenized them, output bytes, stopped at EOS)"""
+    """-> (prompt ids llama.cpp evaluated, generated ids (EOS included when it stopped there),
+    stdout text, prompt ids from --verbose-prompt)"""
     # -p with --no-escape: the prompt exactly as given (-f would drop a final newline, and escape
     # processing would turn a literal backslash-n of a code prompt into a newline).
-    cmd = [binary, "-m", model, "-p", prompt, "--no-escape", "-n", str(n), "--temp", "0", "--top-k", "1",
-           "--repeat-penalty", "1", "-no-cnv", "--no-display-prompt", "--verbose-prompt",
-           "-c", str(n_ctx), "-t", str(threads), "--seed", "0", "--simple-io", "--no-warmup"]
-    r = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=600)
-    if r.returncode != 0:
-        tail = r.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"llama-completion failed ({r.returncode}): " + " | ".join(tail))
+    # --prompt-cache FILE --prompt-cache-all: at the end llama-completion saves every token it
+    # evaluated or sampled (prompt, then the generated ids) to FILE: the exact ids.
+    with tempfile.TemporaryDirectory() as tmp:
+        session = os.path.join(tmp, "session.bin")
+        cmd = [binary, "-m", model, "-p", prompt, "--no-escape", "-n", str(n), "--temp", "0", "--top-k", "1",
+               "--repeat-penalty", "1", "-no-cnv", "--no-display-prompt", "--verbose-prompt",
+               "-c", str(n_ctx), "-t", str(threads), "--seed", "0", "--simple-io", "--no-warmup",
+               "--prompt-cache", session, "--prompt-cache-all"]
+        r = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=600)
+        if r.returncode != 0:
+            tail = r.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"llama-completion failed ({r.returncode}): " + " | ".join(tail))
+        all_ids = read_session_tokens(session)
     err = r.stderr.decode("utf-8", "replace")
     # --verbose-prompt: "number of tokens in prompt = N", then N lines "<id> -> '<piece>'" (log
     # prefixes before them; a piece with a newline continues on the next line)
-    ids = []
+    vp_ids = []
     m = _VP_COUNT.search(err)
     if m:
         want = int(m.group(1))
         for line in err[m.end():].splitlines():
             t = _VP_LINE.match(line)
             if t:
-                ids.append(int(t.group(1)))
-                if len(ids) == want:
+                vp_ids.append(int(t.group(1)))
+                if len(vp_ids) == want:
                     break
-    # stdout: the generated text, " [end of text]\n" when it stopped at EOS, then "\n\n"
-    out = r.stdout
-    if out.endswith(b"\n\n"):
-        out = out[:-2]
-    eos = out.endswith(_EOT)
-    if eos:
-        out = out[:-len(_EOT)]
-    return ids, out, eos
-
-
-def leading_identical(engine, eoq_tokens, eoq_eos, llama_out, llama_eos):
-    """Number of eoq tokens whose pieces, concatenated, are a prefix of llama.cpp's output."""
-    pos = 0
-    k = 0
-    for t in eoq_tokens:
-        piece = engine.core.token_to_piece(t, False)
-        if llama_out[pos:pos + len(piece)] != piece:
-            break
-        pos += len(piece)
-        k += 1
-    full = k == len(eoq_tokens) and pos == len(llama_out)
-    if full and eoq_eos and llama_eos:
-        k += 1  # the EOS token itself
-    return k, full
+    n_prompt = len(vp_ids) if vp_ids else 0
+    return all_ids[:n_prompt], all_ids[n_prompt:], r.stdout, vp_ids
 
 
 def main(argv=None):
@@ -147,38 +146,56 @@ def main(argv=None):
     for i, prompt in enumerate(prompts):
         ids = eng.tokenize(prompt, add_special=True, parse_special=True)
         c = eng.generate(ids, max_tokens=a.n, temperature=0)
-        eoq_tokens = list(c.tokens)
-        # Completion.tokens excludes the end-of-generation token; finish_reason says why it stopped.
-        eoq_eos = c.finish_reason == "stop"  # no stop strings here: an end-of-generation token
-        l_ids, l_out, l_eos = llama_generate(a.llama_completion, model, prompt, a.n, a.threads, a.ctx_size)
-        same_prompt = l_ids == ids
-        k, full = leading_identical(eng, eoq_tokens, eoq_eos, l_out, l_eos)
-        n_eoq = len(eoq_tokens) + (1 if eoq_eos else 0)
+        eoq_gen = list(c.tokens)
+        # Completion.tokens excludes the end-of-generation token; finish_reason says it stopped there
+        # (no stop strings here). llama.cpp's -n counts that token, so it is compared as a token too.
+        eoq_eos = c.finish_reason == "stop"
+        if eoq_eos:
+            eoq_gen.append(eng.core.eos)
+        l_prompt, l_gen, _, vp_ids = llama_generate(a.llama_completion, model, prompt, a.n, a.threads, a.ctx_size)
+        l_gen = l_gen[:a.n]
+        l_eos = bool(l_gen) and eng.core.is_eog(l_gen[-1])
+        same_prompt = l_prompt == ids and vp_ids == ids
+        k = 0
+        while k < min(len(eoq_gen), len(l_gen)) and eoq_gen[k] == l_gen[k]:
+            k += 1
+        if eoq_eos and l_eos and k == len(eoq_gen) - 1 == len(l_gen) - 1:
+            k += 1  # both stopped at an end-of-generation token (eos ids may differ: any EOG counts)
+        full = k == len(eoq_gen) == len(l_gen)
         gap = None
-        if not full and k < len(eoq_tokens):
-            # eoq's margin between its top two tokens where the outputs part: a near-tie (a few
-            # hundredths of a logit) is rounding, a wide margin points at a real difference
-            top = np.sort(eng.eval_logits(ids + eoq_tokens[:k])[-1])[-2:]
-            gap = float(top[1] - top[0])
-        res = dict(prompt=prompt, diverge_logit_gap=gap, prompt_tokens=len(ids), same_prompt_tokens=same_prompt, identical=k,
-                   eoq_tokens=n_eoq, eoq_eos=eoq_eos, llama_eos=l_eos, identical_output=full and eoq_eos == l_eos,
-                   eoq_text=eng.detokenize(eoq_tokens), llama_text=l_out.decode("utf-8", "replace"))
+        if not full and k < min(len(eoq_gen), len(l_gen)):
+            # eoq's logits where the outputs part: the gap between its choice and llama.cpp's.
+            # A few hundredths of a logit is a near-tie that rounding decides; a wide gap points at
+            # a real difference between the engines.
+            lg = eng.eval_logits(ids + eoq_gen[:k])[-1]
+            gap = float(lg[eoq_gen[k]] - lg[l_gen[k]])
+        text = lambda t: eng.detokenize([x for x in t if not eng.core.is_eog(x)])
+        res = dict(prompt=prompt, prompt_tokens=len(ids), same_prompt_tokens=same_prompt, identical=k,
+                   eoq_tokens=len(eoq_gen), llama_tokens=len(l_gen), eoq_eos=eoq_eos, llama_eos=l_eos,
+                   identical_output=full, diverge_logit_gap=gap, eoq_ids=eoq_gen, llama_ids=l_gen,
+                   eoq_text=text(eoq_gen), llama_text=text(l_gen))
         results.append(res)
         short = prompt.replace("\n", "\\n")
         short = short if len(short) <= 48 else short[:45] + "..."
-        note = "" if same_prompt else f"  (PROMPT TOKENS DIFFER: llama.cpp {len(l_ids)}, eoq {len(ids)})"
+        note = "" if same_prompt else f"  (PROMPT TOKENS DIFFER: llama.cpp {len(l_prompt)}, eoq {len(ids)})"
         stop = ("EOS both" if eoq_eos and l_eos else "EOS eoq only" if eoq_eos else "EOS llama.cpp only" if l_eos
                 else "-")
-        print(f"{i + 1:2d}. {short:<48}  identical {k:2d}/{n_eoq:2d}  {stop:<18}{note}", flush=True)
+        print(f"{i + 1:2d}. {short:<48}  identical {k:2d}/{max(len(eoq_gen), len(l_gen)):2d}  {stop:<18}{note}",
+              flush=True)
         if gap is not None:
-            print(f"      diverges at token {k + 1}: eoq's top-2 logit gap there {gap:.3f}")
-        if not res["identical_output"]:
+            print(f"      parts at token {k + 1}: eoq {eng.token_text(eoq_gen[k])!r}, llama.cpp "
+                  f"{eng.token_text(l_gen[k])!r}; eoq's logit gap between the two {gap:.3f}", flush=True)
+        if not full:
             print(f"      eoq:       {res['eoq_text']!r}\n      llama.cpp: {res['llama_text']!r}", flush=True)
 
     ok = [r for r in results if r["identical"] >= 32 or (r["eoq_eos"] and r["llama_eos"] and r["identical_output"])]
+    gaps = [r["diverge_logit_gap"] for r in results if r["diverge_logit_gap"] is not None]
     print(f"\n{len(ok)}/{len(results)} prompts reach >= 32 identical tokens or stop at EOS identically "
           f"({sum(r['identical_output'] for r in results)} fully identical; "
           f"{sum(r['same_prompt_tokens'] for r in results)}/{len(results)} with identical prompt tokens)")
+    if gaps:
+        print(f"where they part, eoq's logit gap between the two choices: max {max(gaps):.3f}, "
+              f"median {sorted(gaps)[len(gaps) // 2]:.3f}")
     if a.json:
         print(json.dumps(results, indent=2))
     return 0 if len(ok) == len(results) else 1
