@@ -11,15 +11,16 @@ sentence boundaries), long enough that the whole prompt just fits the context. T
 asked for each value in turn, every question a fresh continuation of the same document: greedy
 decoding, a few tokens; the answer is correct when it contains the value as a number.
 
-Prompt (the format SmolLM2-135M-Instruct answered best in f16, see PROMPT FORMAT below): the
-chat template with a system message, then a user message holding the document and the question,
-and the assistant turn begun with "The secret number of the city of <key> is" so that even a
-small model answers with the number at once.
+Prompt (see PROMPT FORMAT below): the chat template with a short system message, a user message
+holding "Document:", the document and the question ("What is the secret number of the city of
+<key>? Answer with the number only."), and the assistant turn begun with "The secret number of
+the city of <key> is", so that the answer is the number within a few tokens.
 
 Needles and depths: each haystack holds --needles needles; the --depths list is dealt out over
 them in turn (needle j of haystack h sits at depths[(h * needles + j) % len(depths)]), and each
 trial builds lcm(needles, len(depths)) / needles haystacks, so every depth is asked equally often.
-All KV modes see the very same prompts.
+All KV modes see the very same prompts. Each question evaluates its whole prompt: the Engine's
+prefix cache only extends what it holds, and it holds the previous question and answer.
 
 Output: a Markdown table of accuracy by KV mode and context (a column per depth) on stdout, or
 with -o json a list of records {mode, ctx, depth, trial, key, expected, answer, correct, ...}.
@@ -223,9 +224,11 @@ def build_haystack(units: Sequence[Unit], count_tokens: CountTokens, n_filler_to
 
 # --- prompt -------------------------------------------------------------------------------
 
-# PROMPT FORMAT, chosen by trying variants on SmolLM2-135M-Instruct with an f16 cache (see the
-# module docstring): the document in the user message, the question after it, and the
-# assistant's answer begun for it.
+# PROMPT FORMAT, tried on SmolLM2-135M-Instruct with an f16 cache: one needle per haystack it
+# answers every question at 512-2048 tokens. Without the answer prefix it restates the question
+# first ("The secret number of the city of Ethvoske is ...": about 20 tokens instead of 5) and
+# is right and wrong on the same questions; the document in the system message instead of the
+# user message made no difference either (4096 tokens, seed 0, trial 1: 2/3 for all three).
 SYSTEM = "You are a helpful assistant. You answer questions about a document exactly."
 
 
