@@ -55,6 +55,9 @@ class KVCache {
   // Causal attention for n queries at positions pos0.. of layer il: query i attends to cached
   // tokens [0, pos0 + i]. q: [n][n_head][head_dim] (after RoPE, unscaled); out: same shape.
   // Query head h reads KV head h / (n_head / n_head_kv). Scores are scaled by 1/sqrt(head_dim).
+  // Compressed caches: the queries of the latest append() see the cache as the decode step at
+  // their position would (blocks that append sealed after their position are read exact), so
+  // prefilling n tokens equals n decode steps; earlier queries see every block sealed.
   virtual void attend(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) = 0;
 
   virtual void clear() = 0;                // drop every token

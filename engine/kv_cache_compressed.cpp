@@ -100,6 +100,11 @@ struct Stream {
   std::vector<uint16_t> ring;     // [ring_n][d] f16
   std::vector<uint8_t> ring_bad;  // [ring_n] 1 if the token had non-finite values (zeroed)
   std::vector<uint8_t> qrows;     // q modes: [n][row_bytes]
+  // Exact f16 rows of the blocks sealed by the latest append(), [recent_n][d], from block
+  // recent_first on: a batch's queries attend to them as the decode step at their position
+  // would (where those blocks were not sealed yet). Dropped at the next append().
+  std::vector<uint16_t> recent;
+  size_t recent_first = 0;
   int64_t nonfinite = 0;          // non-finite input values replaced by 0
   void clear() { *this = Stream(); }
 };
@@ -182,6 +187,7 @@ class CompressedKVCache final : public KVCache {
     for (int il = 0; il < s.n_layer; il++)
       for (int g = 0; g < s.n_head_kv; g++) head(il, g).rot = Rotation(d, mix_seed(p.seed, (uint64_t)il, (uint64_t)g));
     n_.assign(s.n_layer, 0);
+    last_pos0_.assign(s.n_layer, 0);
   }
 
   std::string mode() const override { return p_.mode; }
@@ -193,6 +199,7 @@ class CompressedKVCache final : public KVCache {
       h.s[1].clear();
     }
     n_.assign(shape_.n_layer, 0);
+    last_pos0_.assign(shape_.n_layer, 0);
   }
 
   bool boundary_layer(int il) const {
@@ -218,6 +225,8 @@ class CompressedKVCache final : public KVCache {
       {
         Stream& st = hs.s[kv];
         const float* src = kv == 0 ? k : v;
+        st.recent.clear();
+        st.recent_first = st.blocks.size();
         for (int t = 0; t < n; t++) {
           const float* x = src + ((size_t)t * s.n_head_kv + g) * d;
           bool badrow = false;
@@ -249,6 +258,7 @@ class CompressedKVCache final : public KVCache {
     }
     });
     n_[il] = pos0 + n;
+    last_pos0_[il] = pos0;
   }
 
   // Work items are (query token, KV head): all G query heads of a KV head share one pass over
@@ -275,7 +285,7 @@ class CompressedKVCache final : public KVCache {
             const size_t off = ((size_t)t * n_head + (size_t)g * G) * d;
             const HeadStore& hs = head(il, g);
             begin_group(w, hs, G, q + off);
-            attend_range(w, hs, G, 0, pos0 + t + 1, call);
+            attend_range(w, hs, G, 0, pos0 + t + 1, sealed_at(il, pos0 + t), call);
             finish_group(w, hs, G, out + off);
           }
         }
@@ -295,7 +305,8 @@ class CompressedKVCache final : public KVCache {
           const int n_vis = pos0 + t + 1;
           const HeadStore& hs = head(il, g);
           begin_group(w, hs, G, q + ((size_t)t * n_head + (size_t)g * G) * d);
-          attend_range(w, hs, G, (int)((int64_t)n_vis * p / P), (int)((int64_t)n_vis * (p + 1) / P), call);
+          attend_range(w, hs, G, (int)((int64_t)n_vis * p / P), (int)((int64_t)n_vis * (p + 1) / P),
+                       sealed_at(il, pos0 + t), call);
           float* st = &parts[(size_t)i * stride];
           std::copy(w.mx.begin(), w.mx.end(), st);
           std::copy(w.sum.begin(), w.sum.end(), st + G);
@@ -418,6 +429,7 @@ class CompressedKVCache final : public KVCache {
     bs.fallback = info.fallback;
     for (double gn : info.gains) bs.gains.push_back((float)gn);
     st.bstats.push_back(std::move(bs));
+    st.recent.insert(st.recent.end(), st.ring.begin(), st.ring.begin() + (size_t)block_ * d);
     st.ring.erase(st.ring.begin(), st.ring.begin() + (size_t)block_ * d);
     st.ring_bad.erase(st.ring_bad.begin(), st.ring_bad.begin() + block_);
   }
@@ -645,9 +657,20 @@ class CompressedKVCache final : public KVCache {
     }
   }
 
+  // Blocks sealed when the decode step of the token at position pos attends: the ring then
+  // holds ring_..ring_+block_-1 tokens after the sinks (append() seals at ring_ + block_).
+  // Queries before layer il's latest append see every block sealed.
+  int sealed_at(int il, int pos) const {
+    if (pos < last_pos0_[il]) return std::numeric_limits<int>::max();
+    const int m = pos + 1 - sinks_;
+    return m >= ring_ + block_ ? (m - ring_) / block_ : 0;
+  }
+
   // Folds cached tokens [lo, hi) of KV head hs (token order: sinks, blocks, ring; or q rows)
-  // into the online-softmax state w of its G query heads.
-  void attend_range(Scratch& w, const HeadStore& hs, int G, int lo, int hi, uint64_t call) const {
+  // into the online-softmax state w of its G query heads. Blocks from index n_sealed on are
+  // read from their exact rows while those are still held (Stream::recent), so that a query of
+  // a batch sees what its own decode step would.
+  void attend_range(Scratch& w, const HeadStore& hs, int G, int lo, int hi, int n_sealed, uint64_t call) const {
     const int d = shape_.head_dim;
     const Stream& K = hs.s[0];
     const Stream& V = hs.s[1];
@@ -671,6 +694,13 @@ class CompressedKVCache final : public KVCache {
     int start = ns;
     for (size_t i = 0; i < K.blocks.size() && start < hi; i++) {
       if (clip(start, K.blocks[i].n)) {
+        if ((int)i >= n_sealed && i >= K.recent_first &&
+            (i - K.recent_first + 1) * (size_t)block_ * d <= K.recent.size()) {
+          const size_t off = ((i - K.recent_first) * (size_t)block_ + a) * d;
+          exact_segment(w, G, b - a, K.recent.data() + off, V.recent.data() + off);
+          start += K.blocks[i].n;
+          continue;
+        }
         block_scores(w, G, K.blocks[i], a, b - a, call);
         absorb(w, G, b - a, d);
         block_values(w, G, V.blocks[i], a, b - a, call);
@@ -690,6 +720,7 @@ class CompressedKVCache final : public KVCache {
   const LloydMaxCodebook* cb_[9] = {};  // residual codebooks by bits (those in use: K, V, boundary)
   std::vector<HeadStore> heads_;  // [n_layer][n_head_kv]
   std::vector<int> n_;            // tokens per layer
+  std::vector<int> last_pos0_;    // per layer: first position of the latest append()
 };
 
 std::string CompressedKVCache::stats_json() const {

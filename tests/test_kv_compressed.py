@@ -294,25 +294,36 @@ def oracle_attention(K, V, q, pos0):
 def drive(params, *, n_layer=2, n_head=4, n_head_kv=2, d=32, chunks=(37, 50, 1, 1, 17, 1, 1, 1, 30),
           seed=0, check=True):
     """Feeds structured K/V in prefill chunks and single tokens; after every step, compares the
-    attention of the step's queries with the oracle over what the cache holds (dequantized)."""
+    attention of the step's queries with the oracle. The oracle for the query at position p is
+    attention over what a second cache, fed one token at a time (decode), holds after token p,
+    dequantized: a batch's queries must see the cache as their own decode step would (blocks
+    sealed within the batch are still exact for its earlier queries)."""
     rng = np.random.default_rng(seed)
     total = sum(chunks)
     c = _core.KVCacheTester(params, n_layer, n_head_kv, d, total + 4)
+    shadow = _core.KVCacheTester(params, n_layer, n_head_kv, d, total + 4)
     k_all, v_all = structured_kv(rng, total, n_head_kv, d)
     pos = 0
     worst = 0.0
     for n in chunks:
         q = (rng.standard_normal((n, n_head, d)) * 1.5).astype(np.float32)
         for il in range(n_layer):
-            c.append(il, k_all[pos:pos + n] * (1 + il), v_all[pos:pos + n])
+            kl, vl = k_all[pos:pos + n] * (1 + il), v_all[pos:pos + n]
+            c.append(il, kl, vl)
             out = c.attend(il, pos, q)
             assert out.shape == q.shape and np.all(np.isfinite(out))
             if check:
-                K, V = c.dequantized(il)
-                assert K.shape == (pos + n, n_head_kv, d)
-                ref = oracle_attention(K, V, q, pos)
+                ref = np.empty(q.shape)
+                for t in range(n):
+                    shadow.append(il, kl[t:t + 1], vl[t:t + 1])
+                    K, V = shadow.dequantized(il)
+                    assert K.shape == (pos + t + 1, n_head_kv, d)
+                    ref[t] = oracle_attention(K, V, q[t:t + 1], pos + t)[0]
                 err = np.max(np.abs(out - ref)) / (np.max(np.abs(ref)) + 1e-30)
                 worst = max(worst, err)
+                # and after the batch both caches hold the same codes
+                for a, b in zip(c.dequantized(il), shadow.dequantized(il)):
+                    np.testing.assert_array_equal(a, b)
         pos += n
     return c, worst
 
@@ -571,6 +582,26 @@ def test_tiny_model_short_prompt_is_exact_in_every_mode(tiny_path):
         assert e.kv_info()["mode"] == mode
 
 
+@pytest.mark.parametrize("mode", ["turbo2", "eoq2", "eoq3"])
+def test_tiny_model_prefill_equals_decode_steps(tiny_path, mode):
+    """A batch's queries see the cache as the decode step at their position would: blocks the
+    batch seals are still exact for its earlier queries. So a 60-token prompt in batches of 23
+    (which seal blocks of 8 mid-batch) gives the logits of 60 single-token steps."""
+    toks = [(i * 37 + 11) % 250 for i in range(60)]
+    opts = dict(block=8, ring=4, sinks=2)
+    steps = _core.Engine(tiny_path, n_ctx=64, n_threads=2, kv=mode, kv_options=opts)
+    rows = []
+    for t in toks:
+        steps.eval([t])
+        rows.append(steps.logits())
+    want = np.stack(rows)
+    batched = _core.Engine(tiny_path, n_ctx=64, n_threads=2, kv=mode, kv_options=opts, n_batch=23)
+    batched.eval(toks, all_logits=True)
+    got = batched.all_logits()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    assert json.loads(batched.compression_stats_json())["summary"]["blocks_sealed"] > 0
+
+
 @pytest.fixture(scope="module")
 def smollm2_runs(smollm2_path, wikitext):
     """Mean NLL per mode over the first 600 tokens of wikitext-2 (default knobs: B = 256,
@@ -671,10 +702,16 @@ def test_real_kv_attention_from_codes(smollm2_kv):
     for mode in ALL_MODES:
         c = _core.KVCacheTester(dict(mode=mode, block=64, ring=32, sinks=4), 1, k.shape[1], k.shape[2], n)
         c.append(0, k[:200], v[:200])
-        c.append(0, k[200:], v[200:])
+        c.append(0, k[200:n - 20], v[200:n - 20])
+        c.append(0, k[n - 20:], v[n - 20:])
         out = c.attend(0, n - 20, q[-20:])
-        K, V = c.dequantized(0)
-        ref = oracle_attention(K, V, q[-20:], n - 20)
+        # oracle: each query over the cache a decode step at its position would see
+        ref = np.empty(q[-20:].shape)
+        for t in range(20):
+            s = _core.KVCacheTester(dict(mode=mode, block=64, ring=32, sinks=4), 1, k.shape[1], k.shape[2], n)
+            s.append(0, k[:n - 20 + t + 1], v[:n - 20 + t + 1])
+            K, V = s.dequantized(0)
+            ref[t] = oracle_attention(K, V, q[-20 + t:][:1], n - 20 + t)[0]
         assert np.max(np.abs(out - ref)) / np.max(np.abs(ref)) < 2e-5, mode
         # and the compression itself is mild at these sizes
         assert np.max(np.abs(out - exact)) / np.max(np.abs(exact)) < 0.5, mode

@@ -325,6 +325,10 @@ def test_cpp_cache_attention_matches_reference(real_kv, seed):
     cut = 137 if seed == 0 else int(rng.integers(1, n))
     c.append(slot, k[:cut], v[:cut])
     c.append(slot, k[cut:], v[cut:])
+    # An empty append: every query below is now before the latest append, so it sees the final
+    # state with every block sealed (the latest append's own queries would see the blocks it
+    # sealed after their position exact: test_kv_compressed.py checks that).
+    c.append(slot, k[:0], v[:0])
     Kc, Vc = c.dequantized(slot)
     queries = [(n - 12, 12), (p["sinks"] + p["block"] // 2, 3), (max(p["sinks"] - 1, 0), 1)]
     outs = {pos0: c.attend(slot, pos0, q[pos0:pos0 + m]) for pos0, m in queries}
