@@ -92,6 +92,19 @@ void bind_kernels(py::module_& m) {
     table(isa).axpy_f16(alpha, x.data(), out.mutable_data(), x.size());
     return out;
   });
+  m.def("k_axpy_f16_acc16", [](const std::string& isa, float alpha, u16 x, u16 y) {
+    same_size(x.size(), y.size());
+    py::array_t<uint16_t> out(y.size());
+    std::copy(y.data(), y.data() + y.size(), out.mutable_data());
+    table(isa).axpy_f16_acc16(alpha, x.data(), out.mutable_data(), x.size());
+    return out;
+  });
+  m.def("k_scale_f16", [](const std::string& isa, float alpha, u16 y) {
+    py::array_t<uint16_t> out(y.size());
+    std::copy(y.data(), y.data() + y.size(), out.mutable_data());
+    table(isa).scale_f16(alpha, out.mutable_data(), y.size());
+    return out;
+  });
   // Attention over m rows for nq query vectors (kernels.h scores_* / values_*).
   m.def("k_scores_f16", [](const std::string& isa, u16 rows, f32 q) {
     check_2d(rows, -1, -1, "rows");

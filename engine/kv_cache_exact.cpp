@@ -3,7 +3,9 @@
 // attention streams one contiguous array.
 #include <cmath>
 #include <limits>
+#include <algorithm>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "engine/error.h"
@@ -68,6 +70,12 @@ class ExactKVCache final : public KVCache {
     const int hd = s.head_dim, group = n_head / s.n_head_kv;
     const float scale = 1.0f / std::sqrt((float)hd);
     const CpuKernels& kern = cpu_kernels();
+    if constexpr (std::is_same<T, uint16_t>::value) {
+      if (n < kGgmlFaTileQ) {
+        attend_like_ggml(il, pos0, n, n_head, q, out, pool);
+        return;
+      }
+    }
     // One work item per (query token, query head).
     pool.parallel_for((int64_t)n * n_head, [&](int64_t b, int64_t e, int) {
       thread_local std::vector<float> scores;
@@ -92,6 +100,55 @@ class ExactKVCache final : public KVCache {
         const float inv = (float)(1.0 / sum);
         for (int i = 0; i < hd; i++) oh[i] = 0;
         for (int j = 0; j < n_kv; j++) ElemOps<T>::axpy(kern, scores[j] * inv, vh + (size_t)j * hd, oh, hd);
+      }
+    });
+  }
+
+  // ggml's CPU flash attention (llama.cpp's default) takes batches of fewer than 64 queries,
+  // decode steps included, one query row at a time; larger batches go through a tiled float
+  // path whose numerics equal the float loop above up to summation order.
+  static constexpr int kGgmlFaTileQ = 64;
+
+  // The f16 cache, batches below kGgmlFaTileQ: the arithmetic of ggml's per-row flash attention
+  // for f16 K/V, so that greedy decoding follows llama.cpp's: the query rounded to f16, scores
+  // as float dots of f16 values, an online softmax (expf) whose value accumulator is itself f16
+  // (rounded after every token, kernels.h axpy_f16_acc16 / scale_f16), divided by the float
+  // normaliser at the end. Costs about as much as the float path.
+  void attend_like_ggml(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) {
+    const KVCacheShape& s = shape_;
+    const int hd = s.head_dim, group = n_head / s.n_head_kv;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    const CpuKernels& kern = cpu_kernels();
+    pool.parallel_for((int64_t)n * n_head, [&](int64_t b, int64_t e, int) {
+      thread_local std::vector<float> q16;
+      thread_local std::vector<uint16_t> acc;
+      q16.resize(hd);
+      acc.resize(hd);
+      for (int64_t item = b; item < e; item++) {
+        const int t = (int)(item / n_head), h = (int)(item % n_head), g = h / group;
+        const int n_kv = pos0 + t + 1;
+        const float* qh = q + ((size_t)t * n_head + h) * hd;
+        const uint16_t* kh = head(k_, il, g);
+        const uint16_t* vh = head(v_, il, g);
+        for (int i = 0; i < hd; i++) q16[i] = fp16_to_fp32(fp32_to_fp16(qh[i]));
+        std::fill(acc.begin(), acc.end(), (uint16_t)0);
+        float M = -std::numeric_limits<float>::infinity(), S = 0.0f;
+        for (int j = 0; j < n_kv; j++) {
+          const float sc = kern.dot_f16_f32(kh + (size_t)j * hd, q16.data(), hd) * scale;
+          float ms = 1.0f, vs = 1.0f;
+          if (sc > M) {
+            ms = std::exp(M - sc);
+            M = sc;
+            kern.scale_f16(ms, acc.data(), hd);
+          } else {
+            vs = std::exp(sc - M);
+          }
+          kern.axpy_f16_acc16(vs, vh + (size_t)j * hd, acc.data(), hd);
+          S = S * ms + vs;
+        }
+        const float inv = S == 0.0f ? 0.0f : 1.0f / S;
+        float* oh = out + ((size_t)t * n_head + h) * hd;
+        for (int i = 0; i < hd; i++) oh[i] = fp16_to_fp32(acc[i]) * inv;
       }
     });
   }

@@ -57,6 +57,12 @@ struct CpuKernels {
   // L1/L2: the kernel walks the tokens in small groups and re-reads the rows for each group.
   void (*vec_dot)(GGMLType w, int64_t n, const void* w_rows, size_t w_stride, int nr, const void* a_rows,
                   size_t a_stride, int nt, float* y, int64_t ldy);
+
+  // An f16 accumulator, as ggml's CPU flash attention keeps it for f16 V (the f16 cache's
+  // llama.cpp numerics): y[i] = f16(fma(alpha, x[i], y[i])) and y[i] = f16(y[i] * alpha), each
+  // rounded to float once and then to f16 (nearest even). The same bits on every ISA.
+  void (*axpy_f16_acc16)(float alpha, const uint16_t* x, uint16_t* y, int64_t n);
+  void (*scale_f16)(float alpha, uint16_t* y, int64_t n);
 };
 
 const CpuKernels& cpu_kernels();        // chosen at run time

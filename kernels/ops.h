@@ -6,11 +6,15 @@
 namespace eoq {
 
 // out[i] = x[i] / sqrt(mean(x²) + eps) * w[i], for one row of n values (out may alias x).
+// Rounded as ggml does: float squares summed in double, the mean and the scale in float.
 void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps);
 
-// RoPE, GGUF "normal" layout: rotates adjacent pairs (x[2i], x[2i+1]) of each head by
-// angle pos * inv_freq[i]. x: [n_head][head_dim]; inv_freq: [n_rot/2]; dims >= n_rot untouched.
-void rope_adjacent(float* x, int n_head, int head_dim, int n_rot, float pos, const float* inv_freq);
+// RoPE, GGUF "normal" layout: rotates adjacent pairs (x[2i], x[2i+1]) of each head by angle
+// freq_scale * θ_i / freq_factors[i], θ_0 = pos, θ_{i+1} = θ_i * theta_scale in float
+// (theta_scale = base^(-2/n_rot)): ggml's recurrence, whose float rounding llama.cpp's outputs
+// carry. x: [n_head][head_dim]; freq_factors: [n_rot/2] or null; dims >= n_rot untouched.
+void rope_adjacent(float* x, int n_head, int head_dim, int n_rot, int pos, float theta_scale, float freq_scale,
+                   const float* freq_factors);
 
 // gate[i] = silu(gate[i]) * up[i]
 void swiglu(float* gate, const float* up, int64_t n);

@@ -75,17 +75,16 @@ LlamaConfig LlamaConfig::from_gguf(const GGUFFile& f) {
   }
   c.n_vocab = (int)f.tensor("token_embd.weight").ne[1];
 
-  // Inverse frequencies; rope_freqs.weight (Llama 3.1+) divides them per frequency.
-  c.rope_inv_freq.resize(c.n_rot / 2);
+  // Frequencies base^(-2i/n_rot) by ggml's float recurrence (kernels/ops.h rope_adjacent);
+  // rope_freqs.weight (Llama 3.1+) divides them per frequency.
+  c.rope_theta_scale = std::pow(c.rope_base, -2.0f / (float)c.n_rot);
   const GGUFTensor* rf = f.find_tensor("rope_freqs.weight");
-  std::vector<float> factors(c.n_rot / 2, 1.0f);
   if (rf) {
     if (rf->n_elements() != c.n_rot / 2) fail(ErrorCode::format, "rope_freqs.weight has the wrong length");
     f.require_supported(*rf);
-    dequantize_row_ref(rf->type, rf->data, factors.data(), c.n_rot / 2);
+    c.rope_freq_factors.resize(c.n_rot / 2);
+    dequantize_row_ref(rf->type, rf->data, c.rope_freq_factors.data(), c.n_rot / 2);
   }
-  for (int i = 0; i < c.n_rot / 2; i++)
-    c.rope_inv_freq[i] = (float)(std::pow((double)c.rope_base, -2.0 * i / c.n_rot) / factors[i]);
   return c;
 }
 
@@ -188,9 +187,9 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos0, KVCache& kv, Th
     matmul(L.attn_k, xn_.data(), n, k_.data(), pool);
     matmul(L.attn_v, xn_.data(), n, v_.data(), pool);
     for (int t = 0; t < n; t++) {
-      const float pos = (float)(pos0 + t) * c.rope_scale;
-      rope_adjacent(&q_[t * q_dim], c.n_head, c.head_dim, c.n_rot, pos, c.rope_inv_freq.data());
-      rope_adjacent(&k_[t * kv_dim], c.n_head_kv, c.head_dim, c.n_rot, pos, c.rope_inv_freq.data());
+      const float* ff = c.rope_freq_factors.empty() ? nullptr : c.rope_freq_factors.data();
+      rope_adjacent(&q_[t * q_dim], c.n_head, c.head_dim, c.n_rot, pos0 + t, c.rope_theta_scale, c.rope_scale, ff);
+      rope_adjacent(&k_[t * kv_dim], c.n_head_kv, c.head_dim, c.n_rot, pos0 + t, c.rope_theta_scale, c.rope_scale, ff);
     }
     if (capture_) capture_layer(il, pos0, n);
     kv.append(il, pos0, n, k_.data(), v_.data(), pool);

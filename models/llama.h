@@ -29,7 +29,8 @@ struct LlamaConfig {
   float rms_eps = 1e-5f;
   float rope_base = 10000.0f;
   float rope_scale = 1.0f;          // linear scaling: position multiplier (1 / factor)
-  std::vector<float> rope_inv_freq; // [n_rot/2], base^(-2i/n_rot) / rope_freqs[i]
+  float rope_theta_scale = 1.0f;    // base^(-2/n_rot) in float, as ggml computes it
+  std::vector<float> rope_freq_factors;  // [n_rot/2] from rope_freqs.weight (Llama 3.1+), or empty
 
   static LlamaConfig from_gguf(const GGUFFile& f);
 };

@@ -41,6 +41,29 @@ def test_dot_and_axpy_match_scalar(isa, n):
     np.testing.assert_allclose(_core.k_axpy_f16("scalar", alpha, h.view(np.uint16), b), want16, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n", LENGTHS)
+def test_f16_accumulator_kernels(n):
+    """y = f16(fma(alpha, x, y)) and y = f16(y * alpha): SIMD and scalar give the same bits, and
+    both equal the float64 oracle rounded to float32 then f16 (within one f16 ulp, for the
+    double rounding of the oracle)."""
+    r = rng()
+    x = (r.standard_normal(n) * 3).astype(np.float16)
+    y = (r.standard_normal(n) * 3).astype(np.float16)
+    alpha = float(np.float32(r.uniform(0.01, 1.0)))
+    want = (np.float64(alpha) * x.astype(np.float64) + y.astype(np.float64)).astype(np.float32).astype(np.float16)
+    want_s = (y.astype(np.float32) * np.float32(alpha)).astype(np.float16)
+    outs = {}
+    for k in _core.available_isas():
+        got = _core.k_axpy_f16_acc16(k, alpha, x.view(np.uint16), y.view(np.uint16)).view(np.float16)
+        ulp = np.abs(got.view(np.int16).astype(np.int32) - want.view(np.int16).astype(np.int32))
+        assert ulp.max() <= 1 and np.mean(ulp == 0) > 0.99, k
+        sc = _core.k_scale_f16(k, alpha, y.view(np.uint16)).view(np.float16)
+        np.testing.assert_array_equal(sc, want_s)  # a product of f16 and f32 rounds once to f32
+        outs[k] = got
+    for k in SIMD:
+        np.testing.assert_array_equal(outs[k], outs["scalar"])
+
+
 def test_bad_arguments_raise():
     with pytest.raises(_core.EoqError):
         _core.k_dot_f32("avx9000", np.zeros(3, np.float32), np.zeros(3, np.float32))

@@ -368,6 +368,60 @@ def test_attention_from_codes_shapes(n_head, n_head_kv, d):
     assert worst < 2e-5, worst
 
 
+def ggml_flash_attn_row(K16, V16, q):
+    """ggml's CPU flash attention for one query row over f16 K/V [n, d] (llama.cpp's default for
+    batches under 64 queries): query rounded to f16, float scores, online softmax with an f16
+    value accumulator rounded after every token, float normaliser."""
+    d = q.shape[0]
+    q16 = q.astype(np.float16).astype(np.float64)
+    scale = np.float32(1 / math.sqrt(d))
+    M, S = -np.inf, np.float32(0)
+    acc = np.zeros(d, np.float16)
+    for j in range(K16.shape[0]):
+        s = np.float32(np.float32(K16[j].astype(np.float64) @ q16) * scale)
+        ms = vs = np.float32(1)
+        if s > M:
+            ms = np.float32(0) if M == -np.inf else np.float32(np.exp(np.float32(M - s)))
+            M = s
+            acc = (acc.astype(np.float32) * ms).astype(np.float16)
+        else:
+            vs = np.float32(np.exp(np.float32(s - M)))
+        acc = (np.float64(vs) * V16[j].astype(np.float64) + acc.astype(np.float64)).astype(np.float32).astype(np.float16)
+        S = np.float32(S * ms + vs)
+    return acc.astype(np.float32) / S
+
+
+def test_f16_cache_follows_ggml_flash_attention():
+    """The f16 cache computes small batches as ggml's flash attention does (f16 accumulator), so
+    greedy decoding follows llama.cpp's; batches of 64+ queries use float accumulation (ggml's
+    tiled path). The f16 accumulator is visible: float accumulation differs from it by ~10 ulp."""
+    rng = np.random.default_rng()
+    n, hkv, d, nh = 300, 2, 64, 4
+    k = (rng.standard_normal((n, hkv, d)) * 2).astype(np.float32)
+    v = (rng.standard_normal((n, hkv, d)) + 0.5).astype(np.float32)
+    c = _core.KVCacheTester(dict(mode="f16"), 1, hkv, d, n)
+    c.append(0, k[:n - 3], v[:n - 3])
+    c.append(0, k[n - 3:], v[n - 3:])
+    q = (rng.standard_normal((3, nh, d)) * 2).astype(np.float32)
+    out = c.attend(0, n - 3, q)
+    err_ggml = err_float = 0.0
+    for t in range(3):
+        for h in range(nh):
+            K16, V16 = k[:n - 2 + t, h // 2].astype(np.float16), v[:n - 2 + t, h // 2].astype(np.float16)
+            err_ggml = max(err_ggml, np.abs(out[t, h] - ggml_flash_attn_row(K16, V16, q[t, h])).max())
+            s = K16.astype(np.float64) @ q[t, h].astype(np.float16).astype(np.float64) / math.sqrt(d)
+            w = np.exp(s - s.max())
+            err_float = max(err_float, np.abs(out[t, h] - w @ V16.astype(np.float64) / w.sum()).max())
+    assert err_ggml < 1.5e-3 and err_float > 2 * err_ggml, (err_ggml, err_float)
+    # 64 queries: the float path, within f16-rounding of the exact softmax over the f16 K/V
+    c2 = _core.KVCacheTester(dict(mode="f16"), 1, hkv, d, n)
+    c2.append(0, k, v)
+    q2 = (rng.standard_normal((64, nh, d)) * 2).astype(np.float32)
+    out2 = c2.attend(0, n - 64, q2)
+    K, V = (x.astype(np.float16).astype(np.float32) for x in (k, v))
+    np.testing.assert_allclose(out2, oracle_attention(K, V, q2, n - 64), atol=2e-5, rtol=0)
+
+
 def test_exact_tokens_stay_exact():
     # Fewer tokens than sinks + ring: everything is exact (f16 in the rotated basis).
     rng = np.random.default_rng(5)

@@ -3,6 +3,8 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "kernels/cpu/avx2.h"
 #include "kernels/kernels.h"
 #include "kernels/quants.h"
@@ -78,13 +80,35 @@ void axpy_f16_avx2(float alpha, const uint16_t* x, float* y, int64_t n) {
   for (; i < n; i++) y[i] += alpha * _cvtsh_ss(x[i]);
 }
 
+void axpy_f16_acc16_avx2(float alpha, const uint16_t* x, uint16_t* y, int64_t n) {
+  const __m256 va = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 vy = _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(x + i))),
+                                      _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(y + i))));
+    _mm_storeu_si128((__m128i*)(y + i), _mm256_cvtps_ph(vy, _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; i++) y[i] = _cvtss_sh(std::fma(alpha, _cvtsh_ss(x[i]), _cvtsh_ss(y[i])), _MM_FROUND_TO_NEAREST_INT);
+}
+
+void scale_f16_avx2(float alpha, uint16_t* y, int64_t n) {
+  const __m256 va = _mm256_set1_ps(alpha);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 vy = _mm256_mul_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(y + i))));
+    _mm_storeu_si128((__m128i*)(y + i), _mm256_cvtps_ph(vy, _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; i++) y[i] = _cvtss_sh(_cvtsh_ss(y[i]) * alpha, _MM_FROUND_TO_NEAREST_INT);
+}
+
 }  // namespace
 
 const CpuKernels* cpu_kernels_avx2() {
   static const CpuKernels k = {"avx2", dot_f32_avx2, axpy_f32_avx2, dequantize_row_avx2,
                                dot_f16_f32_avx2, axpy_f16_avx2, scores_f16_avx2, values_f16_avx2,
                                scores_codes_avx2, values_codes_avx2, softmax_exp_avx2,
-                               max_f32_avx2, quantize_act_avx2, vec_dot_avx2};
+                               max_f32_avx2, quantize_act_avx2, vec_dot_avx2,
+                               axpy_f16_acc16_avx2, scale_f16_avx2};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");
   return ok ? &k : nullptr;

@@ -6,15 +6,18 @@ namespace eoq {
 
 void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps) {
   double ss = 0;  // double: the mean of squares over thousands of values
-  for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
-  const float scale = (float)(1.0 / std::sqrt(ss / (double)n + eps));
+  for (int64_t i = 0; i < n; i++) ss += (double)(x[i] * x[i]);
+  const float mean = (float)(ss / (double)n);
+  const float scale = 1.0f / std::sqrt(mean + eps);
   for (int64_t i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
-void rope_adjacent(float* x, int n_head, int head_dim, int n_rot, float pos, const float* inv_freq) {
-  for (int i = 0; i < n_rot / 2; i++) {
-    const double theta = (double)pos * inv_freq[i];
-    const float c = (float)std::cos(theta), s = (float)std::sin(theta);
+void rope_adjacent(float* x, int n_head, int head_dim, int n_rot, int pos, float theta_scale, float freq_scale,
+                   const float* freq_factors) {
+  float theta = (float)pos;
+  for (int i = 0; i < n_rot / 2; i++, theta *= theta_scale) {
+    const float angle = freq_scale * (freq_factors ? theta / freq_factors[i] : theta);
+    const float c = std::cos(angle), s = std::sin(angle);
     for (int h = 0; h < n_head; h++) {
       float* p = x + (int64_t)h * head_dim + 2 * i;
       const float x0 = p[0], x1 = p[1];

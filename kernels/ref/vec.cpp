@@ -89,6 +89,14 @@ float softmax_exp_scalar(float* x, int64_t n, float mx) {
   return s;
 }
 
+void axpy_f16_acc16_scalar(float alpha, const uint16_t* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = fp32_to_fp16(std::fma(alpha, fp16_to_fp32(x[i]), fp16_to_fp32(y[i])));
+}
+
+void scale_f16_scalar(float alpha, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = fp32_to_fp16(fp16_to_fp32(y[i]) * alpha);
+}
+
 float max_f32_scalar(const float* x, int64_t n) {
   float m = -INFINITY;
   for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
@@ -101,7 +109,8 @@ const CpuKernels& cpu_kernels_scalar() {
   static const CpuKernels k = {"scalar", dot_f32_scalar, axpy_f32_scalar, dequantize_row_ref,
                                dot_f16_f32_scalar, axpy_f16_scalar, scores_f16_scalar, values_f16_scalar,
                                scores_codes_scalar, values_codes_scalar, softmax_exp_scalar,
-                               max_f32_scalar, quantize_act_ref, vec_dot_ref_rows};
+                               max_f32_scalar, quantize_act_ref, vec_dot_ref_rows,
+                               axpy_f16_acc16_scalar, scale_f16_scalar};
   return k;
 }
 
