@@ -99,6 +99,17 @@ void bind_kernels(py::module_& m) {
     table(isa).axpy_f16_acc16(alpha, x.data(), out.mutable_data(), x.size());
     return out;
   });
+  m.def("k_swiglu", [](const std::string& isa, f32 gate, f32 up) {
+    same_size(gate.size(), up.size());
+    py::array_t<float> out(gate.size());
+    std::copy(gate.data(), gate.data() + gate.size(), out.mutable_data());
+    table(isa).swiglu(out.mutable_data(), up.data(), gate.size());
+    return out;
+  });
+  m.def("k_dot_f16_f16", [](const std::string& isa, u16 a, u16 b) {
+    same_size(a.size(), b.size());
+    return table(isa).dot_f16_f16(a.data(), b.data(), a.size());
+  });
   m.def("k_scale_f16", [](const std::string& isa, float alpha, u16 y) {
     py::array_t<uint16_t> out(y.size());
     std::copy(y.data(), y.data() + y.size(), out.mutable_data());

@@ -120,8 +120,7 @@ class ExactKVCache final : public KVCache {
     const float scale = 1.0f / std::sqrt((float)hd);
     const CpuKernels& kern = cpu_kernels();
     pool.parallel_for((int64_t)n * n_head, [&](int64_t b, int64_t e, int) {
-      thread_local std::vector<float> q16;
-      thread_local std::vector<uint16_t> acc;
+      thread_local std::vector<uint16_t> q16, acc;
       q16.resize(hd);
       acc.resize(hd);
       for (int64_t item = b; item < e; item++) {
@@ -130,11 +129,11 @@ class ExactKVCache final : public KVCache {
         const float* qh = q + ((size_t)t * n_head + h) * hd;
         const uint16_t* kh = head(k_, il, g);
         const uint16_t* vh = head(v_, il, g);
-        for (int i = 0; i < hd; i++) q16[i] = fp16_to_fp32(fp32_to_fp16(qh[i]));
+        for (int i = 0; i < hd; i++) q16[i] = fp32_to_fp16(qh[i]);
         std::fill(acc.begin(), acc.end(), (uint16_t)0);
         float M = -std::numeric_limits<float>::infinity(), S = 0.0f;
         for (int j = 0; j < n_kv; j++) {
-          const float sc = kern.dot_f16_f32(kh + (size_t)j * hd, q16.data(), hd) * scale;
+          const float sc = kern.dot_f16_f16(kh + (size_t)j * hd, q16.data(), hd) * scale;
           float ms = 1.0f, vs = 1.0f;
           if (sc > M) {
             ms = std::exp(M - sc);
@@ -144,7 +143,7 @@ class ExactKVCache final : public KVCache {
             vs = std::exp(sc - M);
           }
           kern.axpy_f16_acc16(vs, vh + (size_t)j * hd, acc.data(), hd);
-          S = S * ms + vs;
+          S = std::fma(S, ms, vs);  // contracted so in ggml
         }
         const float inv = S == 0.0f ? 0.0f : 1.0f / S;
         float* oh = out + ((size_t)t * n_head + h) * hd;

@@ -63,6 +63,15 @@ struct CpuKernels {
   // rounded to float once and then to f16 (nearest even). The same bits on every ISA.
   void (*axpy_f16_acc16)(float alpha, const uint16_t* x, uint16_t* y, int64_t n);
   void (*scale_f16)(float alpha, uint16_t* y, int64_t n);
+  // gate[i] = silu(gate[i]) * up[i], silu(x) = x / (1 + exp(-x)), for one row of n values (rows
+  // of a batch in separate calls). The scalar reference uses std::exp; the AVX2 version computes
+  // exp as ggml's vectorised expf does on this CPU (its AVX-512 or its AVX2 formula, both
+  // within 2 ulp of exp), so that the FFN carries llama.cpp's bits.
+  void (*swiglu)(float* gate, const float* up, int64_t n);
+  // Σ a[i] b[i] over two f16 vectors (products exact in float). The scalar reference sums in
+  // double; the AVX2 version sums in the order of ggml's ggml_vec_dot_f16 on this CPU (its
+  // AVX-512 or AVX2 build: lanes, reduction tree, leftovers in double).
+  float (*dot_f16_f16)(const uint16_t* a, const uint16_t* b, int64_t n);
 };
 
 const CpuKernels& cpu_kernels();        // chosen at run time

@@ -16,9 +16,6 @@ void rms_norm(const float* x, const float* w, float* out, int64_t n, float eps);
 void rope_adjacent(float* x, int n_head, int head_dim, int n_rot, int pos, float theta_scale, float freq_scale,
                    const float* freq_factors);
 
-// gate[i] = silu(gate[i]) * up[i]
-void swiglu(float* gate, const float* up, int64_t n);
-
 // In-place softmax over n values; returns nothing. Handles -inf entries.
 void softmax(float* x, int64_t n);
 

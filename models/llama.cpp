@@ -201,7 +201,8 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos0, KVCache& kv, Th
     for (int t = 0; t < n; t++) rms_norm(&x_[(size_t)t * E], L.ffn_norm, &xn_[(size_t)t * E], E, c.rms_eps);
     matmul(L.ffn_gate, xn_.data(), n, gate_.data(), pool);
     matmul(L.ffn_up, xn_.data(), n, up_.data(), pool);
-    swiglu(gate_.data(), up_.data(), (int64_t)n * c.n_ff);
+    for (int t = 0; t < n; t++)
+      cpu_kernels().swiglu(&gate_[(size_t)t * c.n_ff], &up_[(size_t)t * c.n_ff], c.n_ff);
     matmul(L.ffn_down, gate_.data(), n, tmp_.data(), pool);
     for (size_t i = 0; i < (size_t)n * E; i++) x_[i] += tmp_[i];
   }

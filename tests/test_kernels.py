@@ -64,6 +64,26 @@ def test_f16_accumulator_kernels(n):
         np.testing.assert_array_equal(outs[k], outs["scalar"])
 
 
+@pytest.mark.parametrize("n", LENGTHS + [2048])
+def test_swiglu_and_f16_dot_match_scalar(n):
+    """swiglu (ggml's vectorised expf in the SIMD table) within a few ulp of the std::exp
+    reference, over the range where exp(-x) under- and overflows too; the f16 dot in ggml's
+    summation order against the double-sum reference."""
+    r = rng()
+    g = (r.standard_normal(n) * 4).astype(np.float32)
+    g[: n // 8] = r.uniform(-120, 120, n // 8)  # exp(-x) beyond float range: 0, inf, denormals
+    u = r.standard_normal(n).astype(np.float32)
+    want = g.astype(np.float64) / (1 + np.exp(-g.astype(np.float64))) * u
+    a = (r.standard_normal(n) * 2).astype(np.float16)
+    b = (r.standard_normal(n) * 2).astype(np.float16)
+    exact = float(a.astype(np.float64) @ b.astype(np.float64))
+    for k in _core.available_isas():
+        got = _core.k_swiglu(k, g, u)
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-35)  # ~0 where exp(-x) overflows
+        bound = 1e-6 * float(np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))) + 1e-30
+        assert abs(_core.k_dot_f16_f16(k, a.view(np.uint16), b.view(np.uint16)) - exact) <= bound, k
+
+
 def test_bad_arguments_raise():
     with pytest.raises(_core.EoqError):
         _core.k_dot_f32("avx9000", np.zeros(3, np.float32), np.zeros(3, np.float32))

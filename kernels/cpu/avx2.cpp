@@ -101,6 +101,121 @@ void scale_f16_avx2(float alpha, uint16_t* y, int64_t n) {
   for (; i < n; i++) y[i] = _cvtss_sh(_cvtsh_ss(y[i]) * alpha, _MM_FROUND_TO_NEAREST_INT);
 }
 
+// exp(x) the way ggml's vectorised expf computes it (the ARM optimized-routines algorithm:
+// x = n ln2 + b with n = round(x / ln2), exp(b) by a degree-5 polynomial, times 2^n), rounding
+// step for step as its AVX-512 build (wide = true: the polynomial includes the 1, then an exact
+// scaling by 2^n) or its AVX2 build (the 1 is added in the final fma, k + k*j) does.
+constexpr float kExpShift = 0x1.8p23f, kLog2e = 0x1.715476p+0f, kLn2Hi = 0x1.62e4p-1f, kLn2Lo = 0x1.7f7d1cp-20f;
+constexpr float kC5 = 0x1.0e4020p-7f, kC4 = 0x1.573e2ep-5f, kC3 = 0x1.555e66p-3f, kC2 = 0x1.fffdb6p-2f,
+                kC1 = 0x1.ffffecp-1f;
+
+inline __m256 pow2i(__m256i n) {  // 2^n for integer n in [-126, 127]
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
+}
+
+template <bool wide>
+inline __m256 exp_ggml(__m256 x) {
+  const __m256 r = _mm256_set1_ps(kExpShift);
+  const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(kLog2e), r);
+  const __m256 n = _mm256_sub_ps(z, r);
+  const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x));
+  const __m256 u = _mm256_mul_ps(b, b);
+  const __m256 p = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(kC5), b, _mm256_set1_ps(kC4)), u,
+                                   _mm256_fmadd_ps(_mm256_set1_ps(kC3), b, _mm256_set1_ps(kC2)));
+  const __m256 an = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+  if (wide) {
+    const __m256 j = _mm256_fmadd_ps(p, u, _mm256_fmadd_ps(_mm256_set1_ps(kC1), b, _mm256_set1_ps(1.0f)));
+    // j * 2^n, exactly (as scalef): in two exact halves when |n| > 126, so that only the last
+    // product rounds (overflow to inf, gradual underflow).
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256 big = _mm256_cmp_ps(an, _mm256_set1_ps(126), _CMP_GT_OQ);
+    const __m256 res = _mm256_blendv_ps(_mm256_mul_ps(j, pow2i(_mm256_min_epi32(_mm256_max_epi32(ni, _mm256_set1_epi32(-126)), _mm256_set1_epi32(127)))),
+                                        _mm256_mul_ps(_mm256_mul_ps(j, pow2i(n1)), pow2i(n2)), big);
+    const __m256 d = _mm256_cmp_ps(an, _mm256_set1_ps(192), _CMP_GT_OQ);
+    if (!_mm256_movemask_ps(d)) return res;
+    const __m256 alt = _mm256_blendv_ps(_mm256_set1_ps(INFINITY), _mm256_setzero_ps(),
+                                        _mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ));
+    return _mm256_blendv_ps(res, alt, d);
+  }
+  const __m256 j = _mm256_fmadd_ps(p, u, _mm256_mul_ps(_mm256_set1_ps(kC1), b));
+  const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+  const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0f))));
+  const __m256 c = _mm256_cmp_ps(an, _mm256_set1_ps(126), _CMP_GT_OQ);
+  if (!_mm256_movemask_ps(c)) return _mm256_fmadd_ps(k, j, k);
+  // |n| > 126: 2^n split as s1 * s2 (s1 = 2^127 or 2^-127 ... as the AVX2 build does)
+  const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                     _mm256_set1_epi32((int)0x82000000u));
+  const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+  const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+  const __m256 d = _mm256_cmp_ps(an, _mm256_set1_ps(192), _CMP_GT_OQ);
+  const __m256 mid = _mm256_blendv_ps(_mm256_fmadd_ps(k, j, k), _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1), c);
+  return _mm256_blendv_ps(mid, _mm256_mul_ps(s1, s1), d);
+}
+
+template <bool wide>
+void swiglu_avx2_t(float* gate, const float* up, int64_t n) {
+  // ggml's block width (16 for its AVX-512 build, 8 for AVX2); the tail uses the libm formula
+  // there, and here.
+  const int64_t W = wide ? 16 : 8;
+  const int64_t nv = n / W * W;
+  for (int64_t i = 0; i < nv; i += 8) {
+    const __m256 x = _mm256_loadu_ps(gate + i);
+    const __m256 e = exp_ggml<wide>(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    const __m256 s = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+    _mm256_storeu_ps(gate + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
+  }
+  for (int64_t i = nv; i < n; i++) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void swiglu_avx2(float* gate, const float* up, int64_t n) {
+  static const bool wide = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  if (wide) swiglu_avx2_t<true>(gate, up, n);
+  else swiglu_avx2_t<false>(gate, up, n);
+}
+
+// ggml_vec_dot_f16's order. AVX-512 build (wide): steps of 64 values into 4 accumulators of 16
+// lanes (each emulated here as two 8-lane halves), folded a0+a2, a1+a3, then a0+a1, then
+// _mm512_reduce_add_ps's tree (halves of 8, of 4, then pairs 0+2 / 1+3, then the two). AVX2
+// build: steps of 32 into 4 accumulators of 8, the same fold, then 128-bit halves and two
+// horizontal adds. Leftovers after the last full step in double, as there.
+inline __m256 ld16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+
+template <bool wide>
+float dot_f16_f16_avx2_t(const uint16_t* a, const uint16_t* b, int64_t n) {
+  const int64_t step = wide ? 64 : 32;
+  const int64_t np = n / step * step;
+  double sum = 0;
+  if (np > 0) {
+    __m256 acc[wide ? 8 : 4];  // wide: accumulator j = halves (acc[2j], acc[2j+1])
+    for (auto& v : acc) v = _mm256_setzero_ps();
+    for (int64_t i = 0; i < np; i += step)
+      for (int j = 0; j < (wide ? 8 : 4); j++) acc[j] = _mm256_fmadd_ps(ld16(a + i + 8 * j), ld16(b + i + 8 * j), acc[j]);
+    float r;
+    if (wide) {
+      const __m256 lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+      const __m256 hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+      const __m256 h8 = _mm256_add_ps(hi, lo);
+      const __m128 h4 = _mm_add_ps(_mm256_extractf128_ps(h8, 1), _mm256_castps256_ps128(h8));
+      const __m128 h2 = _mm_add_ps(h4, _mm_shuffle_ps(h4, h4, _MM_SHUFFLE(1, 0, 3, 2)));
+      r = _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, _MM_SHUFFLE(0, 1, 0, 1))));
+    } else {
+      const __m256 x = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+      const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+      const __m128 t1 = _mm_hadd_ps(t0, t0);
+      r = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+    }
+    sum = r;
+  }
+  for (int64_t i = np; i < n; i++) sum += (double)(_cvtsh_ss(a[i]) * _cvtsh_ss(b[i]));
+  return (float)sum;
+}
+
+float dot_f16_f16_avx2(const uint16_t* a, const uint16_t* b, int64_t n) {
+  static const bool wide = __builtin_cpu_supports("avx512f");
+  return wide ? dot_f16_f16_avx2_t<true>(a, b, n) : dot_f16_f16_avx2_t<false>(a, b, n);
+}
+
 }  // namespace
 
 const CpuKernels* cpu_kernels_avx2() {
@@ -108,7 +223,8 @@ const CpuKernels* cpu_kernels_avx2() {
                                dot_f16_f32_avx2, axpy_f16_avx2, scores_f16_avx2, values_f16_avx2,
                                scores_codes_avx2, values_codes_avx2, softmax_exp_avx2,
                                max_f32_avx2, quantize_act_avx2, vec_dot_avx2,
-                               axpy_f16_acc16_avx2, scale_f16_avx2};
+                               axpy_f16_acc16_avx2, scale_f16_avx2, swiglu_avx2,
+                               dot_f16_f16_avx2};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");
   return ok ? &k : nullptr;

@@ -29,6 +29,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -293,14 +294,12 @@ struct LegacyCtx {
   int64_t ldy;
 };
 
-// Σ_b m[b] s[b] over nb blocks: 8 at a time, then the rest in order (the same order for every
-// tile shape).
+// Σ_b m[b] s[b] over nb blocks, one fused multiply-add per block in block order: GGML's
+// ggml_vec_dot_q4_1_q8_1 rounding (its float summs += m * s compiles to vfmadd231ss), so that
+// our products carry the same bits as llama.cpp's.
 inline float dot_mins(const float* m, const float* s, int64_t nb) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t b = 0;
-  for (; b + 8 <= nb; b += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(m + b), _mm256_loadu_ps(s + b), acc);
-  float r = hsum(acc);
-  for (; b < nb; b++) r += m[b] * s[b];
+  float r = 0.0f;
+  for (int64_t b = 0; b < nb; b++) r = std::fma(m[b], s[b], r);
   return r;
 }
 

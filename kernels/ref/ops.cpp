@@ -21,16 +21,10 @@ void rope_adjacent(float* x, int n_head, int head_dim, int n_rot, int pos, float
     for (int h = 0; h < n_head; h++) {
       float* p = x + (int64_t)h * head_dim + 2 * i;
       const float x0 = p[0], x1 = p[1];
-      p[0] = x0 * c - x1 * s;
-      p[1] = x0 * s + x1 * c;
+      // One product fused, as GCC contracts ggml's x0*c - x1*s and x0*s + x1*c with FMA.
+      p[0] = std::fma(x0, c, -(x1 * s));
+      p[1] = std::fma(x0, s, x1 * c);
     }
-  }
-}
-
-void swiglu(float* gate, const float* up, int64_t n) {
-  for (int64_t i = 0; i < n; i++) {
-    const float g = gate[i];
-    gate[i] = g / (1.0f + std::exp(-g)) * up[i];
   }
 }
 

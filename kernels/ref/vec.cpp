@@ -97,6 +97,16 @@ void scale_f16_scalar(float alpha, uint16_t* y, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] = fp32_to_fp16(fp16_to_fp32(y[i]) * alpha);
 }
 
+void swiglu_scalar(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; i++) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+float dot_f16_f16_scalar(const uint16_t* a, const uint16_t* b, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) s += (double)(fp16_to_fp32(a[i]) * fp16_to_fp32(b[i]));
+  return (float)s;
+}
+
 float max_f32_scalar(const float* x, int64_t n) {
   float m = -INFINITY;
   for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
@@ -110,7 +120,8 @@ const CpuKernels& cpu_kernels_scalar() {
                                dot_f16_f32_scalar, axpy_f16_scalar, scores_f16_scalar, values_f16_scalar,
                                scores_codes_scalar, values_codes_scalar, softmax_exp_scalar,
                                max_f32_scalar, quantize_act_ref, vec_dot_ref_rows,
-                               axpy_f16_acc16_scalar, scale_f16_scalar};
+                               axpy_f16_acc16_scalar, scale_f16_scalar, swiglu_scalar,
+                               dot_f16_f16_scalar};
   return k;
 }
 
