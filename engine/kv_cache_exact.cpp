@@ -71,10 +71,9 @@ class ExactKVCache final : public KVCache {
     const float scale = 1.0f / std::sqrt((float)hd);
     const CpuKernels& kern = cpu_kernels();
     if constexpr (std::is_same<T, uint16_t>::value) {
-      if (n < kGgmlFaTileQ) {
-        attend_like_ggml(il, pos0, n, n_head, q, out, pool);
-        return;
-      }
+      if (n < kGgmlFaTileQ) attend_like_ggml(il, pos0, n, n_head, q, out, pool);
+      else attend_tiled_like_ggml(il, pos0, n, n_head, q, out, pool);
+      return;
     }
     // One work item per (query token, query head).
     pool.parallel_for((int64_t)n * n_head, [&](int64_t b, int64_t e, int) {
@@ -105,9 +104,56 @@ class ExactKVCache final : public KVCache {
   }
 
   // ggml's CPU flash attention (llama.cpp's default) takes batches of fewer than 64 queries,
-  // decode steps included, one query row at a time; larger batches go through a tiled float
-  // path whose numerics equal the float loop above up to summation order.
-  static constexpr int kGgmlFaTileQ = 64;
+  // decode steps included, one query row at a time; larger batches go through its tiled path.
+  // The f16 cache reproduces both (the f32 cache is the plain float reference above).
+  static constexpr int kGgmlFaTileQ = 64, kGgmlFaTileKV = 64;
+
+  // The f16 cache, batches of kGgmlFaTileQ or more: ggml's tiled flash attention. Keys in tiles
+  // of 64 from position 0; per tile float scores (fma chains over the float query and the keys
+  // in float), the running max and normaliser updated once per tile, exp and its double sum as
+  // ggml_vec_soft_max_f32, values accumulated in float by fma chains over the tile's tokens.
+  void attend_tiled_like_ggml(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) {
+    const KVCacheShape& s = shape_;
+    const int hd = s.head_dim, group = n_head / s.n_head_kv;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    const CpuKernels& kern = cpu_kernels();
+    pool.parallel_for((int64_t)n * n_head, [&](int64_t b, int64_t e, int) {
+      thread_local std::vector<float> kq, acc;
+      kq.resize(kGgmlFaTileKV);
+      acc.resize(hd);
+      for (int64_t item = b; item < e; item++) {
+        const int t = (int)(item / n_head), h = (int)(item % n_head), g = h / group;
+        const int n_kv = pos0 + t + 1;
+        const float* qh = q + ((size_t)t * n_head + h) * hd;
+        const T* kh = head(k_, il, g);
+        const T* vh = head(v_, il, g);
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        float M = -std::numeric_limits<float>::infinity(), S = 0.0f;
+        for (int ic = 0; ic < n_kv; ic += kGgmlFaTileKV) {
+          const int m = std::min(kGgmlFaTileKV, n_kv - ic);  // the rest of the tile is masked
+          kern.scores_f16_chain(kh + (size_t)ic * hd, m, hd, qh, kq.data());
+          float tmax = -std::numeric_limits<float>::infinity();
+          for (int j = 0; j < m; j++) {
+            kq[j] *= scale;
+            tmax = std::max(tmax, kq[j]);
+          }
+          const float Mnew = std::max(M, tmax);
+          if (Mnew > M) {
+            const float ms = std::exp(M - Mnew);
+            for (int i = 0; i < hd; i++) acc[i] *= ms;
+            S *= ms;
+          }
+          M = Mnew;
+          for (int j = m; j < kGgmlFaTileKV; j++) kq[j] = -std::numeric_limits<float>::infinity();
+          S = (float)((double)S + kern.soft_max_ggml(kq.data(), kGgmlFaTileKV, M));
+          for (int j = 0; j < m; j++) kern.axpy_f16(kq[j], vh + (size_t)(ic + j) * hd, acc.data(), hd);
+        }
+        const float inv = S == 0.0f ? 0.0f : 1.0f / S;
+        float* oh = out + ((size_t)t * n_head + h) * hd;
+        for (int i = 0; i < hd; i++) oh[i] = acc[i] * inv;
+      }
+    });
+  }
 
   // The f16 cache, batches below kGgmlFaTileQ: the arithmetic of ggml's per-row flash attention
   // for f16 K/V, so that greedy decoding follows llama.cpp's: the query rounded to f16, scores
@@ -117,39 +163,77 @@ class ExactKVCache final : public KVCache {
   void attend_like_ggml(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) {
     const KVCacheShape& s = shape_;
     const int hd = s.head_dim, group = n_head / s.n_head_kv;
-    const float scale = 1.0f / std::sqrt((float)hd);
     const CpuKernels& kern = cpu_kernels();
+    // A decode step whose key view (llama.cpp pads it to a multiple of 256, at most n_ctx) holds
+    // 512 or more slots is split into one chunk of keys per thread, merged in float at the end.
+    const int nek1 = std::min(s.n_ctx, std::max(256, (pos0 + 1 + 255) / 256 * 256));
+    const int n_chunks = n == 1 && nek1 >= 512 ? pool.size() : 1;
+    const int chunk = (nek1 + n_chunks - 1) / n_chunks;
     pool.parallel_for((int64_t)n * n_head, [&](int64_t b, int64_t e, int) {
-      thread_local std::vector<uint16_t> q16, acc;
+      thread_local std::vector<uint16_t> q16, acc16;
+      thread_local std::vector<float> acc;
       q16.resize(hd);
+      acc16.resize(hd);
       acc.resize(hd);
       for (int64_t item = b; item < e; item++) {
         const int t = (int)(item / n_head), h = (int)(item % n_head), g = h / group;
         const int n_kv = pos0 + t + 1;
         const float* qh = q + ((size_t)t * n_head + h) * hd;
-        const uint16_t* kh = head(k_, il, g);
-        const uint16_t* vh = head(v_, il, g);
         for (int i = 0; i < hd; i++) q16[i] = fp32_to_fp16(qh[i]);
-        std::fill(acc.begin(), acc.end(), (uint16_t)0);
-        float M = -std::numeric_limits<float>::infinity(), S = 0.0f;
-        for (int j = 0; j < n_kv; j++) {
-          const float sc = kern.dot_f16_f16(kh + (size_t)j * hd, q16.data(), hd) * scale;
-          float ms = 1.0f, vs = 1.0f;
-          if (sc > M) {
-            ms = std::exp(M - sc);
-            M = sc;
-            kern.scale_f16(ms, acc.data(), hd);
-          } else {
-            vs = std::exp(sc - M);
-          }
-          kern.axpy_f16_acc16(vs, vh + (size_t)j * hd, acc.data(), hd);
-          S = std::fma(S, ms, vs);  // contracted so in ggml
-        }
-        const float inv = S == 0.0f ? 0.0f : 1.0f / S;
         float* oh = out + ((size_t)t * n_head + h) * hd;
-        for (int i = 0; i < hd; i++) oh[i] = fp16_to_fp32(acc[i]) * inv;
+        if (n_chunks == 1) {
+          float M, S;
+          ggml_fa_row(kern, il, g, q16.data(), 0, n_kv, acc16.data(), M, S);
+          const float inv = S == 0.0f ? 0.0f : 1.0f / S;
+          for (int i = 0; i < hd; i++) oh[i] = fp16_to_fp32(acc16[i]) * inv;
+          continue;
+        }
+        // ggml_flash_attn_ext_reduce_partials: chunks merged in order, products fused as GCC
+        // contracts a*b + c*d there (the first product fused).
+        float Mf = -std::numeric_limits<float>::infinity(), Sf = 0.0f;
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int c = 0; c < n_chunks; c++) {
+          const int lo = c * chunk, hi = std::min(n_kv, std::min(nek1, lo + chunk));
+          if (lo >= hi) continue;
+          float M, S;
+          ggml_fa_row(kern, il, g, q16.data(), lo, hi, acc16.data(), M, S);
+          if (S == 0.0f) continue;
+          const float Mn = std::max(Mf, M);
+          const float so = std::exp(Mf - Mn), sn = std::exp(M - Mn);
+          for (int i = 0; i < hd; i++) acc[i] = std::fma(acc[i], so, fp16_to_fp32(acc16[i]) * sn);
+          Sf = std::fma(Sf, so, S * sn);
+          Mf = Mn;
+        }
+        const float inv = Sf != 0.0f ? 1.0f / Sf : 1.0f;
+        for (int i = 0; i < hd; i++) oh[i] = acc[i] * inv;
       }
     });
+  }
+
+  // One query row over keys [lo, hi) of KV head g as ggml's one-chunk flash attention computes
+  // it: q16 the f16 query; out: the f16 value accumulator, max M and float normaliser S.
+  void ggml_fa_row(const CpuKernels& kern, int il, int g, const uint16_t* q16, int lo, int hi, uint16_t* acc,
+                   float& M, float& S) {
+    const int hd = shape_.head_dim;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    const uint16_t* kh = head(k_, il, g);
+    const uint16_t* vh = head(v_, il, g);
+    std::fill(acc, acc + hd, (uint16_t)0);
+    M = -std::numeric_limits<float>::infinity();
+    S = 0.0f;
+    for (int j = lo; j < hi; j++) {
+      const float sc = kern.dot_f16_f16(kh + (size_t)j * hd, q16, hd) * scale;
+      float ms = 1.0f, vs = 1.0f;
+      if (sc > M) {
+        ms = std::exp(M - sc);
+        M = sc;
+        kern.scale_f16(ms, acc, hd);
+      } else {
+        vs = std::exp(sc - M);
+      }
+      kern.axpy_f16_acc16(vs, vh + (size_t)j * hd, acc, hd);
+      S = std::fma(S, ms, vs);  // contracted so in ggml
+    }
   }
 
   void clear() override { n_.assign(shape_.n_layer, 0); }

@@ -72,6 +72,13 @@ struct CpuKernels {
   // double; the AVX2 version sums in the order of ggml's ggml_vec_dot_f16 on this CPU (its
   // AVX-512 or AVX2 build: lanes, reduction tree, leftovers in double).
   float (*dot_f16_f16)(const uint16_t* a, const uint16_t* b, int64_t n);
+  // out[t] = Σ_j q[j] · row_t[j] for m f16 rows of d values, each a chain of fused multiply-adds
+  // in j order from 0 (ggml's tiled flash attention scores): the same bits on every ISA.
+  void (*scores_f16_chain)(const uint16_t* rows, int64_t m, int d, const float* q, float* out);
+  // ggml_vec_soft_max_f32: x[i] = exp(x[i] - mx) (exp(-inf) = 0), returns Σ x[i] in double.
+  // The scalar reference uses std::exp; the AVX2 version ggml's vectorised expf and summation
+  // order on this CPU (as swiglu), libm expf for the last n mod (16 or 8) values.
+  double (*soft_max_ggml)(float* x, int64_t n, float mx);
 };
 
 const CpuKernels& cpu_kernels();        // chosen at run time

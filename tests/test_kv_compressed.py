@@ -368,7 +368,7 @@ def test_attention_from_codes_shapes(n_head, n_head_kv, d):
     assert worst < 2e-5, worst
 
 
-def ggml_flash_attn_row(K16, V16, q):
+def ggml_flash_attn_row(K16, V16, q, normalise=True):
     """ggml's CPU flash attention for one query row over f16 K/V [n, d] (llama.cpp's default for
     batches under 64 queries): query rounded to f16, float scores, online softmax with an f16
     value accumulator rounded after every token, float normaliser."""
@@ -388,7 +388,7 @@ def ggml_flash_attn_row(K16, V16, q):
             vs = np.float32(np.exp(np.float32(s - M)))
         acc = (np.float64(vs) * V16[j].astype(np.float64) + acc.astype(np.float64)).astype(np.float32).astype(np.float16)
         S = np.float32(S * ms + vs)
-    return acc.astype(np.float32) / S
+    return acc.astype(np.float32) / S if normalise else (M, S, acc)
 
 
 def test_f16_cache_follows_ggml_flash_attention():
@@ -413,6 +413,24 @@ def test_f16_cache_follows_ggml_flash_attention():
             w = np.exp(s - s.max())
             err_float = max(err_float, np.abs(out[t, h] - w @ V16.astype(np.float64) / w.sum()).max())
     assert err_ggml < 1.5e-3 and err_float > 2 * err_ggml, (err_ggml, err_float)
+    # A decode step whose padded key view reaches 512 (llama.cpp: a multiple of 256 up to n_ctx)
+    # is split into one chunk per thread (the tester's pool: 2), merged in float.
+    n3 = 300
+    c3 = _core.KVCacheTester(dict(mode="f16"), 1, hkv, d, 1024)
+    c3.append(0, k[:n3 - 1], v[:n3 - 1])
+    c3.append(0, k[n3 - 1:n3], v[n3 - 1:n3])
+    q3 = q[:1]
+    out3 = c3.attend(0, n3 - 1, q3)
+    for h in range(nh):
+        K16, V16 = k[:n3, h // 2].astype(np.float16), v[:n3, h // 2].astype(np.float16)
+        parts = [ggml_flash_attn_row(K16[a:b], V16[a:b], q3[0, h], normalise=False) for a, b in ((0, 256), (256, n3))]
+        Mf, Sf, acc = -np.inf, np.float32(0), np.zeros(d, np.float32)
+        for M, S, a16 in parts:
+            Mn = max(Mf, M)
+            so, sn = np.float32(np.exp(np.float32(Mf - Mn))), np.float32(np.exp(np.float32(M - Mn)))
+            acc = (acc * so + a16.astype(np.float32) * sn).astype(np.float32)
+            Sf, Mf = np.float32(Sf * so + S * sn), Mn
+        np.testing.assert_allclose(out3[0, h], acc / Sf, atol=1.5e-3, rtol=0)
     # 64 queries: the float path, within f16-rounding of the exact softmax over the f16 K/V
     c2 = _core.KVCacheTester(dict(mode="f16"), 1, hkv, d, n)
     c2.append(0, k, v)

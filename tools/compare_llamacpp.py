@@ -11,10 +11,13 @@ prompt tokens, with an f16 KV cache:
     tokenized as llama-completion tokenizes it (BOS when the model adds one, special-token texts
     such as <|im_start|> parsed as special tokens);
   * llama.cpp: llama-completion -p PROMPT --no-escape -n N --temp 0 --top-k 1 -no-cnv
-    --no-display-prompt --verbose-prompt --prompt-cache FILE --prompt-cache-all. It prints text,
-    not ids, but the session file it saves at the end holds every token it evaluated or sampled:
-    the prompt ids (checked against eoq's and against its --verbose-prompt listing) and then the
-    generated ids, the end-of-generation token included when it stopped there.
+    --no-display-prompt --verbose-prompt, as a user runs it. Its prompt ids come from
+    --verbose-prompt (checked against eoq's); it prints text, not ids, so its generated ids are
+    eoq's for as long as their text is a prefix of llama.cpp's, then the rest of llama.cpp's
+    text tokenized by eoq (exact up to the first difference, which is what is counted).
+    --session-ids reads exact ids from a --prompt-cache session file instead; llama-completion
+    then evaluates the last prompt token on its own, which changes its rounding (and so its
+    output) on prompts of 64 tokens or more.
 The generated ids are compared one by one (eoq's end-of-generation token is appended when it
 stopped there, as llama.cpp's -n counts it too). Where they part, eoq's logit gap between its own
 choice and llama.cpp's is printed: a few hundredths of a logit is a near-tie that rounding
@@ -89,7 +92,7 @@ def read_session_tokens(path):
         return list(struct.unpack(f"<{n}i", fh.read(4 * n)))
 
 
-def llama_generate(binary, model, prompt, n, threads, n_ctx):
+def llama_generate(binary, model, prompt, n, threads, n_ctx, session_ids=False):
     """-> (prompt ids llama.cpp evaluated, generated ids (EOS included when it stopped there),
     stdout text, prompt ids from --verbose-prompt)"""
     # -p with --no-escape: the prompt exactly as given (-f would drop a final newline, and escape
@@ -101,12 +104,12 @@ def llama_generate(binary, model, prompt, n, threads, n_ctx):
         cmd = [binary, "-m", model, "-p", prompt, "--no-escape", "-n", str(n), "--temp", "0", "--top-k", "1",
                "--repeat-penalty", "1", "-no-cnv", "--no-display-prompt", "--verbose-prompt",
                "-c", str(n_ctx), "-t", str(threads), "--seed", "0", "--simple-io", "--no-warmup",
-               "--prompt-cache", session, "--prompt-cache-all"]
+               ] + (["--prompt-cache", session, "--prompt-cache-all"] if session_ids else [])
         r = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, timeout=600)
         if r.returncode != 0:
             tail = r.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
             raise RuntimeError(f"llama-completion failed ({r.returncode}): " + " | ".join(tail))
-        all_ids = read_session_tokens(session)
+        all_ids = read_session_tokens(session) if session_ids else None
     err = r.stderr.decode("utf-8", "replace")
     # --verbose-prompt: "number of tokens in prompt = N", then N lines "<id> -> '<piece>'" (log
     # prefixes before them; a piece with a newline continues on the next line)
@@ -120,8 +123,35 @@ def llama_generate(binary, model, prompt, n, threads, n_ctx):
                 vp_ids.append(int(t.group(1)))
                 if len(vp_ids) == want:
                     break
+    if all_ids is None:
+        return vp_ids, None, r.stdout, vp_ids
     n_prompt = len(vp_ids) if vp_ids else 0
     return all_ids[:n_prompt], all_ids[n_prompt:], r.stdout, vp_ids
+
+
+def ids_from_text(eng, eoq_gen, l_text, eoq_eos, n):
+    """llama.cpp's generated ids recovered from its text (plain llama-completion prints text
+    only): eoq's ids as long as their text is a prefix of llama.cpp's, then llama.cpp's
+    remaining text tokenized by eoq (exact up to the first difference, which is what counts;
+    beyond it only a guess at llama.cpp's next token, for the logit-gap note). When eoq stopped
+    at EOS with exactly llama.cpp's text, llama.cpp stopped there too (it printed fewer than n
+    tokens' worth)."""
+    # at an end-of-generation token llama-completion prints " [end of text]" to stdout
+    ended = re.search(rb" \[end of text\]\s*$", l_text)
+    if ended:
+        l_text = l_text[: ended.start()]
+    out, k = [], 0
+    while k < len(eoq_gen) and not eng.core.is_eog(eoq_gen[k]):
+        if not l_text.startswith(eng.core.detokenize(eoq_gen[: k + 1])):
+            break
+        k += 1
+    out = list(eoq_gen[:k])
+    rest = l_text[len(eng.core.detokenize(out)):] if out else l_text
+    if rest:
+        out += eng.tokenize(rest.decode("utf-8", "replace"), add_special=False, parse_special=False)
+    if ended:
+        out.append(eoq_gen[-1] if eoq_eos and not rest and k == len(eoq_gen) - 1 else eng.core.eos)
+    return out[:n]
 
 
 def main(argv=None):
@@ -133,6 +163,10 @@ def main(argv=None):
     ap.add_argument("-c", "--ctx-size", type=int, default=1024)
     ap.add_argument("--prompts", metavar="FILE", help="JSON list of prompts, or prompts separated by '---' lines")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("--session-ids", action="store_true",
+                    help="read llama.cpp's generated ids from a --prompt-cache session file instead of "
+                         "comparing text (note: llama-completion then evaluates the last prompt token "
+                         "on its own, which changes its rounding on prompts of 64+ tokens)")
     a = ap.parse_args(argv)
 
     import numpy as np
@@ -152,10 +186,13 @@ def main(argv=None):
         eoq_eos = c.finish_reason == "stop"
         if eoq_eos:
             eoq_gen.append(eng.core.eos)
-        l_prompt, l_gen, _, vp_ids = llama_generate(a.llama_completion, model, prompt, a.n, a.threads, a.ctx_size)
+        l_prompt, l_gen, l_out, vp_ids = llama_generate(a.llama_completion, model, prompt, a.n, a.threads,
+                                                        a.ctx_size, a.session_ids)
+        if l_gen is None:
+            l_gen = ids_from_text(eng, eoq_gen, l_out, eoq_eos, a.n)
         l_gen = l_gen[:a.n]
         l_eos = bool(l_gen) and eng.core.is_eog(l_gen[-1])
-        same_prompt = l_prompt == ids and vp_ids == ids
+        same_prompt = list(l_prompt) == list(ids) and vp_ids == ids
         k = 0
         while k < min(len(eoq_gen), len(l_gen)) and eoq_gen[k] == l_gen[k]:
             k += 1

@@ -216,6 +216,77 @@ float dot_f16_f16_avx2(const uint16_t* a, const uint16_t* b, int64_t n) {
   return wide ? dot_f16_f16_avx2_t<true>(a, b, n) : dot_f16_f16_avx2_t<false>(a, b, n);
 }
 
+// Eight rows at a time, lanes = rows: 8x8 blocks of f16 are transposed so that one load holds
+// value j of the eight rows; then one fma per j, in j order.
+void scores_f16_chain_avx2(const uint16_t* rows, int64_t m, int d, const float* q, float* out) {
+  int64_t t = 0;
+  if (d % 8 == 0) {
+    for (; t + 8 <= m; t += 8) {
+      const uint16_t* r = rows + t * d;
+      __m256 acc = _mm256_setzero_ps();
+      for (int j = 0; j < d; j += 8) {
+        __m128i x[8];
+        for (int i = 0; i < 8; i++) x[i] = _mm_loadu_si128((const __m128i*)(r + (size_t)i * d + j));
+        // 16-bit 8x8 transpose: y[k] = value j+k of rows 0..7
+        const __m128i a0 = _mm_unpacklo_epi16(x[0], x[1]), a1 = _mm_unpackhi_epi16(x[0], x[1]);
+        const __m128i a2 = _mm_unpacklo_epi16(x[2], x[3]), a3 = _mm_unpackhi_epi16(x[2], x[3]);
+        const __m128i a4 = _mm_unpacklo_epi16(x[4], x[5]), a5 = _mm_unpackhi_epi16(x[4], x[5]);
+        const __m128i a6 = _mm_unpacklo_epi16(x[6], x[7]), a7 = _mm_unpackhi_epi16(x[6], x[7]);
+        const __m128i b0 = _mm_unpacklo_epi32(a0, a2), b1 = _mm_unpackhi_epi32(a0, a2);
+        const __m128i b2 = _mm_unpacklo_epi32(a1, a3), b3 = _mm_unpackhi_epi32(a1, a3);
+        const __m128i b4 = _mm_unpacklo_epi32(a4, a6), b5 = _mm_unpackhi_epi32(a4, a6);
+        const __m128i b6 = _mm_unpacklo_epi32(a5, a7), b7 = _mm_unpackhi_epi32(a5, a7);
+        const __m128i y[8] = {_mm_unpacklo_epi64(b0, b4), _mm_unpackhi_epi64(b0, b4), _mm_unpacklo_epi64(b1, b5),
+                              _mm_unpackhi_epi64(b1, b5), _mm_unpacklo_epi64(b2, b6), _mm_unpackhi_epi64(b2, b6),
+                              _mm_unpacklo_epi64(b3, b7), _mm_unpackhi_epi64(b3, b7)};
+        for (int k = 0; k < 8; k++) acc = _mm256_fmadd_ps(_mm256_set1_ps(q[j + k]), _mm256_cvtph_ps(y[k]), acc);
+      }
+      _mm256_storeu_ps(out + t, acc);
+    }
+  }
+  for (; t < m; t++) {
+    float s = 0.0f;
+    for (int j = 0; j < d; j++) s = std::fma(q[j], _cvtsh_ss(rows[t * d + j]), s);
+    out[t] = s;
+  }
+}
+
+template <bool wide>
+double soft_max_ggml_t(float* x, int64_t n, float mx) {
+  const int64_t W = wide ? 16 : 8;
+  const int64_t nv = n / W * W;
+  double sum = 0;
+  const __m256 vm = _mm256_set1_ps(mx);
+  for (int64_t i = 0; i < nv; i += W) {
+    const __m256 lo = exp_ggml<wide>(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+    _mm256_storeu_ps(x + i, lo);
+    float r;
+    if (wide) {  // _mm512_reduce_add_ps's tree over (lo, hi)
+      const __m256 hi = exp_ggml<wide>(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), vm));
+      _mm256_storeu_ps(x + i + 8, hi);
+      const __m256 h8 = _mm256_add_ps(hi, lo);
+      const __m128 h4 = _mm_add_ps(_mm256_extractf128_ps(h8, 1), _mm256_castps256_ps128(h8));
+      const __m128 h2 = _mm_add_ps(h4, _mm_shuffle_ps(h4, h4, _MM_SHUFFLE(1, 0, 3, 2)));
+      r = _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, _MM_SHUFFLE(0, 1, 0, 1))));
+    } else {
+      __m128 v = _mm_add_ps(_mm256_extractf128_ps(lo, 1), _mm256_castps256_ps128(lo));
+      v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+      r = _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+    }
+    sum += (double)r;
+  }
+  for (int64_t i = nv; i < n; i++) {
+    x[i] = std::exp(x[i] - mx);
+    sum += (double)x[i];
+  }
+  return sum;
+}
+
+double soft_max_ggml_avx2(float* x, int64_t n, float mx) {
+  static const bool wide = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  return wide ? soft_max_ggml_t<true>(x, n, mx) : soft_max_ggml_t<false>(x, n, mx);
+}
+
 }  // namespace
 
 const CpuKernels* cpu_kernels_avx2() {
@@ -224,7 +295,7 @@ const CpuKernels* cpu_kernels_avx2() {
                                scores_codes_avx2, values_codes_avx2, softmax_exp_avx2,
                                max_f32_avx2, quantize_act_avx2, vec_dot_avx2,
                                axpy_f16_acc16_avx2, scale_f16_avx2, swiglu_avx2,
-                               dot_f16_f16_avx2};
+                               dot_f16_f16_avx2, scores_f16_chain_avx2, soft_max_ggml_avx2};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");
   return ok ? &k : nullptr;

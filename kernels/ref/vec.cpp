@@ -107,6 +107,23 @@ float dot_f16_f16_scalar(const uint16_t* a, const uint16_t* b, int64_t n) {
   return (float)s;
 }
 
+void scores_f16_chain_scalar(const uint16_t* rows, int64_t m, int d, const float* q, float* out) {
+  for (int64_t t = 0; t < m; t++) {
+    float s = 0.0f;
+    for (int j = 0; j < d; j++) s = std::fma(q[j], fp16_to_fp32(rows[t * d + j]), s);
+    out[t] = s;
+  }
+}
+
+double soft_max_ggml_scalar(float* x, int64_t n, float mx) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) {
+    x[i] = std::exp(x[i] - mx);
+    s += x[i];
+  }
+  return s;
+}
+
 float max_f32_scalar(const float* x, int64_t n) {
   float m = -INFINITY;
   for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
@@ -121,7 +138,7 @@ const CpuKernels& cpu_kernels_scalar() {
                                scores_codes_scalar, values_codes_scalar, softmax_exp_scalar,
                                max_f32_scalar, quantize_act_ref, vec_dot_ref_rows,
                                axpy_f16_acc16_scalar, scale_f16_scalar, swiglu_scalar,
-                               dot_f16_f16_scalar};
+                               dot_f16_f16_scalar, scores_f16_chain_scalar, soft_max_ggml_scalar};
   return k;
 }
 
