@@ -77,9 +77,10 @@ def kl_stats(ref_lp: np.ndarray, lp: np.ndarray) -> np.ndarray:
     return (p * (ref_lp.astype(np.float64) - lp.astype(np.float64))).sum(axis=-1)
 
 
-def kl_divergence(make_engine, modes, text, n_ctx, n_chunks=-1, progress=None):
+def kl_divergence(make_engine, modes, text, n_ctx, n_chunks=-1, progress=None, on_chunk=None):
     """For each mode: dict(ppl, ppl_f16, ln_ratio, kld_mean, kld_median, kld_p99, kld_max,
-    same_top, bits_per_entry, bytes). make_engine(mode) -> eoq._core.Engine."""
+    same_top, bits_per_entry, bytes). make_engine(mode) -> eoq._core.Engine. on_chunk(results,
+    chunks done) after every chunk, with the results over the chunks so far."""
     base = make_engine("f16")
     chunks = chunks_of(base, text, n_ctx, n_chunks)
     engines = {m: make_engine(m) for m in modes}
@@ -100,6 +101,12 @@ def kl_divergence(make_engine, modes, text, n_ctx, n_chunks=-1, progress=None):
             a["stats"] = cache_summary(e)
         if progress:
             progress(i + 1, len(chunks))
+        if on_chunk:
+            on_chunk(summarize(acc, base_nll), i + 1)
+    return summarize(acc, base_nll)
+
+
+def summarize(acc, base_nll):
     bn = np.concatenate(base_nll)
     out = {}
     for m, a in acc.items():
@@ -189,7 +196,13 @@ def main(argv=None) -> int:
             def progress(i, n):
                 print(f"\r[{i}/{n}] chunks  {time.perf_counter() - t0:.0f}s", end="", file=sys.stderr, flush=True)
 
-            res = kl_divergence(make, modes, text, a.ctx_size, a.chunks, progress)
+            def save(res, done):  # after every chunk, so that a long run leaves its results so far
+                if a.json:
+                    with open(a.json, "w", encoding="utf-8") as fh:
+                        json.dump(dict(model=model, file=a.file, ctx=a.ctx_size, chunks=a.chunks, chunks_done=done,
+                                       modes=res), fh, indent=1)
+
+            res = kl_divergence(make, modes, text, a.ctx_size, a.chunks, progress, save)
             print(file=sys.stderr)
             print(f"model {model}, ctx {a.ctx_size}, scored tokens {next(iter(res.values()))['scored']}")
             print("| KV cache | bits/entry | PPL | ln(PPL/PPL_f16) | mean KLD | median KLD | p99 KLD | max KLD | same top |")
@@ -199,9 +212,6 @@ def main(argv=None) -> int:
             for m, r in res.items():
                 print(f"| {m} | {r['bits_per_entry']:.2f} | {r['ppl']:.4f} | {r['ln_ratio']:+.4f} | {r['kld_mean']:.4f} | "
                       f"{r['kld_median']:.4f} | {r['kld_p99']:.4f} | {r['kld_max']:.3f} | {100 * r['same_top']:.1f}% |")
-            if a.json:
-                with open(a.json, "w", encoding="utf-8") as fh:
-                    json.dump(dict(model=model, file=a.file, ctx=a.ctx_size, chunks=a.chunks, modes=res), fh, indent=1)
             return 0
         if len(modes) != 1:
             raise ValueError("several --kv modes need --kl-divergence")
