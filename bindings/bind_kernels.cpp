@@ -26,6 +26,10 @@ const eoq::CpuKernels& table(const std::string& isa) {
     if (const eoq::CpuKernels* k = eoq::cpu_kernels_avx2()) return *k;
     throw eoq::Error(eoq::ErrorCode::unsupported, "this CPU has no AVX2/FMA/F16C");
   }
+  if (isa == "avx512vnni") {
+    if (const eoq::CpuKernels* k = eoq::cpu_kernels_avx512vnni()) return *k;
+    throw eoq::Error(eoq::ErrorCode::unsupported, "this CPU has no AVX512-VNNI");
+  }
   throw eoq::Error(eoq::ErrorCode::invalid_arg, "unknown ISA '" + isa + "'");
 }
 
@@ -68,6 +72,7 @@ void bind_kernels(py::module_& m) {
   m.def("available_isas", [] {
     std::vector<std::string> v{"scalar"};
     if (eoq::cpu_kernels_avx2()) v.push_back("avx2");
+    if (eoq::cpu_kernels_avx512vnni()) v.push_back("avx512vnni");
     return v;
   });
   m.def("k_dot_f32", [](const std::string& isa, f32 a, f32 b) {

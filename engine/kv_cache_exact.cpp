@@ -112,54 +112,82 @@ class ExactKVCache final : public KVCache {
   // of 64 from position 0; per tile float scores (fma chains over the float query and the keys
   // in float), the running max and normaliser updated once per tile, exp and its double sum as
   // ggml_vec_soft_max_f32, values accumulated in float by fma chains over the tile's tokens.
+  // Work items are (block of kQB queries, KV head): each key/value tile is converted to float
+  // (keys transposed, [d][64]) once for the block's queries and the G query heads of the group.
+  static constexpr int kQB = 32;
   void attend_tiled_like_ggml(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) {
     const KVCacheShape& s = shape_;
-    const int hd = s.head_dim, group = n_head / s.n_head_kv;
+    const int hd = s.head_dim, hkv = s.n_head_kv, G = n_head / hkv, TK = kGgmlFaTileKV;
     const float scale = 1.0f / std::sqrt((float)hd);
     const CpuKernels& kern = cpu_kernels();
-    pool.parallel_for((int64_t)n * n_head, [&](int64_t b, int64_t e, int) {
-      thread_local std::vector<float> kq, acc;
-      kq.resize(kGgmlFaTileKV);
-      acc.resize(hd);
-      for (int64_t item = b; item < e; item++) {
-        const int t = (int)(item / n_head), h = (int)(item % n_head), g = h / group;
-        const int n_kv = pos0 + t + 1;
-        const float* qh = q + ((size_t)t * n_head + h) * hd;
-        const T* kh = head(k_, il, g);
-        const T* vh = head(v_, il, g);
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        float M = -std::numeric_limits<float>::infinity(), S = 0.0f;
-        for (int ic = 0; ic < n_kv; ic += kGgmlFaTileKV) {
-          const int m = std::min(kGgmlFaTileKV, n_kv - ic);  // the rest of the tile is masked
-          kern.scores_f16_chain(kh + (size_t)ic * hd, m, hd, qh, kq.data());
-          float tmax = -std::numeric_limits<float>::infinity();
-          for (int j = 0; j < m; j++) {
-            kq[j] *= scale;
-            tmax = std::max(tmax, kq[j]);
+    const int n_blocks = (n + kQB - 1) / kQB;
+    const int64_t items = (int64_t)n_blocks * hkv;
+    const int nt = pool.size();
+    pool.parallel_for(nt, [&](int64_t b, int64_t e, int) {
+      thread_local std::vector<float> kt, vt, kq, acc, M, S;
+      kt.resize((size_t)hd * TK);
+      vt.resize((size_t)TK * hd);
+      kq.resize(TK);
+      acc.resize((size_t)kQB * G * hd);
+      M.resize((size_t)kQB * G);
+      S.resize((size_t)kQB * G);
+      for (int64_t k = b; k < e; k++)
+        for (int64_t item = k; item < items; item += nt) {  // round robin: later blocks see more keys
+          const int qb = (int)(item / hkv), g = (int)(item % hkv);
+          const int t0 = qb * kQB, nq = std::min(kQB, n - t0);
+          const T* kh = head(k_, il, g);
+          const T* vh = head(v_, il, g);
+          std::fill(acc.begin(), acc.end(), 0.0f);
+          std::fill(M.begin(), M.end(), -std::numeric_limits<float>::infinity());
+          std::fill(S.begin(), S.end(), 0.0f);
+          const int kv_end = pos0 + t0 + nq;  // keys the block's last query sees
+          for (int ic = 0; ic < kv_end; ic += TK) {
+            const int m = std::min(TK, kv_end - ic);
+            for (int j = 0; j < m; j++) {
+              const T* kr = kh + (size_t)(ic + j) * hd;
+              const T* vr = vh + (size_t)(ic + j) * hd;
+              for (int i = 0; i < hd; i++) {
+                kt[(size_t)i * TK + j] = fp16_to_fp32(kr[i]);
+                vt[(size_t)j * hd + i] = fp16_to_fp32(vr[i]);
+              }
+            }
+            for (int t = 0; t < nq; t++) {
+              const int mq = std::min(m, pos0 + t0 + t + 1 - ic);  // keys of this tile the query sees
+              if (mq <= 0) continue;
+              for (int h = 0; h < G; h++) {
+                const size_t r = (size_t)t * G + h;
+                const float* qh = q + ((size_t)(t0 + t) * n_head + (size_t)g * G + h) * hd;
+                kern.scores_f32t_chain(kt.data(), hd, TK, qh, kq.data());
+                float tmax = -std::numeric_limits<float>::infinity();
+                for (int j = 0; j < mq; j++) {
+                  kq[j] *= scale;
+                  tmax = std::max(tmax, kq[j]);
+                }
+                for (int j = mq; j < TK; j++) kq[j] = -std::numeric_limits<float>::infinity();
+                float* a = &acc[r * hd];
+                const float Mnew = std::max(M[r], tmax);
+                if (Mnew > M[r]) {
+                  const float ms = std::exp(M[r] - Mnew);
+                  for (int i = 0; i < hd; i++) a[i] *= ms;
+                  S[r] *= ms;
+                }
+                M[r] = Mnew;
+                S[r] = (float)((double)S[r] + kern.soft_max_ggml(kq.data(), TK, Mnew));
+                for (int j = 0; j < mq; j++) kern.axpy_f32(kq[j], &vt[(size_t)j * hd], a, hd);
+              }
+            }
           }
-          const float Mnew = std::max(M, tmax);
-          if (Mnew > M) {
-            const float ms = std::exp(M - Mnew);
-            for (int i = 0; i < hd; i++) acc[i] *= ms;
-            S *= ms;
-          }
-          M = Mnew;
-          for (int j = m; j < kGgmlFaTileKV; j++) kq[j] = -std::numeric_limits<float>::infinity();
-          S = (float)((double)S + kern.soft_max_ggml(kq.data(), kGgmlFaTileKV, M));
-          for (int j = 0; j < m; j++) kern.axpy_f16(kq[j], vh + (size_t)(ic + j) * hd, acc.data(), hd);
+          for (int t = 0; t < nq; t++)
+            for (int h = 0; h < G; h++) {
+              const size_t r = (size_t)t * G + h;
+              const float inv = S[r] == 0.0f ? 0.0f : 1.0f / S[r];
+              float* oh = out + ((size_t)(t0 + t) * n_head + (size_t)g * G + h) * hd;
+              for (int i = 0; i < hd; i++) oh[i] = acc[r * hd + i] * inv;
+            }
         }
-        const float inv = S == 0.0f ? 0.0f : 1.0f / S;
-        float* oh = out + ((size_t)t * n_head + h) * hd;
-        for (int i = 0; i < hd; i++) oh[i] = acc[i] * inv;
-      }
     });
   }
 
-  // The f16 cache, batches below kGgmlFaTileQ: the arithmetic of ggml's per-row flash attention
-  // for f16 K/V, so that greedy decoding follows llama.cpp's: the query rounded to f16, scores
-  // as float dots of f16 values, an online softmax (expf) whose value accumulator is itself f16
-  // (rounded after every token, kernels.h axpy_f16_acc16 / scale_f16), divided by the float
-  // normaliser at the end. Costs about as much as the float path.
   void attend_like_ggml(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) {
     const KVCacheShape& s = shape_;
     const int hd = s.head_dim, group = n_head / s.n_head_kv;

@@ -1,7 +1,8 @@
 // The CPU kernel table. Every entry has a scalar reference (kernels/ref/) and possibly SIMD
 // versions (kernels/cpu/<isa>.cpp, compiled with per-file ISA flags); cpu_kernels() picks the
-// best the running CPU supports, once, from CPUID. EOQ_ISA=scalar|avx2|avx512 in the environment
-// forces a choice (for tests and benchmarks); asking for an ISA the CPU lacks falls back to scalar.
+// best the running CPU supports, once, from CPUID. EOQ_ISA=scalar|avx2|avx512vnni in the
+// environment forces a choice (for tests and benchmarks); asking for an ISA the CPU lacks falls
+// back to the next lower one.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -72,9 +73,10 @@ struct CpuKernels {
   // double; the AVX2 version sums in the order of ggml's ggml_vec_dot_f16 on this CPU (its
   // AVX-512 or AVX2 build: lanes, reduction tree, leftovers in double).
   float (*dot_f16_f16)(const uint16_t* a, const uint16_t* b, int64_t n);
-  // out[t] = Σ_j q[j] · row_t[j] for m f16 rows of d values, each a chain of fused multiply-adds
-  // in j order from 0 (ggml's tiled flash attention scores): the same bits on every ISA.
-  void (*scores_f16_chain)(const uint16_t* rows, int64_t m, int d, const float* q, float* out);
+  // Scores of ggml's tiled flash attention over m keys in float, transposed (kt[j*m + t]): each
+  // out[t] a chain of fused multiply-adds q[j]·kt[j*m + t] in j order from 0; the same bits on
+  // every ISA.
+  void (*scores_f32t_chain)(const float* kt, int d, int m, const float* q, float* out);
   // ggml_vec_soft_max_f32: x[i] = exp(x[i] - mx) (exp(-inf) = 0), returns Σ x[i] in double.
   // The scalar reference uses std::exp; the AVX2 version ggml's vectorised expf and summation
   // order on this CPU (as swiglu), libm expf for the last n mod (16 or 8) values.
@@ -84,5 +86,8 @@ struct CpuKernels {
 const CpuKernels& cpu_kernels();        // chosen at run time
 const CpuKernels& cpu_kernels_scalar(); // the reference table
 const CpuKernels* cpu_kernels_avx2();   // nullptr if not compiled in or not supported by the CPU
+// The AVX2 table with the legacy-format integer dots on AVX512-VNNI (the same results); nullptr
+// unless the CPU has AVX2, AVX512VL/BW and AVX512-VNNI.
+const CpuKernels* cpu_kernels_avx512vnni();
 
 }  // namespace eoq

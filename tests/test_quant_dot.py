@@ -16,7 +16,7 @@ from eoq import _core
 from test_kernels import DQ_TYPES, misaligned, random_row, rng
 
 # SIMD tables this build can have; a CPU without one skips its tests with the reason.
-SIMD_ISAS = ["avx2"]
+SIMD_ISAS = ["avx2", "avx512vnni"]
 WEIGHT_TYPES = list(DQ_TYPES)
 ACT_TYPES = ["F32", "F16", "BF16", "Q8_0", "Q8_1", "Q8_K"]
 ACT_BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q8_1": 32, "Q8_K": 256}
@@ -262,6 +262,9 @@ def test_simd_vec_dot_matches_scalar(isa, type_name):
                 for i in range(nr):
                     _, mag = expected_dot(type_name, w[i], act, a[t], n)
                     assert abs(float(got[t, i]) - float(want[t, i])) <= 4e-6 * mag + 1e-30, (n, nr, nt, t, i)
+            if isa != "avx2" and "avx2" in _core.available_isas():  # VNNI: the AVX2 table's bits
+                ref2 = _core.k_vec_dot("avx2", type_name, wb, nr, ab, nt, n)
+                np.testing.assert_array_equal(got.view(np.uint32), ref2.view(np.uint32))
             # the tile does not matter: each entry equals the 1 x 1 call bit for bit
             for t, i in [(0, 0), (nt - 1, nr - 1), (nt // 2, nr // 2)]:
                 one = _core.k_vec_dot(isa, type_name, w[i], 1, a[t], 1, n)

@@ -216,37 +216,31 @@ float dot_f16_f16_avx2(const uint16_t* a, const uint16_t* b, int64_t n) {
   return wide ? dot_f16_f16_avx2_t<true>(a, b, n) : dot_f16_f16_avx2_t<false>(a, b, n);
 }
 
-// Eight rows at a time, lanes = rows: 8x8 blocks of f16 are transposed so that one load holds
-// value j of the eight rows; then one fma per j, in j order.
-void scores_f16_chain_avx2(const uint16_t* rows, int64_t m, int d, const float* q, float* out) {
-  int64_t t = 0;
-  if (d % 8 == 0) {
-    for (; t + 8 <= m; t += 8) {
-      const uint16_t* r = rows + t * d;
-      __m256 acc = _mm256_setzero_ps();
-      for (int j = 0; j < d; j += 8) {
-        __m128i x[8];
-        for (int i = 0; i < 8; i++) x[i] = _mm_loadu_si128((const __m128i*)(r + (size_t)i * d + j));
-        // 16-bit 8x8 transpose: y[k] = value j+k of rows 0..7
-        const __m128i a0 = _mm_unpacklo_epi16(x[0], x[1]), a1 = _mm_unpackhi_epi16(x[0], x[1]);
-        const __m128i a2 = _mm_unpacklo_epi16(x[2], x[3]), a3 = _mm_unpackhi_epi16(x[2], x[3]);
-        const __m128i a4 = _mm_unpacklo_epi16(x[4], x[5]), a5 = _mm_unpackhi_epi16(x[4], x[5]);
-        const __m128i a6 = _mm_unpacklo_epi16(x[6], x[7]), a7 = _mm_unpackhi_epi16(x[6], x[7]);
-        const __m128i b0 = _mm_unpacklo_epi32(a0, a2), b1 = _mm_unpackhi_epi32(a0, a2);
-        const __m128i b2 = _mm_unpacklo_epi32(a1, a3), b3 = _mm_unpackhi_epi32(a1, a3);
-        const __m128i b4 = _mm_unpacklo_epi32(a4, a6), b5 = _mm_unpackhi_epi32(a4, a6);
-        const __m128i b6 = _mm_unpacklo_epi32(a5, a7), b7 = _mm_unpackhi_epi32(a5, a7);
-        const __m128i y[8] = {_mm_unpacklo_epi64(b0, b4), _mm_unpackhi_epi64(b0, b4), _mm_unpacklo_epi64(b1, b5),
-                              _mm_unpackhi_epi64(b1, b5), _mm_unpacklo_epi64(b2, b6), _mm_unpackhi_epi64(b2, b6),
-                              _mm_unpacklo_epi64(b3, b7), _mm_unpackhi_epi64(b3, b7)};
-        for (int k = 0; k < 8; k++) acc = _mm256_fmadd_ps(_mm256_set1_ps(q[j + k]), _mm256_cvtph_ps(y[k]), acc);
-      }
-      _mm256_storeu_ps(out + t, acc);
+void scores_f32t_chain_avx2(const float* kt, int d, int m, const float* q, float* out) {
+  int t = 0;
+  for (; t + 32 <= m; t += 32) {  // four accumulators of 8 keys
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int j = 0; j < d; j++) {
+      const __m256 qj = _mm256_set1_ps(q[j]);
+      const float* r = kt + (size_t)j * m + t;
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r), qj, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 8), qj, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 16), qj, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 24), qj, a3);
     }
+    _mm256_storeu_ps(out + t, a0);
+    _mm256_storeu_ps(out + t + 8, a1);
+    _mm256_storeu_ps(out + t + 16, a2);
+    _mm256_storeu_ps(out + t + 24, a3);
+  }
+  for (; t + 8 <= m; t += 8) {
+    __m256 a0 = _mm256_setzero_ps();
+    for (int j = 0; j < d; j++) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(kt + (size_t)j * m + t), _mm256_set1_ps(q[j]), a0);
+    _mm256_storeu_ps(out + t, a0);
   }
   for (; t < m; t++) {
     float s = 0.0f;
-    for (int j = 0; j < d; j++) s = std::fma(q[j], _cvtsh_ss(rows[t * d + j]), s);
+    for (int j = 0; j < d; j++) s = std::fma(q[j], kt[(size_t)j * m + t], s);
     out[t] = s;
   }
 }
@@ -295,7 +289,7 @@ const CpuKernels* cpu_kernels_avx2() {
                                scores_codes_avx2, values_codes_avx2, softmax_exp_avx2,
                                max_f32_avx2, quantize_act_avx2, vec_dot_avx2,
                                axpy_f16_acc16_avx2, scale_f16_avx2, swiglu_avx2,
-                               dot_f16_f16_avx2, scores_f16_chain_avx2, soft_max_ggml_avx2};
+                               dot_f16_f16_avx2, scores_f32t_chain_avx2, soft_max_ggml_avx2};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");
   return ok ? &k : nullptr;

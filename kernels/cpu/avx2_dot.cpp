@@ -309,6 +309,7 @@ struct LegacyTile {
   struct Of {
     EOQ_NOINLINE static void run(const LegacyCtx& c, int r0, int t0) {
       const __m256i ones = _mm256_set1_epi16(1), off = _mm256_set1_epi8((char)W::kOffset);
+      (void)ones;  // unused with VNNI
       __m256 acc[R][T];
       EOQ_UNROLL
       for (int r = 0; r < R; r++)
@@ -335,10 +336,27 @@ struct LegacyTile {
         for (int t = 0; t < T; t++) {
           const __m256i a = load32(aq + t * QK);
           const __m256 adb = _mm256_broadcast_ss(ad + t);
+#if EOQ_DOT_VNNI
+          // vpdpbusd: each int32 lane the sum of its four u8·s8 products, as maddubs + madd
+          const __m256i zero = _mm256_setzero_si256();
+          __m256i corr = zero;
+          if (W::kOffset) corr = _mm256_dpbusd_epi32(zero, off, a);  // offset · (a_4i + .. + a_4i+3)
+#else
           __m256i corr = _mm256_setzero_si256();
           if (W::kOffset) corr = _mm256_maddubs_epi16(off, a);  // offset · (a_2i + a_2i+1)
+#endif
           EOQ_UNROLL
           for (int r = 0; r < R; r++) {
+#if EOQ_DOT_VNNI
+            __m256i isum;
+            if (W::kSigned) {
+              isum = _mm256_dpbusd_epi32(zero, wabs[r], _mm256_sign_epi8(a, wq[r]));
+            } else {
+              isum = _mm256_dpbusd_epi32(zero, wq[r], a);
+              if (W::kOffset) isum = _mm256_sub_epi32(isum, corr);
+            }
+            const __m256 f = _mm256_cvtepi32_ps(isum);
+#else
             __m256i p;
             if (W::kSigned) {
               p = _mm256_maddubs_epi16(wabs[r], _mm256_sign_epi8(a, wq[r]));
@@ -347,6 +365,7 @@ struct LegacyTile {
               if (W::kOffset) p = _mm256_sub_epi16(p, corr);
             }
             const __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+#endif
             acc[r][t] = _mm256_fmadd_ps(f, _mm256_mul_ps(wdb[r], adb), acc[r][t]);
           }
         }

@@ -107,12 +107,10 @@ float dot_f16_f16_scalar(const uint16_t* a, const uint16_t* b, int64_t n) {
   return (float)s;
 }
 
-void scores_f16_chain_scalar(const uint16_t* rows, int64_t m, int d, const float* q, float* out) {
-  for (int64_t t = 0; t < m; t++) {
-    float s = 0.0f;
-    for (int j = 0; j < d; j++) s = std::fma(q[j], fp16_to_fp32(rows[t * d + j]), s);
-    out[t] = s;
-  }
+void scores_f32t_chain_scalar(const float* kt, int d, int m, const float* q, float* out) {
+  for (int t = 0; t < m; t++) out[t] = 0.0f;
+  for (int j = 0; j < d; j++)
+    for (int t = 0; t < m; t++) out[t] = std::fma(q[j], kt[(size_t)j * m + t], out[t]);
 }
 
 double soft_max_ggml_scalar(float* x, int64_t n, float mx) {
@@ -138,7 +136,7 @@ const CpuKernels& cpu_kernels_scalar() {
                                scores_codes_scalar, values_codes_scalar, softmax_exp_scalar,
                                max_f32_scalar, quantize_act_ref, vec_dot_ref_rows,
                                axpy_f16_acc16_scalar, scale_f16_scalar, swiglu_scalar,
-                               dot_f16_f16_scalar, scores_f16_chain_scalar, soft_max_ggml_scalar};
+                               dot_f16_f16_scalar, scores_f32t_chain_scalar, soft_max_ggml_scalar};
   return k;
 }
 
