@@ -22,7 +22,7 @@ struct KVCacheShape {
 // Cache configuration. `mode` picks the storage; the rest tune the compressed modes
 // (see ../shared/spec/kv-compression.md sections 2, 3, 6, 7). -1 means "the mode's default".
 struct KVCacheParams {
-  std::string mode = "f16";  // f32, f16, q8_0, q4_0, turbo2/3/4, eoq2/3/4
+  std::string mode = "f16";  // f32, f16, q8_0, q4_0, turbo2/3/4, eoq2/3/4, eoq (preset)
   int k_bits = -1;           // residual bits for keys   (turbo/eoq; default: the mode's digit)
   int v_bits = -1;           // residual bits for values
   int rank_cap = -1;         // eoq: max low-rank components per block (default 3 if d <= 64 else 4)
@@ -42,6 +42,10 @@ struct KVCacheParams {
 void set_kv_option(KVCacheParams& p, const std::string& key, long long value);
 // "eoq2:ring=0:shrink=false" -> mode "eoq2" with those knobs (values: integers, true, false).
 KVCacheParams parse_kv_spec(const std::string& spec);
+// Mode "eoq", the default operating point chosen by measurement (README, Results): eoq2 with the
+// preset's knobs (k_bits 3, v_bits 2, v_rank_cap 0, ring 0) wherever the caller left the mode's
+// default (-1). Other modes are returned unchanged.
+KVCacheParams apply_kv_preset(const KVCacheParams& p);
 
 class KVCache {
  public:

@@ -145,9 +145,12 @@ class CompressedKVCache final : public KVCache {
     } else if (m.size() == 4 && m.compare(0, 3, "eoq") == 0 && m[3] >= '2' && m[3] <= '4') {
       fam_ = Family::eoq;
       digit = m[3] - '0';
+    } else if (m == "eoq") {  // the default operating point: eoq2 with kv_params.cpp's preset knobs
+      fam_ = Family::eoq;
+      digit = 2;
     } else {
       fail(ErrorCode::invalid_arg, "unknown KV cache mode '" + m +
-                                       "' (known: f16, f32, q8_0, q4_0, turbo2, turbo3, turbo4, eoq2, eoq3, eoq4)");
+                                       "' (known: f16, f32, q8_0, q4_0, turbo2, turbo3, turbo4, eoq, eoq2, eoq3, eoq4)");
     }
     auto bad = [&](const std::string& what) { fail(ErrorCode::invalid_arg, "KV cache mode " + m + ": " + what); };
     if (p.k_bits != -1 && (p.k_bits < 1 || p.k_bits > 8)) bad("k_bits must be in 1..8 (or -1 for the mode's default)");
@@ -850,7 +853,7 @@ std::string CompressedKVCache::stats_json() const {
 }  // namespace
 
 std::unique_ptr<KVCache> make_compressed_kv_cache(const KVCacheParams& params, const KVCacheShape& shape) {
-  return std::make_unique<CompressedKVCache>(params, shape);
+  return std::make_unique<CompressedKVCache>(apply_kv_preset(params), shape);
 }
 
 // Test hook (bindings/bind_kv.cpp): what a compressed cache holds for layer il, decoded and

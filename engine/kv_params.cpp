@@ -11,6 +11,11 @@ namespace eoq {
 
 namespace {
 
+// The "eoq" preset, chosen on SmolLM2 at 2048 tokens (README, Results): keys carry the
+// low-rank gain (3-bit residual), values are plain 2-bit TurboQuant (eOptShrink saves them
+// almost nothing), no exact ring beyond the block being filled.
+constexpr int kEoqPresetKBits = 3, kEoqPresetVBits = 2, kEoqPresetVRankCap = 0, kEoqPresetRing = 0;
+
 const char* const kKnown =
     "k_bits, v_bits, rank_cap, v_rank_cap, factor_bits, shrink, block, ring, sinks, boundary_layers, "
     "boundary_bits, norm_correction, seed";
@@ -69,6 +74,16 @@ KVCacheParams parse_kv_spec(const std::string& spec) {
     at = next;
   }
   return p;
+}
+
+KVCacheParams apply_kv_preset(const KVCacheParams& p) {
+  if (p.mode != "eoq") return p;
+  KVCacheParams q = p;
+  if (q.k_bits == -1) q.k_bits = kEoqPresetKBits;
+  if (q.v_bits == -1) q.v_bits = kEoqPresetVBits;
+  if (q.v_rank_cap == -1) q.v_rank_cap = kEoqPresetVRankCap;
+  if (q.ring == -1) q.ring = kEoqPresetRing;
+  return q;
 }
 
 }  // namespace eoq

@@ -600,6 +600,20 @@ def test_kv_spec_strings():
     assert st["params"]["ring"] == 0 and st["params"]["shrink"] is False and st["params"]["boundary_bits"] == 4
 
 
+def test_eoq_preset_mode():
+    """Mode "eoq" is eoq2 with the measured default knobs (k_bits 3, v_bits 2, values without the
+    low-rank part, no ring); knobs the caller sets win; attention from its codes equals attention
+    over its dequantized cache like every mode's."""
+    p = _core.KVCacheTester(dict(mode="eoq"), 1, 1, 64, 32).stats()["params"]
+    assert (p["k_bits"], p["v_bits"], p["v_rank_cap"], p["ring"], p["rank_cap"]) == (3, 2, 0, 0, 3)
+    p = _core.KVCacheTester(dict(mode="eoq", ring=64, k_bits=2), 1, 1, 64, 32).stats()["params"]
+    assert (p["k_bits"], p["ring"], p["v_bits"]) == (2, 64, 2)
+    c, worst = drive(dict(mode="eoq", block=16, sinks=2))
+    assert worst < 2e-5, worst
+    st = c.stats()["summary"]
+    assert st["k"]["mean_rank"] > 0.5 and st["v"]["mean_rank"] == 0
+
+
 def test_invalid_parameters():
     ok = dict(mode="eoq2")
     T = _core.KVCacheTester

@@ -47,7 +47,7 @@ from typing import Dict, List, Optional
 from .perplexity import parse_mode
 
 PROG = "eoq-bench"
-KV_MODES = ("f16", "f32", "q8_0", "q4_0", "turbo2", "turbo3", "turbo4", "eoq2", "eoq3", "eoq4")
+KV_MODES = ("f16", "f32", "q8_0", "q4_0", "turbo2", "turbo3", "turbo4", "eoq", "eoq2", "eoq3", "eoq4")
 LLAMA_KV_TYPES = ("f16", "q8_0", "q4_0")  # eoq modes that llama.cpp's cache has too
 MIB = 1024.0 * 1024.0
 

@@ -22,7 +22,7 @@ import numpy as np
 from typing import List, Optional
 
 PROG = "eoq-run"
-KV_MODES = ("f16", "f32", "q8_0", "q4_0", "turbo2", "turbo3", "turbo4", "eoq2", "eoq3", "eoq4")
+KV_MODES = ("f16", "f32", "q8_0", "q4_0", "turbo2", "turbo3", "turbo4", "eoq", "eoq2", "eoq3", "eoq4")
 
 
 def _version() -> str:
