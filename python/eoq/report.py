@@ -225,9 +225,10 @@ def section_kld(rep: Report, kld: Optional[Any]) -> None:
         for fam, pts in families.items():
             x = [r["bits_per_entry"] for _, r in pts]
             y = [max(r["kld_mean"], 1e-6) for _, r in pts]
-            ax.plot(x, y, "o-", label=fam)
+            ax.plot(x, y, "o", label=fam)  # points: the knob settings of a family are no curve
             for (mode, _), xi, yi in zip(pts, x, y):
-                ax.annotate(mode, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax.annotate(mode.replace("eoq2:", "").replace(":", " "), (xi, yi), textcoords="offset points",
+                            xytext=(4, 2), fontsize=6)
         ax.set_yscale("log")
         ax.set_xlabel("bits per entry (whole cache, fully counted)")
         ax.set_ylabel("mean KL divergence vs f16")
