@@ -228,7 +228,7 @@ class CompressedKVCache final : public KVCache {
       {
         Stream& st = hs.s[kv];
         const float* src = kv == 0 ? k : v;
-        st.recent.clear();
+        std::vector<uint16_t>().swap(st.recent);  // free: only a batch that seals refills it
         st.recent_first = st.blocks.size();
         for (int t = 0; t < n; t++) {
           const float* x = src + ((size_t)t * s.n_head_kv + g) * d;
