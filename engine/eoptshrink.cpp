@@ -479,6 +479,22 @@ void SealedBlock::factors(float* coef, float* basis) const {
   }
 }
 
+void SealedBlock::factors_transposed(float* coefT, float* basis) const {
+  const int qmax = (1 << (factor_bits - 1)) - 1;
+  // field f of a factor_bits-bit stream (LSB first; kernels/turboquant.h pack_bits)
+  auto field = [&](const std::vector<uint8_t>& buf, int64_t f) -> int {
+    if (factor_bits == 4) return (buf[(size_t)(f >> 1)] >> ((f & 1) * 4)) & 15;
+    return (int)get_bits(buf.data(), f, factor_bits);
+  };
+  for (int i = 0; i < rank; i++) {
+    const float cs = fp16_to_fp32(coef_scale[i]);
+    float* ct = coefT + (size_t)i * n;
+    for (int t = 0; t < n; t++) ct[t] = cs * (float)(field(coef_codes, (int64_t)t * rank + i) - qmax);
+    const float bs = fp16_to_fp32(basis_scale[i]);
+    for (int j = 0; j < d; j++) basis[(size_t)i * d + j] = bs * (float)(field(basis_codes, (int64_t)i * d + j) - qmax);
+  }
+}
+
 void SealedBlock::dequantize(float* out) const {
   if (kind == exact) {
     for (size_t i = 0; i < (size_t)n * d; i++) out[i] = fp16_to_fp32(exact_f16[i]);

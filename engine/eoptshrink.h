@@ -109,6 +109,9 @@ struct SealedBlock {
   size_t bytes() const;  // every buffer above plus the header
   // Dequantized factors: coef[n*r] (row-major), basis[r*d] (row-major).
   void factors(float* coef, float* basis) const;
+  // The same with the coefficients transposed, coefT[r*n] (component-major: what attention
+  // reads), decoded straight from the codes.
+  void factors_transposed(float* coefT, float* basis) const;
   // Explicit reconstruction, X̂[n*d] (what attention from the codes is equivalent to).
   void dequantize(float* out) const;
 };

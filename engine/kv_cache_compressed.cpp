@@ -499,11 +499,8 @@ class CompressedKVCache final : public KVCache {
     std::vector<float>& v = c.map[&blk];
     if (v.empty()) {
       const size_t nr = (size_t)blk.n * blk.rank;
-      v.resize(2 * nr + (size_t)blk.rank * blk.d);
-      float* coef = v.data() + nr + (size_t)blk.rank * blk.d;  // row-major, then transposed into place
-      blk.factors(coef, v.data() + nr);
-      for (int t = 0; t < blk.n; t++)
-        for (int i = 0; i < blk.rank; i++) v[(size_t)i * blk.n + t] = coef[(size_t)t * blk.rank + i];
+      v.resize(nr + (size_t)blk.rank * blk.d);
+      blk.factors_transposed(v.data(), v.data() + nr);
       c.floats += v.size();
     }
     return v.data();
