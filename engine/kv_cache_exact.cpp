@@ -18,22 +18,9 @@ namespace eoq {
 
 namespace {
 
-template <typename T>
-struct ElemOps;
-
-template <>
-struct ElemOps<float> {
-  static float store(float x) { return x; }
-  static float dot(const CpuKernels& k, const float* a, const float* b, int64_t n) { return k.dot_f32(a, b, n); }
-  static void axpy(const CpuKernels& k, float w, const float* x, float* y, int64_t n) { k.axpy_f32(w, x, y, n); }
-};
-
-template <>
-struct ElemOps<uint16_t> {
-  static uint16_t store(float x) { return fp32_to_fp16(x); }
-  static float dot(const CpuKernels& k, const uint16_t* a, const float* b, int64_t n) { return k.dot_f16_f32(a, b, n); }
-  static void axpy(const CpuKernels& k, float w, const uint16_t* x, float* y, int64_t n) { k.axpy_f16(w, x, y, n); }
-};
+// Storage conversion of the two exact caches.
+inline float store_as(float x, float*) { return x; }
+inline uint16_t store_as(float x, uint16_t*) { return fp32_to_fp16(x); }
 
 template <typename T>
 class ExactKVCache final : public KVCache {
@@ -58,49 +45,49 @@ class ExactKVCache final : public KVCache {
         const float* ks = k + ((size_t)t * s.n_head_kv + g) * s.head_dim;
         const float* vs = v + ((size_t)t * s.n_head_kv + g) * s.head_dim;
         for (int i = 0; i < s.head_dim; i++) {
-          kd[i] = ElemOps<T>::store(ks[i]);
-          vd[i] = ElemOps<T>::store(vs[i]);
+          kd[i] = store_as(ks[i], kd);
+          vd[i] = store_as(vs[i], vd);
         }
       }
     n_[il] = pos0 + n;
   }
 
   void attend(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) override {
-    const KVCacheShape& s = shape_;
-    const int hd = s.head_dim, group = n_head / s.n_head_kv;
-    const float scale = 1.0f / std::sqrt((float)hd);
-    const CpuKernels& kern = cpu_kernels();
     if constexpr (std::is_same<T, uint16_t>::value) {
       if (n < kGgmlFaTileQ) attend_like_ggml(il, pos0, n, n_head, q, out, pool);
       else attend_tiled_like_ggml(il, pos0, n, n_head, q, out, pool);
-      return;
+    } else {
+      // The f32 cache: plain float softmax attention, one work item per (query token, query head).
+      const KVCacheShape& s = shape_;
+      const int hd = s.head_dim, group = n_head / s.n_head_kv;
+      const float scale = 1.0f / std::sqrt((float)hd);
+      const CpuKernels& kern = cpu_kernels();
+      pool.parallel_for((int64_t)n * n_head, [&](int64_t b, int64_t e, int) {
+        thread_local std::vector<float> scores;
+        for (int64_t item = b; item < e; item++) {
+          const int t = (int)(item / n_head), h = (int)(item % n_head), g = h / group;
+          const int n_kv = pos0 + t + 1;
+          const float* qh = q + ((size_t)t * n_head + h) * hd;
+          float* oh = out + ((size_t)t * n_head + h) * hd;
+          const T* kh = head(k_, il, g);
+          const T* vh = head(v_, il, g);
+          scores.resize(n_kv);
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int j = 0; j < n_kv; j++) {
+            scores[j] = kern.dot_f32(kh + (size_t)j * hd, qh, hd) * scale;
+            mx = scores[j] > mx ? scores[j] : mx;
+          }
+          double sum = 0;
+          for (int j = 0; j < n_kv; j++) {
+            scores[j] = std::exp(scores[j] - mx);
+            sum += scores[j];
+          }
+          const float inv = (float)(1.0 / sum);
+          for (int i = 0; i < hd; i++) oh[i] = 0;
+          for (int j = 0; j < n_kv; j++) kern.axpy_f32(scores[j] * inv, vh + (size_t)j * hd, oh, hd);
+        }
+      });
     }
-    // One work item per (query token, query head).
-    pool.parallel_for((int64_t)n * n_head, [&](int64_t b, int64_t e, int) {
-      thread_local std::vector<float> scores;
-      for (int64_t item = b; item < e; item++) {
-        const int t = (int)(item / n_head), h = (int)(item % n_head), g = h / group;
-        const int n_kv = pos0 + t + 1;
-        const float* qh = q + ((size_t)t * n_head + h) * hd;
-        float* oh = out + ((size_t)t * n_head + h) * hd;
-        const T* kh = head(k_, il, g);
-        const T* vh = head(v_, il, g);
-        scores.resize(n_kv);
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int j = 0; j < n_kv; j++) {
-          scores[j] = ElemOps<T>::dot(kern, kh + (size_t)j * hd, qh, hd) * scale;
-          mx = scores[j] > mx ? scores[j] : mx;
-        }
-        double sum = 0;
-        for (int j = 0; j < n_kv; j++) {
-          scores[j] = std::exp(scores[j] - mx);
-          sum += scores[j];
-        }
-        const float inv = (float)(1.0 / sum);
-        for (int i = 0; i < hd; i++) oh[i] = 0;
-        for (int j = 0; j < n_kv; j++) ElemOps<T>::axpy(kern, scores[j] * inv, vh + (size_t)j * hd, oh, hd);
-      }
-    });
   }
 
   // ggml's CPU flash attention (llama.cpp's default) takes batches of fewer than 64 queries,
