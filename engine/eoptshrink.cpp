@@ -472,26 +472,41 @@ void SealedBlock::factors(float* coef, float* basis) const {
   unpack_bits(basis_codes.data(), (int64_t)rank * d, factor_bits, q.data() + (size_t)n * rank);
   for (int i = 0; i < rank; i++) {
     const float cs = fp16_to_fp32(coef_scale[i]);
-    for (int t = 0; t < n; t++) coef[(size_t)t * rank + i] = cs * (float)((int)q[(size_t)t * rank + i] - qmax);
+    for (int t = 0; t < n; t++) coef[(size_t)t * rank + i] = cs * (float)((int)q[(size_t)i * n + t] - qmax);
     const float bs = fp16_to_fp32(basis_scale[i]);
     const uint8_t* qb = q.data() + (size_t)n * rank + (size_t)i * d;
     for (int j = 0; j < d; j++) basis[(size_t)i * d + j] = bs * (float)((int)qb[j] - qmax);
   }
 }
 
+namespace {
+
+// out[k] = lut[field first + k] for k < count, fields of a `bits`-bit stream (LSB first;
+// kernels/turboquant.h pack_bits). 4-bit fields starting on a byte go two per byte.
+void decode_fields(const uint8_t* buf, int64_t first, int count, int bits, const float* lut, float* out) {
+  int k = 0;
+  if (bits == 4 && (first & 1) == 0) {
+    const uint8_t* b = buf + first / 2;
+    for (; k + 2 <= count; k += 2, b++) {
+      out[k] = lut[*b & 15];
+      out[k + 1] = lut[*b >> 4];
+    }
+  }
+  for (; k < count; k++) out[k] = lut[get_bits(buf, first + k, bits)];
+}
+
+}  // namespace
+
 void SealedBlock::factors_transposed(float* coefT, float* basis) const {
   const int qmax = (1 << (factor_bits - 1)) - 1;
-  // field f of a factor_bits-bit stream (LSB first; kernels/turboquant.h pack_bits)
-  auto field = [&](const std::vector<uint8_t>& buf, int64_t f) -> int {
-    if (factor_bits == 4) return (buf[(size_t)(f >> 1)] >> ((f & 1) * 4)) & 15;
-    return (int)get_bits(buf.data(), f, factor_bits);
-  };
+  float lut[256];
   for (int i = 0; i < rank; i++) {
     const float cs = fp16_to_fp32(coef_scale[i]);
-    float* ct = coefT + (size_t)i * n;
-    for (int t = 0; t < n; t++) ct[t] = cs * (float)(field(coef_codes, (int64_t)t * rank + i) - qmax);
+    for (int c = 0; c < (1 << factor_bits); c++) lut[c] = cs * (float)(c - qmax);
+    decode_fields(coef_codes.data(), (int64_t)i * n, n, factor_bits, lut, coefT + (size_t)i * n);
     const float bs = fp16_to_fp32(basis_scale[i]);
-    for (int j = 0; j < d; j++) basis[(size_t)i * d + j] = bs * (float)(field(basis_codes, (int64_t)i * d + j) - qmax);
+    for (int c = 0; c < (1 << factor_bits); c++) lut[c] = bs * (float)(c - qmax);
+    decode_fields(basis_codes.data(), (int64_t)i * d, d, factor_bits, lut, basis + (size_t)i * d);
   }
 }
 
@@ -733,9 +748,9 @@ void seal_block(const float* X, int n, int d, const SealParams& p, SealedBlock& 
       out.basis_scale = bs;
       out.coef_codes.assign(packed_bytes((int64_t)n * r, p.factor_bits), 0);
       out.basis_codes.assign(packed_bytes((int64_t)r * d, p.factor_bits), 0);
-      for (int t = 0; t < n; t++)
-        for (int c = 0; c < r; c++)
-          put_bits(out.coef_codes.data(), (int64_t)t * r + c, p.factor_bits, (uint32_t)(cq[(size_t)c * n + t] + qmax));
+      for (int c = 0; c < r; c++)
+        for (int t = 0; t < n; t++)
+          put_bits(out.coef_codes.data(), (int64_t)c * n + t, p.factor_bits, (uint32_t)(cq[(size_t)c * n + t] + qmax));
       for (int c = 0; c < r; c++)
         for (int j = 0; j < d; j++)
           put_bits(out.basis_codes.data(), (int64_t)c * d + j, p.factor_bits, (uint32_t)(bq[(size_t)c * d + j] + qmax));

@@ -90,7 +90,8 @@ struct SealParams {
 
 // What one sealed matrix (n tokens × d, in the rotated basis) stores.
 //  kind compressed: X̂ = dequant(C) · dequant(Bm) + residual rows
-//    C (n×r) codes row-major (token t's r codes together), Bm (r×d) codes row-major, both packed
+//    C (n×r) codes column-major (component i's n codes together: what attention reads), Bm (r×d)
+//    codes row-major, both packed
 //    factor_bits-bit fields holding code + qmax; coef_scale[i] per column, basis_scale[i] per row
 //    (f16); gains[i] f16 (stored for statistics and counted, the factors already include them).
 //    Residual: per token, packed bits-bit Lloyd–Max indices (code_bytes per row) and an f16 norm.
@@ -109,8 +110,8 @@ struct SealedBlock {
   size_t bytes() const;  // every buffer above plus the header
   // Dequantized factors: coef[n*r] (row-major), basis[r*d] (row-major).
   void factors(float* coef, float* basis) const;
-  // The same with the coefficients transposed, coefT[r*n] (component-major: what attention
-  // reads), decoded straight from the codes.
+  // The same with the coefficients transposed, coefT[r*n] (component-major, as stored: what
+  // attention reads).
   void factors_transposed(float* coefT, float* basis) const;
   // Explicit reconstruction, X̂[n*d] (what attention from the codes is equivalent to).
   void dequantize(float* out) const;

@@ -666,6 +666,17 @@ class CompressedKVCache final : public KVCache {
     return m >= ring_ + block_ ? (m - ring_) / block_ : 0;
   }
 
+  // The first cache lines of a sealed block's arrays (the hardware prefetcher follows the rest).
+  static void prefetch_block(const SealedBlock& b) {
+    auto lines = [](const void* p, size_t bytes) {
+      for (size_t o = 0; o < std::min<size_t>(bytes, 256); o += 64) __builtin_prefetch((const char*)p + o);
+    };
+    lines(b.codes.data(), b.codes.size());
+    lines(b.norms.data(), 2 * b.norms.size());
+    lines(b.coef_codes.data(), b.coef_codes.size());
+    lines(b.basis_codes.data(), b.basis_codes.size());
+  }
+
   // Folds cached tokens [lo, hi) of KV head hs (token order: sinks, blocks, ring; or q rows)
   // into the online-softmax state w of its G query heads. Blocks from index n_sealed on are
   // read from their exact rows while those are still held (Stream::recent), so that a query of
@@ -693,6 +704,10 @@ class CompressedKVCache final : public KVCache {
     if (clip(0, ns)) exact_segment(w, G, b - a, K.sinks.data() + (size_t)a * d, V.sinks.data() + (size_t)a * d);
     int start = ns;
     for (size_t i = 0; i < K.blocks.size() && start < hi; i++) {
+      if (i + 1 < K.blocks.size()) {  // the next block's arrays are separate heap blocks: start them
+        prefetch_block(K.blocks[i + 1]);
+        prefetch_block(V.blocks[i + 1]);
+      }
       if (clip(start, K.blocks[i].n)) {
         if ((int)i >= n_sealed && i >= K.recent_first &&
             (i - K.recent_first + 1) * (size_t)block_ * d <= K.recent.size()) {

@@ -316,6 +316,46 @@ def test_attention_code_kernels_read_only_their_rows(isa):
         np.testing.assert_allclose(_core.k_scores_codes(isa, junk[:5], d, bits, cent, q), want, rtol=1e-5, atol=1e-5)
 
 
+def _guarded_codes(data):
+    """data copied to the end of a page that is followed by an inaccessible page, so that any
+    read past its end faults."""
+    import ctypes
+    import mmap
+    page = mmap.PAGESIZE
+    buf = mmap.mmap(-1, 2 * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert libc.mprotect(base + page, page, 0) == 0  # PROT_NONE
+    arr = np.frombuffer(buf, np.uint8, count=data.size, offset=page - data.size).reshape(data.shape)
+    arr[...] = data
+    return buf, arr
+
+
+@pytest.mark.parametrize("isa", SIMD)
+def test_attention_code_kernels_never_read_past_the_codes(isa):
+    # Every row length from 1 byte up, the codes ending exactly at an inaccessible page: a read
+    # past the end would crash the test process.
+    r = rng()
+    for bits in (1, 2, 3, 4):
+        for d in (8, 16, 32, 64, 128):
+            rb = (d * bits + 7) // 8
+            for m in (1, 2, 3, 5, 17):
+                codes = r.integers(0, 256, (m, rb), dtype=np.uint8)
+                cent = np.linspace(-2, 2, 2 ** bits).astype(np.float32)
+                q = r.standard_normal((3, d)).astype(np.float32)
+                w = r.random((3, m)).astype(np.float32)
+                acc = np.zeros((3, d), np.float32)
+                buf, guarded = _guarded_codes(codes)
+                np.testing.assert_allclose(_core.k_scores_codes(isa, guarded, d, bits, cent, q),
+                                           _core.k_scores_codes("scalar", codes, d, bits, cent, q), rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(_core.k_values_codes(isa, guarded, d, bits, cent, w, acc),
+                                           _core.k_values_codes("scalar", codes, d, bits, cent, w, acc), rtol=1e-5,
+                                           atol=1e-5)
+                del guarded
+                buf.close()
+
+
 def test_attention_kernels_bad_arguments():
     with pytest.raises(_core.EoqError):
         _core.k_scores_codes("scalar", np.zeros((3, 16), np.uint8), 64, 3, np.zeros(8, np.float32),

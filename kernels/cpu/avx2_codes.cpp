@@ -23,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/padded_tail.h"
 #include "kernels/kernels.h"
 #include "kernels/turboquant.h"
 
@@ -77,36 +78,17 @@ struct CodeLookup {
   }
 };
 
-// Rows [0, m-1) may be read 4 bytes at a time anywhere up to their end (the next row follows);
-// the last row is copied into a padded buffer so that nothing past the codes is touched.
-struct PaddedLastRow {
-  alignas(16) uint8_t buf[8 * 8 + 8];  // rb <= d*4/8 bytes: d <= 128 fits; larger d: heap
-  std::vector<uint8_t> big;
-  const uint8_t* p = nullptr;
-  PaddedLastRow(const uint8_t* row, size_t rb) {
-    uint8_t* dst = buf;
-    if (rb + 4 > sizeof(buf)) {
-      big.assign(rb + 4, 0);
-      dst = big.data();
-    } else {
-      std::memset(buf, 0, sizeof(buf));
-    }
-    std::memcpy(dst, row, rb);
-    p = dst;
-  }
-};
-
 template <int B, int NH>
 void scores_codes_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, const float* q, float* out,
                      int64_t ldo) {
   const CodeLookup<B> look(centroids);
   const size_t rb = packed_bytes(d, B);
   const int ng = d / 8;
-  const PaddedLastRow last(codes + (size_t)(m - 1) * rb, rb);
+  PaddedTail rows(codes, m, rb, 4);  // look() reads 4 bytes at row + g*B
   __m256 buf[NH][8];
   float tail[NH][8];
   for (int64_t t = 0; t < m; t++) {
-    const uint8_t* row = t + 1 < m ? codes + (size_t)t * rb : last.p;
+    const uint8_t* row = rows.row(t);
     __m256 a0[NH], a1[NH];
     EOQ_UNROLL
     for (int h = 0; h < NH; h++) a0[h] = a1[h] = _mm256_setzero_ps();
@@ -150,7 +132,7 @@ void values_codes_nh(const uint8_t* codes, int64_t m, int d, const float* centro
   const CodeLookup<B> look(centroids);
   const size_t rb = packed_bytes(d, B);
   const int ng = d / 8;
-  const PaddedLastRow last(codes + (size_t)(m - 1) * rb, rb);
+  PaddedTail rows(codes, m, rb, 4);  // look() reads 4 bytes at row + g*B
   int g = 0;
   for (; g + 2 <= ng; g += 2) {
     __m256 a0[NH], a1[NH];
@@ -160,7 +142,7 @@ void values_codes_nh(const uint8_t* codes, int64_t m, int d, const float* centro
       a1[h] = _mm256_loadu_ps(acc + (size_t)h * d + 8 * g + 8);
     }
     for (int64_t t = 0; t < m; t++) {
-      const uint8_t* row = t + 1 < m ? codes + (size_t)t * rb : last.p;
+      const uint8_t* row = rows.row(t);
       const __m256 c0 = look(row, g), c1 = look(row, g + 1);
       EOQ_UNROLL
       for (int h = 0; h < NH; h++) {
@@ -180,7 +162,7 @@ void values_codes_nh(const uint8_t* codes, int64_t m, int d, const float* centro
     EOQ_UNROLL
     for (int h = 0; h < NH; h++) a0[h] = _mm256_loadu_ps(acc + (size_t)h * d + 8 * g);
     for (int64_t t = 0; t < m; t++) {
-      const uint8_t* row = t + 1 < m ? codes + (size_t)t * rb : last.p;
+      const uint8_t* row = rows.row(t);
       const __m256 c0 = look(row, g);
       EOQ_UNROLL
       for (int h = 0; h < NH; h++) a0[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(w + h * ldw + t), c0, a0[h]);

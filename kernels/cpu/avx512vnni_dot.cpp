@@ -3,7 +3,8 @@
 // legacy formats (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) is one vpdpbusd instead of maddubs + madd. The lane
 // sums are the same integers and every float operation is the same, so the results are the
 // AVX2 table's bits (tests/test_quant_dot.py checks both against the scalar reference). The
-// table is the AVX2 one with vec_dot swapped, chosen when CPUID reports VNNI.
+// table is the AVX2 one with vec_dot swapped, chosen when CPUID reports VNNI; where it also
+// reports VBMI, the attention kernels over packed codes are kernels/cpu/avx512_codes.cpp's.
 #if defined(__x86_64__) || defined(_M_X64)
 #define EOQ_DOT_VNNI 1
 #define quantize_act_avx2 quantize_act_avx512vnni
@@ -17,6 +18,11 @@ namespace eoq {
 
 void vec_dot_avx2(GGMLType w, int64_t n, const void* w_rows, size_t w_stride, int nr, const void* a_rows,
                   size_t a_stride, int nt, float* y, int64_t ldy);
+// kernels/cpu/avx512_codes.cpp (needs AVX512-VBMI as well)
+void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
+                         int nq, float* out);
+void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
+                         int nq, float* acc);
 
 namespace {
 
@@ -43,6 +49,10 @@ const CpuKernels* cpu_kernels_avx512vnni() {
     static CpuKernels t = *base;
     t.isa = "avx512vnni";
     t.vec_dot = vec_dot_vnni;
+    if (__builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512dq")) {
+      t.scores_codes = scores_codes_avx512;
+      t.values_codes = values_codes_avx512;
+    }
     return &t;
   }();
   return k;

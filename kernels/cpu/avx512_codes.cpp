@@ -1,0 +1,217 @@
+// AVX-512 (F, BW, VL, DQ, VBMI) versions of the attention kernels over packed TurboQuant codes
+// (kernels.h scores_codes / values_codes; reference in kernels/ref/vec.cpp, AVX2 versions in
+// kernels/cpu/avx2_codes.cpp). Chosen with the AVX512-VNNI table when CPUID also reports VBMI.
+//
+// Sixteen coordinates of b <= 4 bits are 2b <= 8 bytes. One 64-bit broadcast load puts them in
+// every qword of a vector; vpmultishiftqb then moves the bits of coordinate i to the low byte of
+// dword lane i (each lane takes 8 bits at offset b·i of its qword); vpermps looks the 16 lanes
+// up in a 16-entry table that repeats the 2^b centroids (entry e = centroids[e mod 2^b]), so the
+// bits above a code in the lane's low nibble do not matter and no mask is needed. Three
+// instructions per 16 coordinates, the AVX2 path's cost per 8; the look-up is exact, so results
+// differ from the reference only in float summation order. d not a multiple of 16 and b > 4 go
+// to the AVX2 versions.
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/cpu/padded_tail.h"
+#include "kernels/kernels.h"
+#include "kernels/turboquant.h"
+
+// GCC 12 flags the _mm512_undefined_* operands inside the multishift and permute intrinsics.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace eoq {
+
+void scores_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
+                       int nq, float* out);
+void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
+                       int nq, float* acc);
+
+namespace {
+
+constexpr int kMaxNQ = 4;  // query vectors per pass
+
+#define EOQ_UNROLL _Pragma("GCC unroll 16")
+
+// The centroids of coordinates 16g..16g+15 of a row of B-bit codes. Reads 8 bytes at row + 2Bg:
+// the caller guarantees they exist (PaddedTail).
+template <int B>
+struct Lookup16 {
+  __m512i ctrl;
+  __m512 table;
+  explicit Lookup16(const float* centroids) {
+    alignas(64) uint8_t c[64] = {0};
+    for (int i = 0; i < 16; i++) c[(i / 2) * 8 + (i % 2) * 4] = (uint8_t)(B * i);  // lane i: bits B·i.. of its qword
+    ctrl = _mm512_load_si512(c);
+    alignas(64) float t[16];
+    for (int e = 0; e < 16; e++) t[e] = centroids[e & ((1 << B) - 1)];
+    table = _mm512_load_ps(t);
+  }
+  __m512 operator()(const uint8_t* row, int g) const {
+    uint64_t x;
+    std::memcpy(&x, row + 2 * B * g, 8);
+    const __m512i idx = _mm512_multishift_epi64_epi8(ctrl, _mm512_set1_epi64((long long)x));
+    return _mm512_permutexvar_ps(idx, table);
+  }
+};
+
+// r[i] = Σ lanes of v[i], i = 0..7 (8 ymm vectors -> one).
+inline __m256 reduce8(const __m256* v) {
+  const __m256 a01 = _mm256_hadd_ps(v[0], v[1]), a23 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 a45 = _mm256_hadd_ps(v[4], v[5]), a67 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 b0 = _mm256_hadd_ps(a01, a23), b1 = _mm256_hadd_ps(a45, a67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(b0, b1, 0x20), _mm256_permute2f128_ps(b0, b1, 0x31));
+}
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// One accumulator per query vector and token (16 lanes folded to 8 at the end of the row); the
+// scores of 8 tokens are reduced together by a horizontal-add transpose.
+template <int B, int NH>
+void scores_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, const float* q, float* out,
+               int64_t ldo) {
+  const Lookup16<B> look(centroids);
+  const size_t rb = packed_bytes(d, B);
+  const int ng = d / 16;
+  PaddedTail rows(codes, m, rb, 8);  // look() reads 8 bytes at row + 2Bg
+  __m256 buf[NH][8];
+  for (int64_t t = 0; t < m; t++) {
+    const uint8_t* row = rows.row(t);
+    __m512 a[NH];
+    EOQ_UNROLL
+    for (int h = 0; h < NH; h++) a[h] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+      const __m512 c = look(row, g);
+      EOQ_UNROLL
+      for (int h = 0; h < NH; h++) a[h] = _mm512_fmadd_ps(c, _mm512_loadu_ps(q + (size_t)h * d + 16 * g), a[h]);
+    }
+    const int k = (int)(t & 7);
+    EOQ_UNROLL
+    for (int h = 0; h < NH; h++)
+      buf[h][k] = _mm256_add_ps(_mm512_castps512_ps256(a[h]), _mm512_extractf32x8_ps(a[h], 1));
+    if (k == 7) {
+      EOQ_UNROLL
+      for (int h = 0; h < NH; h++) _mm256_storeu_ps(out + h * ldo + t - 7, reduce8(buf[h]));
+    } else if (t + 1 == m) {
+      EOQ_UNROLL
+      for (int h = 0; h < NH; h++)
+        for (int i = 0; i <= k; i++) out[h * ldo + t - k + i] = hsum8(buf[h][i]);
+    }
+  }
+}
+
+// Coordinates in the outer loop, up to 4 groups of 16 per pass (NH·4 accumulators in registers),
+// tokens in the inner one.
+template <int B, int NH>
+void values_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, const float* w, int64_t ldw,
+               float* acc) {
+  const Lookup16<B> look(centroids);
+  const size_t rb = packed_bytes(d, B);
+  const int ng = d / 16;
+  PaddedTail rows(codes, m, rb, 8);  // look() reads 8 bytes at row + 2Bg
+  for (int g0 = 0; g0 < ng; g0 += 4) {
+    const int gn = std::min(4, ng - g0);
+    __m512 a[NH][4];
+    EOQ_UNROLL
+    for (int h = 0; h < NH; h++)
+      EOQ_UNROLL
+      for (int i = 0; i < 4; i++)
+        a[h][i] = i < gn ? _mm512_loadu_ps(acc + (size_t)h * d + 16 * (g0 + i)) : _mm512_setzero_ps();
+    if (gn == 4) {
+      for (int64_t t = 0; t < m; t++) {
+        const uint8_t* row = rows.row(t);
+        __m512 wt[NH];
+        EOQ_UNROLL
+        for (int h = 0; h < NH; h++) wt[h] = _mm512_set1_ps(w[h * ldw + t]);
+        EOQ_UNROLL
+        for (int i = 0; i < 4; i++) {
+          const __m512 c = look(row, g0 + i);
+          EOQ_UNROLL
+          for (int h = 0; h < NH; h++) a[h][i] = _mm512_fmadd_ps(wt[h], c, a[h][i]);
+        }
+      }
+    } else {
+      for (int64_t t = 0; t < m; t++) {
+        const uint8_t* row = rows.row(t);
+        __m512 wt[NH];
+        EOQ_UNROLL
+        for (int h = 0; h < NH; h++) wt[h] = _mm512_set1_ps(w[h * ldw + t]);
+        for (int i = 0; i < gn; i++) {
+          const __m512 c = look(row, g0 + i);
+          EOQ_UNROLL
+          for (int h = 0; h < NH; h++) a[h][i] = _mm512_fmadd_ps(wt[h], c, a[h][i]);
+        }
+      }
+    }
+    EOQ_UNROLL
+    for (int h = 0; h < NH; h++)
+      for (int i = 0; i < gn; i++) _mm512_storeu_ps(acc + (size_t)h * d + 16 * (g0 + i), a[h][i]);
+  }
+}
+
+template <int B>
+void scores_b(const uint8_t* codes, int64_t m, int d, const float* cent, const float* q, int nq, float* out) {
+  for (int h0 = 0; h0 < nq; h0 += kMaxNQ) {
+    const float* qh = q + (size_t)h0 * d;
+    float* oh = out + h0 * m;
+    switch (std::min(kMaxNQ, nq - h0)) {
+      case 1: scores_nh<B, 1>(codes, m, d, cent, qh, oh, m); break;
+      case 2: scores_nh<B, 2>(codes, m, d, cent, qh, oh, m); break;
+      case 3: scores_nh<B, 3>(codes, m, d, cent, qh, oh, m); break;
+      default: scores_nh<B, 4>(codes, m, d, cent, qh, oh, m); break;
+    }
+  }
+}
+
+template <int B>
+void values_b(const uint8_t* codes, int64_t m, int d, const float* cent, const float* w, int nq, float* acc) {
+  for (int h0 = 0; h0 < nq; h0 += kMaxNQ) {
+    const float* wh = w + h0 * m;
+    float* ah = acc + (size_t)h0 * d;
+    switch (std::min(kMaxNQ, nq - h0)) {
+      case 1: values_nh<B, 1>(codes, m, d, cent, wh, m, ah); break;
+      case 2: values_nh<B, 2>(codes, m, d, cent, wh, m, ah); break;
+      case 3: values_nh<B, 3>(codes, m, d, cent, wh, m, ah); break;
+      default: values_nh<B, 4>(codes, m, d, cent, wh, m, ah); break;
+    }
+  }
+}
+
+}  // namespace
+
+void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
+                         int nq, float* out) {
+  if (m <= 0) return;
+  if (d % 16 != 0) return scores_codes_avx2(codes, m, d, bits, centroids, q, nq, out);
+  switch (bits) {
+    case 1: return scores_b<1>(codes, m, d, centroids, q, nq, out);
+    case 2: return scores_b<2>(codes, m, d, centroids, q, nq, out);
+    case 3: return scores_b<3>(codes, m, d, centroids, q, nq, out);
+    case 4: return scores_b<4>(codes, m, d, centroids, q, nq, out);
+    default: return scores_codes_avx2(codes, m, d, bits, centroids, q, nq, out);
+  }
+}
+
+void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
+                         int nq, float* acc) {
+  if (m <= 0) return;
+  if (d % 16 != 0) return values_codes_avx2(codes, m, d, bits, centroids, w, nq, acc);
+  switch (bits) {
+    case 1: return values_b<1>(codes, m, d, centroids, w, nq, acc);
+    case 2: return values_b<2>(codes, m, d, centroids, w, nq, acc);
+    case 3: return values_b<3>(codes, m, d, centroids, w, nq, acc);
+    case 4: return values_b<4>(codes, m, d, centroids, w, nq, acc);
+    default: return values_codes_avx2(codes, m, d, bits, centroids, w, nq, acc);
+  }
+}
+
+}  // namespace eoq
+#endif
