@@ -23,7 +23,6 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels/cpu/padded_tail.h"
 #include "kernels/kernels.h"
 #include "kernels/turboquant.h"
 
@@ -54,24 +53,32 @@ inline __m256 reduce8(const __m256* v) {
 
 // ---- packed codes ----
 
-// The centroids of the 8 coordinates of group g (coordinates 8g..8g+7) of a row of B-bit codes.
-// Reads 4 bytes at row + g*B: the caller guarantees they exist (see padded_last_row).
+// The centroids of the 8 coordinates of group g (coordinates 8g..8g+7) of a row of B-bit codes
+// (rb >= 4 bytes). The group's 8B bits start at byte B·g; the 4 bytes read start there or, for
+// the last groups, at rb − 4 with the shifts moved up to match, so no read leaves the row.
 template <int B>
 struct CodeLookup {
-  __m256i shifts, mask;
+  static constexpr int kMaxGroups = 64;  // d <= 512
+  __m256i mask;
   __m256 lo, hi;  // centroids 0..7 and 8..15
-  explicit CodeLookup(const float* centroids) {
-    shifts = _mm256_setr_epi32(0, B, 2 * B, 3 * B, 4 * B, 5 * B, 6 * B, 7 * B);
+  int off[kMaxGroups];
+  alignas(32) int32_t shifts[kMaxGroups][8];
+  CodeLookup(const float* centroids, int ng, size_t rb) {
     mask = _mm256_set1_epi32((1 << B) - 1);
     alignas(32) float c[16] = {0};
     for (int i = 0; i < (1 << B); i++) c[i] = centroids[i];
     lo = _mm256_load_ps(c);
     hi = _mm256_load_ps(c + 8);
+    for (int g = 0; g < ng; g++) {
+      off[g] = std::min(B * g, (int)rb - 4);
+      for (int i = 0; i < 8; i++) shifts[g][i] = 8 * (B * g - off[g]) + B * i;
+    }
   }
   __m256 operator()(const uint8_t* row, int g) const {
     uint32_t x;
-    std::memcpy(&x, row + g * B, 4);
-    const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)x), shifts), mask);
+    std::memcpy(&x, row + off[g], 4);
+    const __m256i sh = _mm256_load_si256((const __m256i*)shifts[g]);
+    const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)x), sh), mask);
     if (B <= 3) return _mm256_permutevar8x32_ps(lo, idx);
     const __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
     return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
@@ -81,14 +88,13 @@ struct CodeLookup {
 template <int B, int NH>
 void scores_codes_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, const float* q, float* out,
                      int64_t ldo) {
-  const CodeLookup<B> look(centroids);
   const size_t rb = packed_bytes(d, B);
   const int ng = d / 8;
-  PaddedTail rows(codes, m, rb, 4);  // look() reads 4 bytes at row + g*B
+  const CodeLookup<B> look(centroids, ng, rb);
   __m256 buf[NH][8];
   float tail[NH][8];
   for (int64_t t = 0; t < m; t++) {
-    const uint8_t* row = rows.row(t);
+    const uint8_t* row = codes + (size_t)t * rb;
     __m256 a0[NH], a1[NH];
     EOQ_UNROLL
     for (int h = 0; h < NH; h++) a0[h] = a1[h] = _mm256_setzero_ps();
@@ -129,10 +135,9 @@ void scores_codes_nh(const uint8_t* codes, int64_t m, int d, const float* centro
 template <int B, int NH>
 void values_codes_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, const float* w, int64_t ldw,
                      float* acc) {
-  const CodeLookup<B> look(centroids);
   const size_t rb = packed_bytes(d, B);
   const int ng = d / 8;
-  PaddedTail rows(codes, m, rb, 4);  // look() reads 4 bytes at row + g*B
+  const CodeLookup<B> look(centroids, ng, rb);
   int g = 0;
   for (; g + 2 <= ng; g += 2) {
     __m256 a0[NH], a1[NH];
@@ -142,7 +147,7 @@ void values_codes_nh(const uint8_t* codes, int64_t m, int d, const float* centro
       a1[h] = _mm256_loadu_ps(acc + (size_t)h * d + 8 * g + 8);
     }
     for (int64_t t = 0; t < m; t++) {
-      const uint8_t* row = rows.row(t);
+      const uint8_t* row = codes + (size_t)t * rb;
       const __m256 c0 = look(row, g), c1 = look(row, g + 1);
       EOQ_UNROLL
       for (int h = 0; h < NH; h++) {
@@ -162,7 +167,7 @@ void values_codes_nh(const uint8_t* codes, int64_t m, int d, const float* centro
     EOQ_UNROLL
     for (int h = 0; h < NH; h++) a0[h] = _mm256_loadu_ps(acc + (size_t)h * d + 8 * g);
     for (int64_t t = 0; t < m; t++) {
-      const uint8_t* row = rows.row(t);
+      const uint8_t* row = codes + (size_t)t * rb;
       const __m256 c0 = look(row, g);
       EOQ_UNROLL
       for (int h = 0; h < NH; h++) a0[h] = _mm256_fmadd_ps(_mm256_broadcast_ss(w + h * ldw + t), c0, a0[h]);
@@ -334,6 +339,8 @@ void values_f16_avx2(const uint16_t* rows, int64_t m, int d, const float* w, int
 void scores_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
                        int nq, float* out) {
   if (m <= 0) return;
+  if (packed_bytes(d, bits) < 4 || d / 8 > CodeLookup<1>::kMaxGroups)
+    return cpu_kernels_scalar().scores_codes(codes, m, d, bits, centroids, q, nq, out);
   switch (bits) {
     case 1: return scores_codes_b<1>(codes, m, d, centroids, q, nq, out);
     case 2: return scores_codes_b<2>(codes, m, d, centroids, q, nq, out);
@@ -346,6 +353,8 @@ void scores_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const f
 void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
                        int nq, float* acc) {
   if (m <= 0) return;
+  if (packed_bytes(d, bits) < 4 || d / 8 > CodeLookup<1>::kMaxGroups)
+    return cpu_kernels_scalar().values_codes(codes, m, d, bits, centroids, w, nq, acc);
   switch (bits) {
     case 1: return values_codes_b<1>(codes, m, d, centroids, w, nq, acc);
     case 2: return values_codes_b<2>(codes, m, d, centroids, w, nq, acc);

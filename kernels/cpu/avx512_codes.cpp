@@ -8,15 +8,14 @@
 // up in a 16-entry table that repeats the 2^b centroids (entry e = centroids[e mod 2^b]), so the
 // bits above a code in the lane's low nibble do not matter and no mask is needed. Three
 // instructions per 16 coordinates, the AVX2 path's cost per 8; the look-up is exact, so results
-// differ from the reference only in float summation order. d not a multiple of 16 and b > 4 go
-// to the AVX2 versions.
+// differ from the reference only in float summation order. Other shapes (d not a multiple of 16,
+// rows under 8 bytes, d > 512) and b > 4 go to the AVX2 versions.
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstring>
 
-#include "kernels/cpu/padded_tail.h"
 #include "kernels/kernels.h"
 #include "kernels/turboquant.h"
 
@@ -36,24 +35,30 @@ constexpr int kMaxNQ = 4;  // query vectors per pass
 
 #define EOQ_UNROLL _Pragma("GCC unroll 16")
 
-// The centroids of coordinates 16g..16g+15 of a row of B-bit codes. Reads 8 bytes at row + 2Bg:
-// the caller guarantees they exist (PaddedTail).
+// The centroids of coordinates 16g..16g+15 of a row of B-bit codes (rb >= 8 bytes). The group's
+// 16B bits start at byte 2Bg; the 8 bytes read start there or, for the last groups, at rb − 8
+// with the bit offsets moved up to match, so no read leaves the row.
 template <int B>
 struct Lookup16 {
-  __m512i ctrl;
+  static constexpr int kMaxGroups = 32;  // d <= 512
   __m512 table;
-  explicit Lookup16(const float* centroids) {
-    alignas(64) uint8_t c[64] = {0};
-    for (int i = 0; i < 16; i++) c[(i / 2) * 8 + (i % 2) * 4] = (uint8_t)(B * i);  // lane i: bits B·i.. of its qword
-    ctrl = _mm512_load_si512(c);
+  int off[kMaxGroups];
+  alignas(64) uint8_t ctrl[kMaxGroups][64];
+  Lookup16(const float* centroids, int ng, size_t rb) {
     alignas(64) float t[16];
     for (int e = 0; e < 16; e++) t[e] = centroids[e & ((1 << B) - 1)];
     table = _mm512_load_ps(t);
+    for (int g = 0; g < ng; g++) {
+      off[g] = std::min(2 * B * g, (int)rb - 8);
+      std::memset(ctrl[g], 0, 64);
+      for (int i = 0; i < 16; i++)  // lane i's low byte: bits 8(2Bg − off) + B·i.. of its qword
+        ctrl[g][(i / 2) * 8 + (i % 2) * 4] = (uint8_t)(8 * (2 * B * g - off[g]) + B * i);
+    }
   }
   __m512 operator()(const uint8_t* row, int g) const {
     uint64_t x;
-    std::memcpy(&x, row + 2 * B * g, 8);
-    const __m512i idx = _mm512_multishift_epi64_epi8(ctrl, _mm512_set1_epi64((long long)x));
+    std::memcpy(&x, row + off[g], 8);
+    const __m512i idx = _mm512_multishift_epi64_epi8(_mm512_load_si512(ctrl[g]), _mm512_set1_epi64((long long)x));
     return _mm512_permutexvar_ps(idx, table);
   }
 };
@@ -73,38 +78,47 @@ inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// One accumulator per query vector and token (16 lanes folded to 8 at the end of the row); the
-// scores of 8 tokens are reduced together by a horizontal-add transpose.
-template <int B, int NH>
+// Σ_j q[h][j]·centroid(row, j) for the NH query vectors, 16 lanes folded to 8 (NG groups of 16
+// coordinates; NG = 0: ng at run time).
+template <int B, int NH, int NG>
+inline void score_row(const Lookup16<B>& look, const uint8_t* row, int ng, const float* q, int d, __m256* s) {
+  __m512 a[NH];
+  EOQ_UNROLL
+  for (int h = 0; h < NH; h++) a[h] = _mm512_setzero_ps();
+  EOQ_UNROLL
+  for (int g = 0; g < (NG ? NG : ng); g++) {
+    const __m512 c = look(row, g);
+    EOQ_UNROLL
+    for (int h = 0; h < NH; h++) a[h] = _mm512_fmadd_ps(c, _mm512_loadu_ps(q + (size_t)h * d + 16 * g), a[h]);
+  }
+  EOQ_UNROLL
+  for (int h = 0; h < NH; h++) s[h] = _mm256_add_ps(_mm512_castps512_ps256(a[h]), _mm512_extractf32x8_ps(a[h], 1));
+}
+
+// One accumulator per query vector and token; the scores of 8 tokens are reduced together by a
+// horizontal-add transpose.
+template <int B, int NH, int NG>
 void scores_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, const float* q, float* out,
                int64_t ldo) {
-  const Lookup16<B> look(centroids);
   const size_t rb = packed_bytes(d, B);
   const int ng = d / 16;
-  PaddedTail rows(codes, m, rb, 8);  // look() reads 8 bytes at row + 2Bg
-  __m256 buf[NH][8];
-  for (int64_t t = 0; t < m; t++) {
-    const uint8_t* row = rows.row(t);
-    __m512 a[NH];
+  const Lookup16<B> look(centroids, ng, rb);
+  int64_t t = 0;
+  for (; t + 8 <= m; t += 8) {
+    __m256 buf[8][NH];
     EOQ_UNROLL
-    for (int h = 0; h < NH; h++) a[h] = _mm512_setzero_ps();
-    for (int g = 0; g < ng; g++) {
-      const __m512 c = look(row, g);
-      EOQ_UNROLL
-      for (int h = 0; h < NH; h++) a[h] = _mm512_fmadd_ps(c, _mm512_loadu_ps(q + (size_t)h * d + 16 * g), a[h]);
-    }
-    const int k = (int)(t & 7);
+    for (int k = 0; k < 8; k++) score_row<B, NH, NG>(look, codes + (size_t)(t + k) * rb, ng, q, d, buf[k]);
     EOQ_UNROLL
-    for (int h = 0; h < NH; h++)
-      buf[h][k] = _mm256_add_ps(_mm512_castps512_ps256(a[h]), _mm512_extractf32x8_ps(a[h], 1));
-    if (k == 7) {
-      EOQ_UNROLL
-      for (int h = 0; h < NH; h++) _mm256_storeu_ps(out + h * ldo + t - 7, reduce8(buf[h]));
-    } else if (t + 1 == m) {
-      EOQ_UNROLL
-      for (int h = 0; h < NH; h++)
-        for (int i = 0; i <= k; i++) out[h * ldo + t - k + i] = hsum8(buf[h][i]);
+    for (int h = 0; h < NH; h++) {
+      const __m256 v[8] = {buf[0][h], buf[1][h], buf[2][h], buf[3][h], buf[4][h], buf[5][h], buf[6][h], buf[7][h]};
+      _mm256_storeu_ps(out + h * ldo + t, reduce8(v));
     }
+  }
+  for (; t < m; t++) {
+    __m256 s[NH];
+    score_row<B, NH, NG>(look, codes + (size_t)t * rb, ng, q, d, s);
+    EOQ_UNROLL
+    for (int h = 0; h < NH; h++) out[h * ldo + t] = hsum8(s[h]);
   }
 }
 
@@ -113,10 +127,9 @@ void scores_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, c
 template <int B, int NH>
 void values_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, const float* w, int64_t ldw,
                float* acc) {
-  const Lookup16<B> look(centroids);
   const size_t rb = packed_bytes(d, B);
   const int ng = d / 16;
-  PaddedTail rows(codes, m, rb, 8);  // look() reads 8 bytes at row + 2Bg
+  const Lookup16<B> look(centroids, ng, rb);
   for (int g0 = 0; g0 < ng; g0 += 4) {
     const int gn = std::min(4, ng - g0);
     __m512 a[NH][4];
@@ -127,7 +140,7 @@ void values_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, c
         a[h][i] = i < gn ? _mm512_loadu_ps(acc + (size_t)h * d + 16 * (g0 + i)) : _mm512_setzero_ps();
     if (gn == 4) {
       for (int64_t t = 0; t < m; t++) {
-        const uint8_t* row = rows.row(t);
+        const uint8_t* row = codes + (size_t)t * rb;
         __m512 wt[NH];
         EOQ_UNROLL
         for (int h = 0; h < NH; h++) wt[h] = _mm512_set1_ps(w[h * ldw + t]);
@@ -140,7 +153,7 @@ void values_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, c
       }
     } else {
       for (int64_t t = 0; t < m; t++) {
-        const uint8_t* row = rows.row(t);
+        const uint8_t* row = codes + (size_t)t * rb;
         __m512 wt[NH];
         EOQ_UNROLL
         for (int h = 0; h < NH; h++) wt[h] = _mm512_set1_ps(w[h * ldw + t]);
@@ -162,11 +175,21 @@ void scores_b(const uint8_t* codes, int64_t m, int d, const float* cent, const f
   for (int h0 = 0; h0 < nq; h0 += kMaxNQ) {
     const float* qh = q + (size_t)h0 * d;
     float* oh = out + h0 * m;
-    switch (std::min(kMaxNQ, nq - h0)) {
-      case 1: scores_nh<B, 1>(codes, m, d, cent, qh, oh, m); break;
-      case 2: scores_nh<B, 2>(codes, m, d, cent, qh, oh, m); break;
-      case 3: scores_nh<B, 3>(codes, m, d, cent, qh, oh, m); break;
-      default: scores_nh<B, 4>(codes, m, d, cent, qh, oh, m); break;
+    const int nh = std::min(kMaxNQ, nq - h0);
+    if (d == 64) {  // SmolLM2, Llama 3.2 1B...: the group loop unrolled
+      switch (nh) {
+        case 1: scores_nh<B, 1, 4>(codes, m, d, cent, qh, oh, m); break;
+        case 2: scores_nh<B, 2, 4>(codes, m, d, cent, qh, oh, m); break;
+        case 3: scores_nh<B, 3, 4>(codes, m, d, cent, qh, oh, m); break;
+        default: scores_nh<B, 4, 4>(codes, m, d, cent, qh, oh, m); break;
+      }
+    } else {
+      switch (nh) {
+        case 1: scores_nh<B, 1, 0>(codes, m, d, cent, qh, oh, m); break;
+        case 2: scores_nh<B, 2, 0>(codes, m, d, cent, qh, oh, m); break;
+        case 3: scores_nh<B, 3, 0>(codes, m, d, cent, qh, oh, m); break;
+        default: scores_nh<B, 4, 0>(codes, m, d, cent, qh, oh, m); break;
+      }
     }
   }
 }
@@ -190,7 +213,8 @@ void values_b(const uint8_t* codes, int64_t m, int d, const float* cent, const f
 void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
                          int nq, float* out) {
   if (m <= 0) return;
-  if (d % 16 != 0) return scores_codes_avx2(codes, m, d, bits, centroids, q, nq, out);
+  if (d % 16 != 0 || packed_bytes(d, bits) < 8 || d / 16 > Lookup16<1>::kMaxGroups)
+    return scores_codes_avx2(codes, m, d, bits, centroids, q, nq, out);
   switch (bits) {
     case 1: return scores_b<1>(codes, m, d, centroids, q, nq, out);
     case 2: return scores_b<2>(codes, m, d, centroids, q, nq, out);
@@ -203,7 +227,8 @@ void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const
 void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
                          int nq, float* acc) {
   if (m <= 0) return;
-  if (d % 16 != 0) return values_codes_avx2(codes, m, d, bits, centroids, w, nq, acc);
+  if (d % 16 != 0 || packed_bytes(d, bits) < 8 || d / 16 > Lookup16<1>::kMaxGroups)
+    return values_codes_avx2(codes, m, d, bits, centroids, w, nq, acc);
   switch (bits) {
     case 1: return values_b<1>(codes, m, d, centroids, w, nq, acc);
     case 2: return values_b<2>(codes, m, d, centroids, w, nq, acc);
