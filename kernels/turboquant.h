@@ -54,21 +54,19 @@ uint64_t mix_seed(uint64_t seed, uint64_t a, uint64_t b);
 // Packed little-endian bit fields: value i occupies bits [i*bits, (i+1)*bits) of the stream
 // (bit 0 = least significant bit of byte 0). put_bits ORs into a zeroed buffer.
 inline size_t packed_bytes(int64_t count, int bits) { return (size_t)((count * bits + 7) / 8); }
+// bits in 1..24; a field touches at most 4 bytes and nothing past its last bit.
 inline void put_bits(uint8_t* buf, int64_t i, int bits, uint32_t v) {
   const int64_t bit = i * bits;
-  for (int k = 0; k < bits; k++) {
-    const int64_t b = bit + k;
-    if ((v >> k) & 1u) buf[b >> 3] |= (uint8_t)(1u << (b & 7));
-  }
+  uint32_t w = (v & ((1u << bits) - 1)) << (bit & 7);
+  for (uint8_t* p = buf + (bit >> 3); w; p++, w >>= 8) *p |= (uint8_t)w;
 }
 inline uint32_t get_bits(const uint8_t* buf, int64_t i, int bits) {
   const int64_t bit = i * bits;
-  uint32_t v = 0;
-  for (int k = 0; k < bits; k++) {
-    const int64_t b = bit + k;
-    v |= (uint32_t)((buf[b >> 3] >> (b & 7)) & 1u) << k;
-  }
-  return v;
+  const int sh = (int)(bit & 7), nbytes = (sh + bits + 7) / 8;
+  const uint8_t* p = buf + (bit >> 3);
+  uint32_t w = 0;
+  for (int k = 0; k < nbytes; k++) w |= (uint32_t)p[k] << (8 * k);
+  return (w >> sh) & ((1u << bits) - 1);
 }
 // Unpacks count b-bit fields starting at field 0 into out[count] (fast paths for b = 1, 2, 4, 8).
 void unpack_bits(const uint8_t* buf, int64_t count, int bits, uint8_t* out);

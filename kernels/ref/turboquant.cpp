@@ -140,6 +140,12 @@ void fwht(float* x, int n) {  // unnormalised Walsh–Hadamard, in place
 
 int LloydMaxCodebook::encode(float x) const {
   if (x != x) return (int)centroids.size() / 2;
+  // upper_bound: the number of thresholds <= x; counted directly for the small tables
+  if (thresholds.size() <= 15) {
+    int k = 0;
+    for (float t : thresholds) k += t <= x;
+    return k;
+  }
   return (int)(std::upper_bound(thresholds.begin(), thresholds.end(), x) - thresholds.begin());
 }
 
