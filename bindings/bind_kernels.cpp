@@ -165,6 +165,16 @@ void bind_kernels(py::module_& m) {
                             out.mutable_data());
     return out;
   });
+  // out[j] = table[field j of the packed stream], j < n (kernels.h decode_codes)
+  m.def("k_decode_codes", [](const std::string& isa, u8 codes, int64_t n, int bits, f32 tab) {
+    if (n < 0) bad("n must be >= 0");
+    if ((py::ssize_t)code_row_bytes((int)std::max<int64_t>(1, n), bits) > codes.size() && n > 0)
+      bad("codes hold fewer than n fields");
+    if (tab.size() != (py::ssize_t)1 << bits) bad("table must hold 2^bits values");
+    py::array_t<float> out(n);
+    table(isa).decode_codes(codes.data(), n, bits, tab.data(), out.mutable_data());
+    return out;
+  });
   m.def("k_max_f32", [](const std::string& isa, f32 x) { return table(isa).max_f32(x.data(), x.size()); });
   // x[i] = exp(x[i] - mx); returns (x, Σ x).
   m.def("k_softmax_exp", [](const std::string& isa, f32 x, float mx) {

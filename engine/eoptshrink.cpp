@@ -10,6 +10,7 @@
 
 #include "engine/error.h"
 #include "kernels/fp16.h"
+#include "kernels/kernels.h"
 #include "kernels/turboquant.h"
 
 namespace eoq {
@@ -482,17 +483,12 @@ void SealedBlock::factors(float* coef, float* basis) const {
 namespace {
 
 // out[k] = lut[field first + k] for k < count, fields of a `bits`-bit stream (LSB first;
-// kernels/turboquant.h pack_bits). 4-bit fields starting on a byte go two per byte.
+// kernels/turboquant.h pack_bits): the kernel from a byte boundary, the first fields before it
+// one at a time.
 void decode_fields(const uint8_t* buf, int64_t first, int count, int bits, const float* lut, float* out) {
   int k = 0;
-  if (bits == 4 && (first & 1) == 0) {
-    const uint8_t* b = buf + first / 2;
-    for (; k + 2 <= count; k += 2, b++) {
-      out[k] = lut[*b & 15];
-      out[k + 1] = lut[*b >> 4];
-    }
-  }
-  for (; k < count; k++) out[k] = lut[get_bits(buf, first + k, bits)];
+  for (; k < count && ((first + k) * bits) % 8 != 0; k++) out[k] = lut[get_bits(buf, first + k, bits)];
+  if (k < count) cpu_kernels().decode_codes(buf + (first + k) * bits / 8, count - k, bits, lut, out + k);
 }
 
 }  // namespace

@@ -81,6 +81,10 @@ struct CpuKernels {
   // The scalar reference uses std::exp; the AVX2 version ggml's vectorised expf and summation
   // order on this CPU (as swiglu), libm expf for the last n mod (16 or 8) values.
   double (*soft_max_ggml)(float* x, int64_t n, float mx);
+  // out[j] = table[code_j] for j < n, code_j the j-th bits-bit field of the stream at codes
+  // (kernels/turboquant.h get_bits; bits in 1..8, table[2^bits]): the low-rank factors' codes
+  // decoded for attention. Exact on every ISA.
+  void (*decode_codes)(const uint8_t* codes, int64_t n, int bits, const float* table, float* out);
 };
 
 const CpuKernels& cpu_kernels();        // chosen at run time

@@ -356,6 +356,26 @@ def test_attention_code_kernels_never_read_past_the_codes(isa):
                 buf.close()
 
 
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD)
+def test_decode_codes(isa):
+    # Against NumPy's bit unpacking, every length from 0 and every field width; the stream ends
+    # at an inaccessible page, so a read past its last byte would crash.
+    r = rng()
+    for bits in range(1, 9):
+        for n in list(range(0, 40)) + [255, 256, 257, 511, 512, 513, 1000, 1024]:
+            nb = (n * bits + 7) // 8
+            codes = r.integers(0, 256, (1, max(nb, 1)), dtype=np.uint8)
+            tab = r.standard_normal(2 ** bits).astype(np.float32)
+            want = tab[unpack_codes(codes, n, bits)[0]] if n else np.zeros(0, np.float32)
+            buf, guarded = _guarded_codes(codes[:, :nb] if nb else codes)
+            got = _core.k_decode_codes(isa, guarded.reshape(-1), n, bits, tab)
+            np.testing.assert_array_equal(got, want)
+            del guarded
+            buf.close()
+    with pytest.raises(_core.EoqError):
+        _core.k_decode_codes(isa, np.zeros(3, np.uint8), 7, 4, np.zeros(16, np.float32))  # 7 fields take 4 bytes
+
+
 def test_attention_kernels_bad_arguments():
     with pytest.raises(_core.EoqError):
         _core.k_scores_codes("scalar", np.zeros((3, 16), np.uint8), 64, 3, np.zeros(8, np.float32),

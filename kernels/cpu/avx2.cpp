@@ -16,6 +16,7 @@ void scores_f16_avx2(const uint16_t* rows, int64_t m, int d, const float* q, int
 void values_f16_avx2(const uint16_t* rows, int64_t m, int d, const float* w, int nq, float* acc);
 void scores_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
                        int nq, float* out);
+void decode_codes_avx2(const uint8_t* codes, int64_t n, int bits, const float* table, float* out);
 void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
                        int nq, float* acc);
 float softmax_exp_avx2(float* x, int64_t n, float mx);
@@ -289,7 +290,8 @@ const CpuKernels* cpu_kernels_avx2() {
                                scores_codes_avx2, values_codes_avx2, softmax_exp_avx2,
                                max_f32_avx2, quantize_act_avx2, vec_dot_avx2,
                                axpy_f16_acc16_avx2, scale_f16_avx2, swiglu_avx2,
-                               dot_f16_f16_avx2, scores_f32t_chain_avx2, soft_max_ggml_avx2};
+                               dot_f16_f16_avx2, scores_f32t_chain_avx2, soft_max_ggml_avx2,
+                               decode_codes_avx2};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");
   return ok ? &k : nullptr;

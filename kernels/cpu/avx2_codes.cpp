@@ -364,6 +364,24 @@ void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const f
   }
 }
 
+// Groups of 8 fields through CodeLookup while its 4-byte reads stay inside the stream, the rest
+// one field at a time; chunks of 512 fields (CodeLookup's limit) start on a byte.
+template <int B>
+void decode_codes_b(const uint8_t* codes, int64_t n, const float* table, float* out) {
+  for (int64_t c0 = 0; c0 < n; c0 += 512) {
+    const int cn = (int)std::min<int64_t>(512, n - c0);
+    const uint8_t* src = codes + c0 * B / 8;
+    const size_t rb = packed_bytes(cn, B);
+    int j = 0;
+    if (rb >= 4) {
+      const int ng = cn / 8;
+      const CodeLookup<B> look(table, ng, rb);
+      for (int g = 0; g < ng; g++, j += 8) _mm256_storeu_ps(out + c0 + j, look(src, g));
+    }
+    for (; j < cn; j++) out[c0 + j] = table[get_bits(src, j, B)];
+  }
+}
+
 // exp(y) for y <= 0: y = n ln2 + r with n = round(y / ln2), |r| <= ln2/2, ln2 split in a part
 // with 7 trailing zero bits (n·ln2_hi is exact for the |n| <= 126 used here) and the rest;
 // e^r by its Taylor series to r^7 (truncation < 1e-8 relative); 2^n through the exponent bits.
@@ -385,6 +403,16 @@ inline __m256 exp_nonpos(__m256 y) {
   const __m256 ok = _mm256_cmp_ps(y, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(_mm256_and_ps(kn, ok)), _mm256_set1_epi32(127)), 23);
   return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), ok);
+}
+
+void decode_codes_avx2(const uint8_t* codes, int64_t n, int bits, const float* table, float* out) {
+  switch (bits) {
+    case 1: return decode_codes_b<1>(codes, n, table, out);
+    case 2: return decode_codes_b<2>(codes, n, table, out);
+    case 3: return decode_codes_b<3>(codes, n, table, out);
+    case 4: return decode_codes_b<4>(codes, n, table, out);
+    default: return cpu_kernels_scalar().decode_codes(codes, n, bits, table, out);
+  }
 }
 
 float softmax_exp_avx2(float* x, int64_t n, float mx) {

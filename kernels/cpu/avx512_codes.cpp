@@ -44,7 +44,7 @@ struct Lookup16 {
   __m512 table;
   int off[kMaxGroups];
   alignas(64) uint8_t ctrl[kMaxGroups][64];
-  Lookup16(const float* centroids, int ng, size_t rb) {
+  __attribute__((always_inline)) Lookup16(const float* centroids, int ng, size_t rb) {
     alignas(64) float t[16];
     for (int e = 0; e < 16; e++) t[e] = centroids[e & ((1 << B) - 1)];
     table = _mm512_load_ps(t);
@@ -55,7 +55,7 @@ struct Lookup16 {
         ctrl[g][(i / 2) * 8 + (i % 2) * 4] = (uint8_t)(8 * (2 * B * g - off[g]) + B * i);
     }
   }
-  __m512 operator()(const uint8_t* row, int g) const {
+  __attribute__((always_inline)) __m512 operator()(const uint8_t* row, int g) const {
     uint64_t x;
     std::memcpy(&x, row + off[g], 8);
     const __m512i idx = _mm512_multishift_epi64_epi8(_mm512_load_si512(ctrl[g]), _mm512_set1_epi64((long long)x));
@@ -122,8 +122,35 @@ void scores_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, c
   }
 }
 
-// Coordinates in the outer loop, up to 4 groups of 16 per pass (NH·4 accumulators in registers),
-// tokens in the inner one.
+// acc[h][16(g0+i) + l] += Σ_t w[h][t] · centroid(row t, 16(g0+i) + l) for i < GN: NH·GN
+// accumulators in registers (GN a constant, so no accumulator lives in memory), tokens inner.
+template <int B, int NH, int GN>
+void values_pass(const Lookup16<B>& look, const uint8_t* codes, int64_t m, size_t rb, int g0, const float* w,
+                 int64_t ldw, float* acc, int d) {
+  __m512 a[NH][GN];
+  EOQ_UNROLL
+  for (int h = 0; h < NH; h++)
+    EOQ_UNROLL
+    for (int i = 0; i < GN; i++) a[h][i] = _mm512_loadu_ps(acc + (size_t)h * d + 16 * (g0 + i));
+  for (int64_t t = 0; t < m; t++) {
+    const uint8_t* row = codes + (size_t)t * rb;
+    __m512 wt[NH];
+    EOQ_UNROLL
+    for (int h = 0; h < NH; h++) wt[h] = _mm512_set1_ps(w[h * ldw + t]);
+    EOQ_UNROLL
+    for (int i = 0; i < GN; i++) {
+      const __m512 c = look(row, g0 + i);
+      EOQ_UNROLL
+      for (int h = 0; h < NH; h++) a[h][i] = _mm512_fmadd_ps(wt[h], c, a[h][i]);
+    }
+  }
+  EOQ_UNROLL
+  for (int h = 0; h < NH; h++)
+    EOQ_UNROLL
+    for (int i = 0; i < GN; i++) _mm512_storeu_ps(acc + (size_t)h * d + 16 * (g0 + i), a[h][i]);
+}
+
+// Coordinates in the outer loop, 4 groups of 16 per pass, tokens in the inner one.
 template <int B, int NH>
 void values_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, const float* w, int64_t ldw,
                float* acc) {
@@ -131,42 +158,12 @@ void values_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, c
   const int ng = d / 16;
   const Lookup16<B> look(centroids, ng, rb);
   for (int g0 = 0; g0 < ng; g0 += 4) {
-    const int gn = std::min(4, ng - g0);
-    __m512 a[NH][4];
-    EOQ_UNROLL
-    for (int h = 0; h < NH; h++)
-      EOQ_UNROLL
-      for (int i = 0; i < 4; i++)
-        a[h][i] = i < gn ? _mm512_loadu_ps(acc + (size_t)h * d + 16 * (g0 + i)) : _mm512_setzero_ps();
-    if (gn == 4) {
-      for (int64_t t = 0; t < m; t++) {
-        const uint8_t* row = codes + (size_t)t * rb;
-        __m512 wt[NH];
-        EOQ_UNROLL
-        for (int h = 0; h < NH; h++) wt[h] = _mm512_set1_ps(w[h * ldw + t]);
-        EOQ_UNROLL
-        for (int i = 0; i < 4; i++) {
-          const __m512 c = look(row, g0 + i);
-          EOQ_UNROLL
-          for (int h = 0; h < NH; h++) a[h][i] = _mm512_fmadd_ps(wt[h], c, a[h][i]);
-        }
-      }
-    } else {
-      for (int64_t t = 0; t < m; t++) {
-        const uint8_t* row = codes + (size_t)t * rb;
-        __m512 wt[NH];
-        EOQ_UNROLL
-        for (int h = 0; h < NH; h++) wt[h] = _mm512_set1_ps(w[h * ldw + t]);
-        for (int i = 0; i < gn; i++) {
-          const __m512 c = look(row, g0 + i);
-          EOQ_UNROLL
-          for (int h = 0; h < NH; h++) a[h][i] = _mm512_fmadd_ps(wt[h], c, a[h][i]);
-        }
-      }
+    switch (std::min(4, ng - g0)) {
+      case 1: values_pass<B, NH, 1>(look, codes, m, rb, g0, w, ldw, acc, d); break;
+      case 2: values_pass<B, NH, 2>(look, codes, m, rb, g0, w, ldw, acc, d); break;
+      case 3: values_pass<B, NH, 3>(look, codes, m, rb, g0, w, ldw, acc, d); break;
+      default: values_pass<B, NH, 4>(look, codes, m, rb, g0, w, ldw, acc, d); break;
     }
-    EOQ_UNROLL
-    for (int h = 0; h < NH; h++)
-      for (int i = 0; i < gn; i++) _mm512_storeu_ps(acc + (size_t)h * d + 16 * (g0 + i), a[h][i]);
   }
 }
 
@@ -208,7 +205,35 @@ void values_b(const uint8_t* codes, int64_t m, int d, const float* cent, const f
   }
 }
 
+// Groups of 16 fields through Lookup16 (chunks of 512 fields, each starting on a byte), the
+// last fields one at a time where an 8-byte read would leave the stream.
+template <int B>
+void decode_b(const uint8_t* codes, int64_t n, const float* table, float* out) {
+  for (int64_t c0 = 0; c0 < n; c0 += 512) {
+    const int cn = (int)std::min<int64_t>(512, n - c0);
+    const uint8_t* src = codes + c0 * B / 8;
+    const size_t rb = packed_bytes(cn, B);
+    int j = 0;
+    if (rb >= 8) {
+      const int ng = cn / 16;
+      const Lookup16<B> look(table, ng, rb);
+      for (int g = 0; g < ng; g++, j += 16) _mm512_storeu_ps(out + c0 + j, look(src, g));
+    }
+    for (; j < cn; j++) out[c0 + j] = table[get_bits(src, j, B)];
+  }
+}
+
 }  // namespace
+
+void decode_codes_avx512(const uint8_t* codes, int64_t n, int bits, const float* table, float* out) {
+  switch (bits) {
+    case 1: return decode_b<1>(codes, n, table, out);
+    case 2: return decode_b<2>(codes, n, table, out);
+    case 3: return decode_b<3>(codes, n, table, out);
+    case 4: return decode_b<4>(codes, n, table, out);
+    default: return cpu_kernels_scalar().decode_codes(codes, n, bits, table, out);
+  }
+}
 
 void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
                          int nq, float* out) {

@@ -23,6 +23,7 @@ void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const
                          int nq, float* out);
 void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
                          int nq, float* acc);
+void decode_codes_avx512(const uint8_t* codes, int64_t n, int bits, const float* table, float* out);
 
 namespace {
 
@@ -52,6 +53,7 @@ const CpuKernels* cpu_kernels_avx512vnni() {
     if (__builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512dq")) {
       t.scores_codes = scores_codes_avx512;
       t.values_codes = values_codes_avx512;
+      t.decode_codes = decode_codes_avx512;
     }
     return &t;
   }();

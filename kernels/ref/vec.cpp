@@ -128,6 +128,10 @@ float max_f32_scalar(const float* x, int64_t n) {
   return m;
 }
 
+void decode_codes_scalar(const uint8_t* codes, int64_t n, int bits, const float* table, float* out) {
+  for (int64_t j = 0; j < n; j++) out[j] = table[get_bits(codes, j, bits)];
+}
+
 }  // namespace
 
 const CpuKernels& cpu_kernels_scalar() {
@@ -136,7 +140,8 @@ const CpuKernels& cpu_kernels_scalar() {
                                scores_codes_scalar, values_codes_scalar, softmax_exp_scalar,
                                max_f32_scalar, quantize_act_ref, vec_dot_ref_rows,
                                axpy_f16_acc16_scalar, scale_f16_scalar, swiglu_scalar,
-                               dot_f16_f16_scalar, scores_f32t_chain_scalar, soft_max_ggml_scalar};
+                               dot_f16_f16_scalar, scores_f32t_chain_scalar, soft_max_ggml_scalar,
+                               decode_codes_scalar};
   return k;
 }
 
