@@ -299,10 +299,14 @@ class CompressedKVCache final : public KVCache {
     thread_local std::vector<float> parts_tl;  // the caller's; workers write through `parts`
     parts_tl.resize((size_t)items * P * stride);
     float* const parts = parts_tl.data();
+    // Parts are taken from a shared counter rather than dealt out in advance: parts differ in
+    // cost (the one holding the exact ring and partial block is slower per token).
+    std::atomic<int64_t> next{0};
     pool.parallel_for(nt, [&](int64_t b, int64_t e, int) {
       thread_local Scratch w;
       for (int64_t k = b; k < e; k++) {
-        for (int64_t i = k; i < items * P; i += nt) {
+        for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < items * P;
+             i = next.fetch_add(1, std::memory_order_relaxed)) {
           const int64_t item = i / P;
           const int p = (int)(i % P), t = (int)(item / hkv), g = (int)(item % hkv);
           const int n_vis = pos0 + t + 1;

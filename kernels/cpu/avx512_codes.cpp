@@ -205,22 +205,24 @@ void values_b(const uint8_t* codes, int64_t m, int d, const float* cent, const f
   }
 }
 
-// Groups of 16 fields through Lookup16 (chunks of 512 fields, each starting on a byte), the
-// last fields one at a time where an 8-byte read would leave the stream.
+// 16 fields per multishift + vpermps while an 8-byte read at the group's own byte stays inside
+// the stream (every such group shares one control vector), the last fields one at a time.
 template <int B>
 void decode_b(const uint8_t* codes, int64_t n, const float* table, float* out) {
-  for (int64_t c0 = 0; c0 < n; c0 += 512) {
-    const int cn = (int)std::min<int64_t>(512, n - c0);
-    const uint8_t* src = codes + c0 * B / 8;
-    const size_t rb = packed_bytes(cn, B);
-    int j = 0;
-    if (rb >= 8) {
-      const int ng = cn / 16;
-      const Lookup16<B> look(table, ng, rb);
-      for (int g = 0; g < ng; g++, j += 16) _mm512_storeu_ps(out + c0 + j, look(src, g));
-    }
-    for (; j < cn; j++) out[c0 + j] = table[get_bits(src, j, B)];
+  alignas(64) float tb[16];
+  for (int e = 0; e < 16; e++) tb[e] = table[e & ((1 << B) - 1)];
+  const __m512 tab = _mm512_load_ps(tb);
+  alignas(64) uint8_t c[64] = {0};
+  for (int i = 0; i < 16; i++) c[(i / 2) * 8 + (i % 2) * 4] = (uint8_t)(B * i);
+  const __m512i ctrl = _mm512_load_si512(c);
+  const int64_t nbytes = (int64_t)packed_bytes(n, B);
+  int64_t j = 0;
+  for (; j + 16 <= n && (j / 16) * 2 * B + 8 <= nbytes; j += 16) {
+    uint64_t x;
+    std::memcpy(&x, codes + (j / 16) * 2 * B, 8);
+    _mm512_storeu_ps(out + j, _mm512_permutexvar_ps(_mm512_multishift_epi64_epi8(ctrl, _mm512_set1_epi64((long long)x)), tab));
   }
+  for (; j < n; j++) out[j] = table[get_bits(codes, j, B)];
 }
 
 }  // namespace
