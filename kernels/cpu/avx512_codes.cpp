@@ -1,6 +1,7 @@
-// AVX-512 (F, BW, VL, DQ, VBMI) versions of the attention kernels over packed TurboQuant codes
-// (kernels.h scores_codes / values_codes; reference in kernels/ref/vec.cpp, AVX2 versions in
-// kernels/cpu/avx2_codes.cpp). Chosen with the AVX512-VNNI table when CPUID also reports VBMI.
+// AVX-512 (F, BW, VL, DQ, VBMI) versions of the compressed cache's attention kernels (kernels.h
+// scores_codes, values_codes, decode_codes, softmax_exp; references in kernels/ref/vec.cpp,
+// AVX2 versions in kernels/cpu/avx2_codes.cpp). Chosen with the AVX512-VNNI table when CPUID
+// also reports VBMI.
 //
 // Sixteen coordinates of b <= 4 bits are 2b <= 8 bytes. One 64-bit broadcast load puts them in
 // every qword of a vector; vpmultishiftqb then moves the bits of coordinate i to the low byte of
@@ -21,6 +22,7 @@
 
 // GCC 12 flags the _mm512_undefined_* operands inside the multishift and permute intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace eoq {
 
@@ -225,7 +227,48 @@ void decode_b(const uint8_t* codes, int64_t n, const float* table, float* out) {
   for (; j < n; j++) out[j] = table[get_bits(codes, j, B)];
 }
 
+// e^y for y <= 0 as kernels/cpu/avx2_codes.cpp exp_nonpos computes it, 16 lanes: y = n ln2 + r,
+// |r| <= ln2/2, e^r by its Taylor series to r^7, 2^n through the exponent bits; y < -87 gives 0.
+inline __m512 exp_nonpos16(__m512 y) {
+  const __m512 kn = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.44269504088896341f)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(kn, _mm512_set1_ps(0.693145751953125f), y);
+  r = _mm512_fnmadd_ps(kn, _mm512_set1_ps(1.428606765330187e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  const __mmask16 ok = _mm512_cmp_ps_mask(y, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(kn), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mul_ps(ok, p, _mm512_castsi512_ps(e));
+}
+
 }  // namespace
+
+float softmax_exp_avx512(float* x, int64_t n, float mx) {
+  const __m512 vm = _mm512_set1_ps(mx);
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 a = exp_nonpos16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+    const __m512 b = exp_nonpos16(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16), vm));
+    _mm512_storeu_ps(x + i, a);
+    _mm512_storeu_ps(x + i + 16, b);
+    s0 = _mm512_add_ps(s0, a);
+    s1 = _mm512_add_ps(s1, b);
+  }
+  for (; i < n; i += 16) {  // the tail under a mask: lanes past n are neither read nor written
+    const __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    const __m512 a = _mm512_maskz_mov_ps(k, exp_nonpos16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm)));
+    _mm512_mask_storeu_ps(x + i, k, a);
+    s0 = _mm512_add_ps(s0, a);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
 
 void decode_codes_avx512(const uint8_t* codes, int64_t n, int bits, const float* table, float* out) {
   switch (bits) {

@@ -24,6 +24,7 @@ void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const
 void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
                          int nq, float* acc);
 void decode_codes_avx512(const uint8_t* codes, int64_t n, int bits, const float* table, float* out);
+float softmax_exp_avx512(float* x, int64_t n, float mx);
 
 namespace {
 
@@ -54,6 +55,7 @@ const CpuKernels* cpu_kernels_avx512vnni() {
       t.scores_codes = scores_codes_avx512;
       t.values_codes = values_codes_avx512;
       t.decode_codes = decode_codes_avx512;
+      t.softmax_exp = softmax_exp_avx512;
     }
     return &t;
   }();
