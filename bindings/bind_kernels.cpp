@@ -143,28 +143,45 @@ void bind_kernels(py::module_& m) {
     table(isa).values_f16(rows.data(), mm, d, w.data(), (int)w.shape(0), out.mutable_data());
     return out;
   });
-  m.def("k_scores_codes", [](const std::string& isa, u8 codes, int d, int bits, f32 centroids, f32 q) {
+  // Row norms: f16 bits, one per row (None: all 1.0), times `scale` (kernels.h scores_codes).
+  auto row_norms = [](const py::object& norms, int64_t mm) {
+    std::vector<uint16_t> nv((size_t)mm, 0x3c00);
+    if (!norms.is_none()) {
+      u16 a = norms.cast<u16>();
+      if (a.ndim() != 1 || a.shape(0) != mm) bad("norms must hold one f16 value per row");
+      std::copy(a.data(), a.data() + mm, nv.begin());
+    }
+    return nv;
+  };
+  m.def("k_scores_codes", [row_norms](const std::string& isa, u8 codes, int d, int bits, f32 centroids, f32 q,
+                                      py::object norms, float scale) {
     check_2d(codes, -1, (py::ssize_t)code_row_bytes(d, bits), "codes");
     if (centroids.size() != (py::ssize_t)1 << bits) bad("centroids must hold 2^bits values");
     check_2d(q, -1, d, "q");
     const int64_t mm = codes.shape(0);
     const int nq = (int)q.shape(0);
+    const std::vector<uint16_t> nv = row_norms(norms, mm);
     py::array_t<float> out({(py::ssize_t)nq, (py::ssize_t)mm});
-    table(isa).scores_codes(codes.data(), mm, d, bits, centroids.data(), q.data(), nq, out.mutable_data());
+    table(isa).scores_codes(codes.data(), mm, d, bits, centroids.data(), nv.data(), scale, q.data(), nq,
+                            out.mutable_data());
     return out;
-  });
-  m.def("k_values_codes", [](const std::string& isa, u8 codes, int d, int bits, f32 centroids, f32 w, f32 acc) {
+  }, py::arg("isa"), py::arg("codes"), py::arg("d"), py::arg("bits"), py::arg("centroids"), py::arg("q"),
+     py::arg("norms") = py::none(), py::arg("scale") = 1.0f);
+  m.def("k_values_codes", [row_norms](const std::string& isa, u8 codes, int d, int bits, f32 centroids, f32 w,
+                                      f32 acc, py::object norms, float scale) {
     check_2d(codes, -1, (py::ssize_t)code_row_bytes(d, bits), "codes");
     if (centroids.size() != (py::ssize_t)1 << bits) bad("centroids must hold 2^bits values");
     const int64_t mm = codes.shape(0);
     check_2d(w, -1, mm, "w");
     check_2d(acc, w.shape(0), d, "acc");
+    const std::vector<uint16_t> nv = row_norms(norms, mm);
     py::array_t<float> out({acc.shape(0), acc.shape(1)});
     std::copy(acc.data(), acc.data() + acc.size(), out.mutable_data());
-    table(isa).values_codes(codes.data(), mm, d, bits, centroids.data(), w.data(), (int)w.shape(0),
-                            out.mutable_data());
+    table(isa).values_codes(codes.data(), mm, d, bits, centroids.data(), nv.data(), scale, w.data(),
+                            (int)w.shape(0), out.mutable_data());
     return out;
-  });
+  }, py::arg("isa"), py::arg("codes"), py::arg("d"), py::arg("bits"), py::arg("centroids"), py::arg("w"),
+     py::arg("acc"), py::arg("norms") = py::none(), py::arg("scale") = 1.0f);
   // out[j] = table[field j of the packed stream], j < n (kernels.h decode_codes)
   m.def("k_decode_codes", [](const std::string& isa, u8 codes, int64_t n, int bits, f32 tab) {
     if (n < 0) bad("n must be >= 0");

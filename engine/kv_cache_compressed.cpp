@@ -463,7 +463,7 @@ class CompressedKVCache final : public KVCache {
 
   // Online-softmax state of the G query heads of one KV group for one query, and scratch.
   struct Scratch {
-    std::vector<float> qt, acc, mx, sum, sc, rho, wr, basis;
+    std::vector<float> qt, acc, mx, sum, sc, basis;
   };
 
   // A new id per attend() call: per-thread caches of decoded factors are valid within one call
@@ -574,14 +574,8 @@ class CompressedKVCache final : public KVCache {
       return;
     }
     const LloydMaxCodebook& cb = *cb_[kb.bits];
-    kern.scores_codes(kb.codes.data() + (size_t)a * kb.code_bytes(), m, d, kb.bits, cb.centroids.data(), w.qt.data(),
-                      G, w.sc.data());
-    norms_of(w, kb, a, m);
-    for (int h = 0; h < G; h++) {
-      float* sc = &w.sc[(size_t)h * m];
-      const float* rho = w.rho.data();
-      for (int t = 0; t < m; t++) sc[t] *= rho[t];
-    }
+    kern.scores_codes(kb.codes.data() + (size_t)a * kb.code_bytes(), m, d, kb.bits, cb.centroids.data(),
+                      kb.norms.data() + a, 1.0f / std::sqrt((float)d), w.qt.data(), G, w.sc.data());
     const int r = kb.rank;
     if (r == 0) return;
     const float* coefT = factors_of(kb, call);  // kq = B̂ q̃, r·d once per block and head
@@ -591,14 +585,6 @@ class CompressedKVCache final : public KVCache {
         const float kq = kern.dot_f32(basis + (size_t)i * d, &w.qt[(size_t)h * d], d);
         kern.axpy_f32(kq, coefT + (size_t)i * kb.n + a, &w.sc[(size_t)h * m], m);
       }
-  }
-
-  // w.rho[t] = ρ_{a+t} / sqrt(d) for tokens [a, a + m) of a sealed block.
-  void norms_of(Scratch& w, const SealedBlock& blk, int a, int m) const {
-    w.rho.resize(m);
-    cpu_kernels().dequantize_row(GGMLType::F16, blk.norms.data() + a, w.rho.data(), m);
-    const float isd = 1.0f / std::sqrt((float)shape_.head_dim);
-    for (int t = 0; t < m; t++) w.rho[t] *= isd;
   }
 
   // Adds the weighted values of tokens [a, a + m) of a sealed V block (weights in w.sc):
@@ -620,17 +606,9 @@ class CompressedKVCache final : public KVCache {
           kern.axpy_f32(ai, basis + (size_t)i * d, &w.acc[(size_t)h * d], d);
         }
     }
-    norms_of(w, vb, a, m);
-    w.wr.resize((size_t)G * m);
-    for (int h = 0; h < G; h++) {
-      const float* sc = &w.sc[(size_t)h * m];
-      const float* rho = w.rho.data();
-      float* wr = &w.wr[(size_t)h * m];
-      for (int t = 0; t < m; t++) wr[t] = sc[t] * rho[t];
-    }
     const LloydMaxCodebook& cb = *cb_[vb.bits];
-    kern.values_codes(vb.codes.data() + (size_t)a * vb.code_bytes(), m, d, vb.bits, cb.centroids.data(), w.wr.data(),
-                      G, w.acc.data());
+    kern.values_codes(vb.codes.data() + (size_t)a * vb.code_bytes(), m, d, vb.bits, cb.centroids.data(),
+                      vb.norms.data() + a, 1.0f / std::sqrt((float)d), w.sc.data(), G, w.acc.data());
   }
 
   // One q8_0 / q4_0 row decoded into row[d] (on the fly, one token at a time; nothing kept).

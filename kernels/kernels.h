@@ -27,16 +27,17 @@ struct CpuKernels {
   // reading m cached rows of d values. Scores out[h*m + t] = Σ_j q[h*d + j] · row_t[j]; values
   // acc[h*d + j] += Σ_t w[h*m + t] · row_t[j]. Rows are either
   //  * f16, row t at rows + t*d (sinks, ring, exact blocks), or
-  //  * packed TurboQuant codes: row t is centroids[code_tj], code_tj the j-th bits-bit field
-  //    (kernels/turboquant.h get_bits) of the packed_bytes(d, bits) bytes at codes + t*that;
-  //    the caller applies the row's norm and 1/sqrt(d) (bits in 1..8, centroids[2^bits]).
+  //  * packed TurboQuant codes: row t is ρ_t · centroids[code_tj], code_tj the j-th bits-bit
+  //    field (kernels/turboquant.h get_bits) of the packed_bytes(d, bits) bytes at codes + t*that,
+  //    ρ_t = scale · f16 norms[t] (bits in 1..8, centroids[2^bits]); scores are computed as
+  //    ρ_t · Σ_j q_j c[code_tj], values with the weights w_t · ρ_t.
   // Only the summation order may differ between ISAs.
   void (*scores_f16)(const uint16_t* rows, int64_t m, int d, const float* q, int nq, float* out);
   void (*values_f16)(const uint16_t* rows, int64_t m, int d, const float* w, int nq, float* acc);
-  void (*scores_codes)(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
-                       int nq, float* out);
-  void (*values_codes)(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
-                       int nq, float* acc);
+  void (*scores_codes)(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                       const uint16_t* norms, float scale, const float* q, int nq, float* out);
+  void (*values_codes)(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                       const uint16_t* norms, float scale, const float* w, int nq, float* acc);
   // Softmax weights: x[i] = exp(x[i] − mx) for x[i] <= mx (any finite mx), returns Σ x[i].
   // SIMD versions may differ from std::exp by a few ulp and flush results below 2^-126 to 0.
   float (*softmax_exp)(float* x, int64_t n, float mx);

@@ -274,6 +274,7 @@ def test_attention_f16_kernels(isa, d):
 @pytest.mark.parametrize("isa", ["scalar"] + SIMD)
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
 def test_attention_code_kernels(isa, bits):
+    # Rows are ρ_t · centroids[codes], ρ_t = scale · f16 norm (the sealed blocks' form).
     r = rng()
     for d in ATT_D:
         for m in ATT_M:
@@ -281,22 +282,25 @@ def test_attention_code_kernels(isa, bits):
             rb = (d * bits + 7) // 8
             codes = r.integers(0, 256, (m, rb), dtype=np.uint8)
             cent = np.sort(r.standard_normal(2 ** bits)).astype(np.float32)
-            rows = cent[unpack_codes(codes, d, bits)].astype(np.float64)  # [m, d]
+            norms = (r.random(m) * 4 + 0.01).astype(np.float16)
+            scale = float(np.float32(1 / np.sqrt(d)))
+            rho = norms.astype(np.float64) * scale
+            rows = rho[:, None] * cent[unpack_codes(codes, d, bits)].astype(np.float64)  # [m, d]
             q = r.standard_normal((nq, d)).astype(np.float32)
             want = q.astype(np.float64) @ rows.T
-            got = _core.k_scores_codes(isa, codes, d, bits, cent, q)
+            got = _core.k_scores_codes(isa, codes, d, bits, cent, q, norms.view(np.uint16), scale)
             assert got.shape == (nq, m)
             assert np.all(np.abs(got - want) <= att_bound(np.abs(q) @ np.abs(rows).T)), (d, m, nq)
             w = r.random((nq, m)).astype(np.float32)
             acc = r.standard_normal((nq, d)).astype(np.float32)
             want = acc + w.astype(np.float64) @ rows
-            got = _core.k_values_codes(isa, codes, d, bits, cent, w, acc)
+            got = _core.k_values_codes(isa, codes, d, bits, cent, w, acc, norms.view(np.uint16), scale)
             assert got.shape == (nq, d)
             assert np.all(np.abs(got - want) <= att_bound(np.abs(acc) + w @ np.abs(rows))), (d, m, nq)
             if isa != "scalar":
-                ref_s = _core.k_scores_codes("scalar", codes, d, bits, cent, q)
-                np.testing.assert_allclose(_core.k_scores_codes(isa, codes, d, bits, cent, q), ref_s, rtol=1e-4,
-                                           atol=1e-5)
+                ref_s = _core.k_scores_codes("scalar", codes, d, bits, cent, q, norms.view(np.uint16), scale)
+                np.testing.assert_allclose(_core.k_scores_codes(isa, codes, d, bits, cent, q, norms.view(np.uint16),
+                                                                scale), ref_s, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("isa", SIMD)

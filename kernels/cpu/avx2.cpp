@@ -14,11 +14,11 @@ namespace eoq {
 // Attention over packed codes and f16 rows, in kernels/cpu/avx2_codes.cpp.
 void scores_f16_avx2(const uint16_t* rows, int64_t m, int d, const float* q, int nq, float* out);
 void values_f16_avx2(const uint16_t* rows, int64_t m, int d, const float* w, int nq, float* acc);
-void scores_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
-                       int nq, float* out);
+void scores_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                       const uint16_t* norms, float scale, const float* q, int nq, float* out);
 void decode_codes_avx2(const uint8_t* codes, int64_t n, int bits, const float* table, float* out);
-void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
-                       int nq, float* acc);
+void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                       const uint16_t* norms, float scale, const float* w, int nq, float* acc);
 float softmax_exp_avx2(float* x, int64_t n, float mx);
 float max_f32_avx2(const float* x, int64_t n);
 // Activation quantizers and weight × activation dot products, in kernels/cpu/avx2_dot.cpp.

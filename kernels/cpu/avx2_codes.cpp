@@ -336,31 +336,60 @@ void values_f16_avx2(const uint16_t* rows, int64_t m, int d, const float* w, int
   }
 }
 
-void scores_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
-                       int nq, float* out) {
+// ρ_t = scale · f16 norms[t] for t < m into rho (8 at a time through F16C).
+static void row_norms(const uint16_t* norms, int64_t m, float scale, float* rho) {
+  const __m256 s = _mm256_set1_ps(scale);
+  int64_t t = 0;
+  for (; t + 8 <= m; t += 8)
+    _mm256_storeu_ps(rho + t, _mm256_mul_ps(s, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(norms + t)))));
+  for (; t < m; t++) rho[t] = scale * _cvtsh_ss(norms[t]);
+}
+
+// Both entries take the row norms outside the code scan: scores are multiplied by ρ_t after it,
+// values scan with the weights w_t·ρ_t (a per-call buffer in L1).
+void scores_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                       const uint16_t* norms, float scale, const float* q, int nq, float* out) {
   if (m <= 0) return;
-  if (packed_bytes(d, bits) < 4 || d / 8 > CodeLookup<1>::kMaxGroups)
-    return cpu_kernels_scalar().scores_codes(codes, m, d, bits, centroids, q, nq, out);
+  if (packed_bytes(d, bits) < 4 || d / 8 > CodeLookup<1>::kMaxGroups || bits > 4)
+    return cpu_kernels_scalar().scores_codes(codes, m, d, bits, centroids, norms, scale, q, nq, out);
   switch (bits) {
-    case 1: return scores_codes_b<1>(codes, m, d, centroids, q, nq, out);
-    case 2: return scores_codes_b<2>(codes, m, d, centroids, q, nq, out);
-    case 3: return scores_codes_b<3>(codes, m, d, centroids, q, nq, out);
-    case 4: return scores_codes_b<4>(codes, m, d, centroids, q, nq, out);
-    default: return cpu_kernels_scalar().scores_codes(codes, m, d, bits, centroids, q, nq, out);
+    case 1: scores_codes_b<1>(codes, m, d, centroids, q, nq, out); break;
+    case 2: scores_codes_b<2>(codes, m, d, centroids, q, nq, out); break;
+    case 3: scores_codes_b<3>(codes, m, d, centroids, q, nq, out); break;
+    default: scores_codes_b<4>(codes, m, d, centroids, q, nq, out); break;
+  }
+  thread_local std::vector<float> rho;
+  rho.resize(m);
+  row_norms(norms, m, scale, rho.data());
+  for (int h = 0; h < nq; h++) {
+    float* o = out + (size_t)h * m;
+    int64_t t = 0;
+    for (; t + 8 <= m; t += 8) _mm256_storeu_ps(o + t, _mm256_mul_ps(_mm256_loadu_ps(o + t), _mm256_loadu_ps(&rho[t])));
+    for (; t < m; t++) o[t] *= rho[t];
   }
 }
 
-void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
-                       int nq, float* acc) {
+void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                       const uint16_t* norms, float scale, const float* w, int nq, float* acc) {
   if (m <= 0) return;
-  if (packed_bytes(d, bits) < 4 || d / 8 > CodeLookup<1>::kMaxGroups)
-    return cpu_kernels_scalar().values_codes(codes, m, d, bits, centroids, w, nq, acc);
+  if (packed_bytes(d, bits) < 4 || d / 8 > CodeLookup<1>::kMaxGroups || bits > 4)
+    return cpu_kernels_scalar().values_codes(codes, m, d, bits, centroids, norms, scale, w, nq, acc);
+  thread_local std::vector<float> wr;
+  wr.resize((size_t)(nq + 1) * m);
+  float* rho = wr.data() + (size_t)nq * m;
+  row_norms(norms, m, scale, rho);
+  for (int h = 0; h < nq; h++) {
+    const float* wh = w + (size_t)h * m;
+    float* o = wr.data() + (size_t)h * m;
+    int64_t t = 0;
+    for (; t + 8 <= m; t += 8) _mm256_storeu_ps(o + t, _mm256_mul_ps(_mm256_loadu_ps(wh + t), _mm256_loadu_ps(rho + t)));
+    for (; t < m; t++) o[t] = wh[t] * rho[t];
+  }
   switch (bits) {
-    case 1: return values_codes_b<1>(codes, m, d, centroids, w, nq, acc);
-    case 2: return values_codes_b<2>(codes, m, d, centroids, w, nq, acc);
-    case 3: return values_codes_b<3>(codes, m, d, centroids, w, nq, acc);
-    case 4: return values_codes_b<4>(codes, m, d, centroids, w, nq, acc);
-    default: return cpu_kernels_scalar().values_codes(codes, m, d, bits, centroids, w, nq, acc);
+    case 1: return values_codes_b<1>(codes, m, d, centroids, wr.data(), nq, acc);
+    case 2: return values_codes_b<2>(codes, m, d, centroids, wr.data(), nq, acc);
+    case 3: return values_codes_b<3>(codes, m, d, centroids, wr.data(), nq, acc);
+    default: return values_codes_b<4>(codes, m, d, centroids, wr.data(), nq, acc);
   }
 }
 

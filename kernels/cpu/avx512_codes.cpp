@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "kernels/kernels.h"
 #include "kernels/turboquant.h"
@@ -26,10 +27,10 @@
 
 namespace eoq {
 
-void scores_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
-                       int nq, float* out);
-void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
-                       int nq, float* acc);
+void scores_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                       const uint16_t* norms, float scale, const float* q, int nq, float* out);
+void values_codes_avx2(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                       const uint16_t* norms, float scale, const float* w, int nq, float* acc);
 
 namespace {
 
@@ -280,31 +281,60 @@ void decode_codes_avx512(const uint8_t* codes, int64_t n, int bits, const float*
   }
 }
 
-void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
-                         int nq, float* out) {
+// ρ_t = scale · f16 norms[t] for t < m into rho, 16 at a time.
+static void row_norms16(const uint16_t* norms, int64_t m, float scale, float* rho) {
+  const __m512 s = _mm512_set1_ps(scale);
+  int64_t t = 0;
+  for (; t + 16 <= m; t += 16)
+    _mm512_storeu_ps(rho + t, _mm512_mul_ps(s, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(norms + t)))));
+  for (; t < m; t++) rho[t] = scale * _cvtsh_ss(norms[t]);
+}
+
+// The row norms are applied outside the code scans: scores are multiplied by ρ_t after theirs,
+// values scan with the weights w_t·ρ_t (a per-call buffer in L1).
+void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                         const uint16_t* norms, float scale, const float* q, int nq, float* out) {
   if (m <= 0) return;
-  if (d % 16 != 0 || packed_bytes(d, bits) < 8 || d / 16 > Lookup16<1>::kMaxGroups)
-    return scores_codes_avx2(codes, m, d, bits, centroids, q, nq, out);
+  if (d % 16 != 0 || packed_bytes(d, bits) < 8 || d / 16 > Lookup16<1>::kMaxGroups || bits > 4)
+    return scores_codes_avx2(codes, m, d, bits, centroids, norms, scale, q, nq, out);
   switch (bits) {
-    case 1: return scores_b<1>(codes, m, d, centroids, q, nq, out);
-    case 2: return scores_b<2>(codes, m, d, centroids, q, nq, out);
-    case 3: return scores_b<3>(codes, m, d, centroids, q, nq, out);
-    case 4: return scores_b<4>(codes, m, d, centroids, q, nq, out);
-    default: return scores_codes_avx2(codes, m, d, bits, centroids, q, nq, out);
+    case 1: scores_b<1>(codes, m, d, centroids, q, nq, out); break;
+    case 2: scores_b<2>(codes, m, d, centroids, q, nq, out); break;
+    case 3: scores_b<3>(codes, m, d, centroids, q, nq, out); break;
+    default: scores_b<4>(codes, m, d, centroids, q, nq, out); break;
+  }
+  thread_local std::vector<float> rho;
+  rho.resize(m);
+  row_norms16(norms, m, scale, rho.data());
+  for (int h = 0; h < nq; h++) {
+    float* o = out + (size_t)h * m;
+    int64_t t = 0;
+    for (; t + 16 <= m; t += 16) _mm512_storeu_ps(o + t, _mm512_mul_ps(_mm512_loadu_ps(o + t), _mm512_loadu_ps(&rho[t])));
+    for (; t < m; t++) o[t] *= rho[t];
   }
 }
 
-void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
-                         int nq, float* acc) {
+void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                         const uint16_t* norms, float scale, const float* w, int nq, float* acc) {
   if (m <= 0) return;
-  if (d % 16 != 0 || packed_bytes(d, bits) < 8 || d / 16 > Lookup16<1>::kMaxGroups)
-    return values_codes_avx2(codes, m, d, bits, centroids, w, nq, acc);
+  if (d % 16 != 0 || packed_bytes(d, bits) < 8 || d / 16 > Lookup16<1>::kMaxGroups || bits > 4)
+    return values_codes_avx2(codes, m, d, bits, centroids, norms, scale, w, nq, acc);
+  thread_local std::vector<float> wr;
+  wr.resize((size_t)(nq + 1) * m);
+  float* rho = wr.data() + (size_t)nq * m;
+  row_norms16(norms, m, scale, rho);
+  for (int h = 0; h < nq; h++) {
+    const float* wh = w + (size_t)h * m;
+    float* o = wr.data() + (size_t)h * m;
+    int64_t t = 0;
+    for (; t + 16 <= m; t += 16) _mm512_storeu_ps(o + t, _mm512_mul_ps(_mm512_loadu_ps(wh + t), _mm512_loadu_ps(rho + t)));
+    for (; t < m; t++) o[t] = wh[t] * rho[t];
+  }
   switch (bits) {
-    case 1: return values_b<1>(codes, m, d, centroids, w, nq, acc);
-    case 2: return values_b<2>(codes, m, d, centroids, w, nq, acc);
-    case 3: return values_b<3>(codes, m, d, centroids, w, nq, acc);
-    case 4: return values_b<4>(codes, m, d, centroids, w, nq, acc);
-    default: return values_codes_avx2(codes, m, d, bits, centroids, w, nq, acc);
+    case 1: return values_b<1>(codes, m, d, centroids, wr.data(), nq, acc);
+    case 2: return values_b<2>(codes, m, d, centroids, wr.data(), nq, acc);
+    case 3: return values_b<3>(codes, m, d, centroids, wr.data(), nq, acc);
+    default: return values_b<4>(codes, m, d, centroids, wr.data(), nq, acc);
   }
 }
 

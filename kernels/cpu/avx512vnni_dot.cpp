@@ -19,10 +19,10 @@ namespace eoq {
 void vec_dot_avx2(GGMLType w, int64_t n, const void* w_rows, size_t w_stride, int nr, const void* a_rows,
                   size_t a_stride, int nt, float* y, int64_t ldy);
 // kernels/cpu/avx512_codes.cpp (needs AVX512-VBMI as well)
-void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
-                         int nq, float* out);
-void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
-                         int nq, float* acc);
+void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                         const uint16_t* norms, float scale, const float* q, int nq, float* out);
+void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                         const uint16_t* norms, float scale, const float* w, int nq, float* acc);
 void decode_codes_avx512(const uint8_t* codes, int64_t n, int bits, const float* table, float* out);
 float softmax_exp_avx512(float* x, int64_t n, float mx);
 

@@ -51,8 +51,8 @@ void values_f16_scalar(const uint16_t* rows, int64_t m, int d, const float* w, i
     for (int h = 0; h < nq; h++) axpy_f16_scalar(w[h * m + t], rows + t * d, acc + (size_t)h * d, d);
 }
 
-void scores_codes_scalar(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* q,
-                         int nq, float* out) {
+void scores_codes_scalar(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                         const uint16_t* norms, float scale, const float* q, int nq, float* out) {
   const size_t rb = packed_bytes(d, bits);
   std::vector<uint8_t> c(d);
   for (int64_t t = 0; t < m; t++) {
@@ -61,19 +61,19 @@ void scores_codes_scalar(const uint8_t* codes, int64_t m, int d, int bits, const
       const float* qh = q + (size_t)h * d;
       float s = 0;
       for (int j = 0; j < d; j++) s += qh[j] * centroids[c[j]];
-      out[h * m + t] = s;
+      out[h * m + t] = s * (scale * fp16_to_fp32(norms[t]));
     }
   }
 }
 
-void values_codes_scalar(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids, const float* w,
-                         int nq, float* acc) {
+void values_codes_scalar(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                         const uint16_t* norms, float scale, const float* w, int nq, float* acc) {
   const size_t rb = packed_bytes(d, bits);
   std::vector<uint8_t> c(d);
   for (int64_t t = 0; t < m; t++) {
     unpack_bits(codes + t * rb, d, bits, c.data());
     for (int h = 0; h < nq; h++) {
-      const float wt = w[h * m + t];
+      const float wt = w[h * m + t] * (scale * fp16_to_fp32(norms[t]));
       float* a = acc + (size_t)h * d;
       for (int j = 0; j < d; j++) a[j] += wt * centroids[c[j]];
     }
