@@ -648,10 +648,12 @@ class CompressedKVCache final : public KVCache {
     return m >= ring_ + block_ ? (m - ring_) / block_ : 0;
   }
 
-  // The first cache lines of a sealed block's arrays (the hardware prefetcher follows the rest).
+  // A sealed block's arrays, requested while the previous block is being scanned: they are
+  // separate heap blocks of a few KiB, too short for the hardware prefetcher to get going, and
+  // at long contexts they come from DRAM (the weights pass through the caches between steps).
   static void prefetch_block(const SealedBlock& b) {
     auto lines = [](const void* p, size_t bytes) {
-      for (size_t o = 0; o < std::min<size_t>(bytes, 256); o += 64) __builtin_prefetch((const char*)p + o);
+      for (size_t o = 0; o < std::min<size_t>(bytes, 16384); o += 64) __builtin_prefetch((const char*)p + o);
     };
     lines(b.codes.data(), b.codes.size());
     lines(b.norms.data(), 2 * b.norms.size());

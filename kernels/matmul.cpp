@@ -27,44 +27,77 @@ int64_t tile_rows(size_t row_bytes) {
 }  // namespace
 
 void matmul(const WeightView& w, const float* x, int64_t n_tok, float* y, ThreadPool& pool, int64_t ldy) {
-  if (ldy == 0) ldy = w.n_rows;
-  if (n_tok <= 0 || w.n_rows <= 0) return;
-  const CpuKernels& k = cpu_kernels();
-  const GGMLType act = vec_dot_type(w.type);
+  const MatmulJob job{&w, y, ldy};
+  matmul_group(&job, 1, x, n_tok, pool);
+}
 
-  // 1. Each token's activations in the weight type's vec_dot_type, once per call (F32 weights
-  //    read x as is). The buffer belongs to the calling thread and only grows.
-  const void* a = x;
-  size_t a_stride = (size_t)w.n_cols * sizeof(float);
-  if (act != GGMLType::F32) {
-    a_stride = act_row_bytes(act, w.n_cols);
-    thread_local std::vector<uint8_t> abuf;
-    if (abuf.size() < a_stride * (size_t)n_tok) abuf.resize(a_stride * (size_t)n_tok);
-    uint8_t* ab = abuf.data();
+void matmul_group(const MatmulJob* jobs, int n_jobs, const float* x, int64_t n_tok, ThreadPool& pool) {
+  if (n_tok <= 0 || n_jobs <= 0) return;
+  const CpuKernels& k = cpu_kernels();
+  constexpr int kMaxJobs = 8;
+  if (n_jobs > kMaxJobs) {
+    for (int j = 0; j < n_jobs; j += kMaxJobs) matmul_group(jobs + j, std::min(kMaxJobs, n_jobs - j), x, n_tok, pool);
+    return;
+  }
+
+  // 1. Each token's activations in each job's vec_dot_type, once per call and type (F32 weights
+  //    read x as is). The buffers belong to the calling thread and only grow.
+  struct Act {
+    const void* a;
+    size_t stride;
+  } acts[kMaxJobs];
+  thread_local std::vector<uint8_t> abuf[kMaxJobs];
+  for (int j = 0; j < n_jobs; j++) {
+    const WeightView& w = *jobs[j].w;
+    const GGMLType act = vec_dot_type(w.type);
+    acts[j] = {x, (size_t)w.n_cols * sizeof(float)};
+    if (act == GGMLType::F32) continue;
+    int same = -1;  // an earlier job with the same activation format
+    for (int i = 0; i < j && same < 0; i++)
+      if (vec_dot_type(jobs[i].w->type) == act && jobs[i].w->n_cols == w.n_cols) same = i;
+    if (same >= 0) {
+      acts[j] = acts[same];
+      continue;
+    }
+    const size_t stride = act_row_bytes(act, w.n_cols);
+    if (abuf[j].size() < stride * (size_t)n_tok) abuf[j].resize(stride * (size_t)n_tok);
+    uint8_t* ab = abuf[j].data();
     auto quantize = [&](int64_t t0, int64_t t1, int) {
-      for (int64_t t = t0; t < t1; t++) k.quantize_act(act, x + t * w.n_cols, ab + (size_t)t * a_stride, w.n_cols);
+      for (int64_t t = t0; t < t1; t++) k.quantize_act(act, x + t * w.n_cols, ab + (size_t)t * stride, w.n_cols);
     };
     // One token (decode) is far cheaper than a fork-join; several are spread over the pool.
     if (n_tok == 1) quantize(0, 1, 0);
     else pool.parallel_for(n_tok, quantize);
-    a = ab;
+    acts[j] = {ab, stride};
   }
 
-  // 2. Work items of (a row tile, a block of tokens), handed out through an atomic counter rather
-  //    than split evenly up front, so that a thread the OS pauses (a busy machine) does not hold
-  //    up the others. Each item runs its tokens through its rows, which stay in cache. Results do
-  //    not depend on which thread takes an item (kernels.h: each y is independent of the tiling).
-  const int64_t rt = tile_rows(w.row_bytes);
-  const int64_t n_rt = (w.n_rows + rt - 1) / rt, n_tb = (n_tok + kTokenBlock - 1) / kTokenBlock;
-  const int64_t n_items = n_rt * n_tb;
+  // 2. Work items of (a row tile, a block of tokens) of every job, handed out through an atomic
+  //    counter rather than split evenly up front, so that a thread the OS pauses (a busy machine)
+  //    does not hold up the others, and the matrices of a group cost one fork-join. Each item
+  //    runs its tokens through its rows, which stay in cache. Results do not depend on which
+  //    thread takes an item (kernels.h: each y is independent of the tiling).
+  int64_t first[kMaxJobs + 1], rts[kMaxJobs], n_rts[kMaxJobs];
+  first[0] = 0;
+  const int64_t n_tb = (n_tok + kTokenBlock - 1) / kTokenBlock;
+  for (int j = 0; j < n_jobs; j++) {
+    rts[j] = tile_rows(jobs[j].w->row_bytes);
+    n_rts[j] = (jobs[j].w->n_rows + rts[j] - 1) / rts[j];
+    first[j + 1] = first[j] + n_rts[j] * n_tb;
+  }
+  const int64_t n_items = first[n_jobs];
+  if (n_items == 0) return;
   std::atomic<int64_t> next{0};
   auto work = [&](int64_t, int64_t, int) {
+    int j = 0;
     for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n_items;
          i = next.fetch_add(1, std::memory_order_relaxed)) {
-      const int64_t r = (i % n_rt) * rt, t = (i / n_rt) * kTokenBlock;
-      k.vec_dot(w.type, w.n_cols, w.data + (size_t)r * w.row_bytes, w.row_bytes, (int)std::min(rt, w.n_rows - r),
-                static_cast<const uint8_t*>(a) + (size_t)t * a_stride, a_stride, (int)std::min(kTokenBlock, n_tok - t),
-                y + t * ldy + r, ldy);
+      while (i >= first[j + 1]) j++;
+      const WeightView& w = *jobs[j].w;
+      const int64_t ldy = jobs[j].ldy ? jobs[j].ldy : w.n_rows, li = i - first[j];
+      const int64_t r = (li % n_rts[j]) * rts[j], t = (li / n_rts[j]) * kTokenBlock;
+      k.vec_dot(w.type, w.n_cols, w.data + (size_t)r * w.row_bytes, w.row_bytes, (int)std::min(rts[j], w.n_rows - r),
+                static_cast<const uint8_t*>(acts[j].a) + (size_t)t * acts[j].stride, acts[j].stride,
+                (int)std::min(kTokenBlock, n_tok - t), jobs[j].y + t * ldy + r, ldy);
     }
   };
   pool.parallel_for(std::min<int64_t>(pool.size(), n_items), work);

@@ -26,4 +26,13 @@ struct WeightView {
 // Every Y value is independent of n_tok and the thread count (same bits in prefill and decode).
 void matmul(const WeightView& w, const float* x, int64_t n_tok, float* y, ThreadPool& pool, int64_t ldy = 0);
 
+// Several products of the same X (attention's Q, K, V; the FFN's gate and up) in one pool job:
+// each job's Y = X Wᵀ exactly as matmul computes it, X converted once per activation format.
+struct MatmulJob {
+  const WeightView* w;
+  float* y;
+  int64_t ldy = 0;  // 0: w->n_rows
+};
+void matmul_group(const MatmulJob* jobs, int n_jobs, const float* x, int64_t n_tok, ThreadPool& pool);
+
 }  // namespace eoq

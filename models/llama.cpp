@@ -183,9 +183,8 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos0, KVCache& kv, Th
     const LlamaLayer& L = layers_[il];
     // Attention block: xn = norm(x); q,k,v = xn W; rope(q, k); att = attention; x += att Wo
     for (int t = 0; t < n; t++) rms_norm(&x_[(size_t)t * E], L.attn_norm, &xn_[(size_t)t * E], E, c.rms_eps);
-    matmul(L.attn_q, xn_.data(), n, q_.data(), pool);
-    matmul(L.attn_k, xn_.data(), n, k_.data(), pool);
-    matmul(L.attn_v, xn_.data(), n, v_.data(), pool);
+    const MatmulJob qkv[3] = {{&L.attn_q, q_.data()}, {&L.attn_k, k_.data()}, {&L.attn_v, v_.data()}};
+    matmul_group(qkv, 3, xn_.data(), n, pool);
     for (int t = 0; t < n; t++) {
       const float* ff = c.rope_freq_factors.empty() ? nullptr : c.rope_freq_factors.data();
       rope_adjacent(&q_[t * q_dim], c.n_head, c.head_dim, c.n_rot, pos0 + t, c.rope_theta_scale, c.rope_scale, ff);
@@ -199,8 +198,8 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos0, KVCache& kv, Th
 
     // Feed-forward block: x += down(silu(gate(xn)) * up(xn)), xn = norm(x)
     for (int t = 0; t < n; t++) rms_norm(&x_[(size_t)t * E], L.ffn_norm, &xn_[(size_t)t * E], E, c.rms_eps);
-    matmul(L.ffn_gate, xn_.data(), n, gate_.data(), pool);
-    matmul(L.ffn_up, xn_.data(), n, up_.data(), pool);
+    const MatmulJob gate_up[2] = {{&L.ffn_gate, gate_.data()}, {&L.ffn_up, up_.data()}};
+    matmul_group(gate_up, 2, xn_.data(), n, pool);
     for (int t = 0; t < n; t++)
       cpu_kernels().swiglu(&gate_[(size_t)t * c.n_ff], &up_[(size_t)t * c.n_ff], c.n_ff);
     matmul(L.ffn_down, gate_.data(), n, tmp_.data(), pool);
