@@ -11,7 +11,7 @@
 // sinks, blocks and ring; K and V are never rebuilt. The inner loops are kernels.h entries
 // (scores_codes / values_codes straight from the packed codes, scores_f16 / values_f16 for exact
 // rows, softmax_exp, max_f32), scalar references in kernels/ref/vec.cpp, AVX2 versions in
-// kernels/cpu/avx2_codes.cpp.
+// kernels/cpu/avx2_codes.cpp, AVX-512 ones in kernels/cpu/avx512_codes.cpp.
 #include <algorithm>
 #include <atomic>
 #include <chrono>

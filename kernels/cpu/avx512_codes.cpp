@@ -41,6 +41,21 @@ constexpr int kMaxNQ = 4;  // query vectors per pass
 // The centroids of coordinates 16g..16g+15 of a row of B-bit codes (rb >= 8 bytes). The group's
 // 16B bits start at byte 2Bg; the 8 bytes read start there or, for the last groups, at rb − 8
 // with the bit offsets moved up to match, so no read leaves the row.
+// The 16-entry vpermps table: entry e = centroids[e mod 2^B].
+template <int B>
+inline __m512 repeated_table(const float* centroids) {
+  alignas(64) float t[16];
+  for (int e = 0; e < 16; e++) t[e] = centroids[e & ((1 << B) - 1)];
+  return _mm512_load_ps(t);
+}
+
+// The multishift control that moves field i (bits shift + B·i.. of a qword) into the low byte of
+// dword lane i; c[64] zeroed by the caller.
+template <int B>
+inline void fill_ctrl(uint8_t* c, int shift) {
+  for (int i = 0; i < 16; i++) c[(i / 2) * 8 + (i % 2) * 4] = (uint8_t)(shift + B * i);
+}
+
 template <int B>
 struct Lookup16 {
   static constexpr int kMaxGroups = 32;  // d <= 512
@@ -48,14 +63,11 @@ struct Lookup16 {
   int off[kMaxGroups];
   alignas(64) uint8_t ctrl[kMaxGroups][64];
   __attribute__((always_inline)) Lookup16(const float* centroids, int ng, size_t rb) {
-    alignas(64) float t[16];
-    for (int e = 0; e < 16; e++) t[e] = centroids[e & ((1 << B) - 1)];
-    table = _mm512_load_ps(t);
+    table = repeated_table<B>(centroids);
     for (int g = 0; g < ng; g++) {
       off[g] = std::min(2 * B * g, (int)rb - 8);
       std::memset(ctrl[g], 0, 64);
-      for (int i = 0; i < 16; i++)  // lane i's low byte: bits 8(2Bg − off) + B·i.. of its qword
-        ctrl[g][(i / 2) * 8 + (i % 2) * 4] = (uint8_t)(8 * (2 * B * g - off[g]) + B * i);
+      fill_ctrl<B>(ctrl[g], 8 * (2 * B * g - off[g]));  // the group starts 2Bg − off bytes in
     }
   }
   __attribute__((always_inline)) __m512 operator()(const uint8_t* row, int g) const {
@@ -212,11 +224,9 @@ void values_b(const uint8_t* codes, int64_t m, int d, const float* cent, const f
 // the stream (every such group shares one control vector), the last fields one at a time.
 template <int B>
 void decode_b(const uint8_t* codes, int64_t n, const float* table, float* out) {
-  alignas(64) float tb[16];
-  for (int e = 0; e < 16; e++) tb[e] = table[e & ((1 << B) - 1)];
-  const __m512 tab = _mm512_load_ps(tb);
+  const __m512 tab = repeated_table<B>(table);
   alignas(64) uint8_t c[64] = {0};
-  for (int i = 0; i < 16; i++) c[(i / 2) * 8 + (i % 2) * 4] = (uint8_t)(B * i);
+  fill_ctrl<B>(c, 0);
   const __m512i ctrl = _mm512_load_si512(c);
   const int64_t nbytes = (int64_t)packed_bytes(n, B);
   int64_t j = 0;
