@@ -275,7 +275,7 @@ class CompressedKVCache final : public KVCache {
     const KVCacheShape& s = shape_;
     if (n_head % s.n_head_kv != 0) fail(ErrorCode::internal, "KV cache: n_head is not a multiple of n_head_kv");
     const int G = n_head / s.n_head_kv, d = s.head_dim, hkv = s.n_head_kv;
-    const uint64_t call = next_call_id();
+    const uint64_t call = n > 1 ? next_call_id() : 0;
     const int64_t items = (int64_t)n * hkv;
     const int nt = pool.size();
     const int P = parts_per_item(items, nt, pos0 + n);
@@ -466,8 +466,9 @@ class CompressedKVCache final : public KVCache {
     std::vector<float> qt, acc, mx, sum, sc, basis;
   };
 
-  // A new id per attend() call: per-thread caches of decoded factors are valid within one call
-  // (blocks only change in append()).
+  // A new id per attend() call with several queries: per-thread caches of decoded factors are
+  // valid within one call (blocks only change in append()). A decode step (one query) uses
+  // each block's factors once and passes 0: no cache.
   static uint64_t next_call_id() {
     static std::atomic<uint64_t> id{0};
     return ++id;
@@ -488,6 +489,13 @@ class CompressedKVCache final : public KVCache {
   // (prefill has hundreds). The cache is dropped when it outgrows kFactorCacheFloats (and at
   // the next call).
   const float* factors_of(const SealedBlock& blk, uint64_t call) const {
+    if (call == 0) {  // decoded into a scratch row that lives until the next call
+      thread_local std::vector<float> one;
+      const size_t nr = (size_t)blk.n * blk.rank;
+      one.resize(nr + (size_t)blk.rank * blk.d);
+      blk.factors_transposed(one.data(), one.data() + nr);
+      return one.data();
+    }
     struct Cache {
       uint64_t call = 0;
       size_t floats = 0;
