@@ -153,20 +153,24 @@ void bind_kernels(py::module_& m) {
     }
     return nv;
   };
-  m.def("k_scores_codes", [row_norms](const std::string& isa, u8 codes, int d, int bits, f32 centroids, f32 q,
-                                      py::object norms, float scale) {
-    check_2d(codes, -1, (py::ssize_t)code_row_bytes(d, bits), "codes");
-    if (centroids.size() != (py::ssize_t)1 << bits) bad("centroids must hold 2^bits values");
-    check_2d(q, -1, d, "q");
-    const int64_t mm = codes.shape(0);
-    const int nq = (int)q.shape(0);
-    const std::vector<uint16_t> nv = row_norms(norms, mm);
-    py::array_t<float> out({(py::ssize_t)nq, (py::ssize_t)mm});
-    table(isa).scores_codes(codes.data(), mm, d, bits, centroids.data(), nv.data(), scale, q.data(), nq,
-                            out.mutable_data());
-    return out;
-  }, py::arg("isa"), py::arg("codes"), py::arg("d"), py::arg("bits"), py::arg("centroids"), py::arg("q"),
-     py::arg("norms") = py::none(), py::arg("scale") = 1.0f);
+  // scores_codes (exact) or scores_codes_q8 (kernels.h: may round q and centroids to int8)
+  for (const bool q8 : {false, true}) {
+    m.def(q8 ? "k_scores_codes_q8" : "k_scores_codes", [row_norms, q8](const std::string& isa, u8 codes, int d, int bits,
+                                                                       f32 centroids, f32 q, py::object norms, float scale) {
+      check_2d(codes, -1, (py::ssize_t)code_row_bytes(d, bits), "codes");
+      if (centroids.size() != (py::ssize_t)1 << bits) bad("centroids must hold 2^bits values");
+      check_2d(q, -1, d, "q");
+      const int64_t mm = codes.shape(0);
+      const int nq = (int)q.shape(0);
+      const std::vector<uint16_t> nv = row_norms(norms, mm);
+      py::array_t<float> out({(py::ssize_t)nq, (py::ssize_t)mm});
+      const eoq::CpuKernels& k = table(isa);
+      (q8 ? k.scores_codes_q8 : k.scores_codes)(codes.data(), mm, d, bits, centroids.data(), nv.data(), scale,
+                                                q.data(), nq, out.mutable_data());
+      return out;
+    }, py::arg("isa"), py::arg("codes"), py::arg("d"), py::arg("bits"), py::arg("centroids"), py::arg("q"),
+       py::arg("norms") = py::none(), py::arg("scale") = 1.0f);
+  }
   m.def("k_values_codes", [row_norms](const std::string& isa, u8 codes, int d, int bits, f32 centroids, f32 w,
                                       f32 acc, py::object norms, float scale) {
     check_2d(codes, -1, (py::ssize_t)code_row_bytes(d, bits), "codes");

@@ -35,6 +35,8 @@ struct KVCacheParams {
   int boundary_layers = 0;   // first and last n layers at higher precision:
   int boundary_bits = 0;     //   0: stored f16; 1..8: sealed like the others with this many residual bits
   bool norm_correction = true;
+  bool exact_scores = false; // true: sealed-block scores in float (kernels.h scores_codes), not
+                             // through int8 q and centroids where the CPU does that faster
   uint64_t seed = 0x5eed;    // rotation seeds derive from (seed, layer, kv head)
 };
 

@@ -572,7 +572,8 @@ class CompressedKVCache final : public KVCache {
   }
 
   // Scores of tokens [a, a + m) of a sealed K block into w.sc: the codebook dot straight from the
-  // packed codes (kernels.h scores_codes), times ρ_t / sqrt(d), plus Ĉ_K[t] · (B̂_K q̃).
+  // packed codes (kernels.h scores_codes_q8, or scores_codes with exact_scores), times
+  // ρ_t / sqrt(d), plus Ĉ_K[t] · (B̂_K q̃).
   void block_scores(Scratch& w, int G, const SealedBlock& kb, int a, int m, uint64_t call) const {
     const int d = shape_.head_dim;
     const CpuKernels& kern = cpu_kernels();
@@ -582,8 +583,9 @@ class CompressedKVCache final : public KVCache {
       return;
     }
     const LloydMaxCodebook& cb = *cb_[kb.bits];
-    kern.scores_codes(kb.codes.data() + (size_t)a * kb.code_bytes(), m, d, kb.bits, cb.centroids.data(),
-                      kb.norms.data() + a, 1.0f / std::sqrt((float)d), w.qt.data(), G, w.sc.data());
+    const auto scan = p_.exact_scores ? kern.scores_codes : kern.scores_codes_q8;
+    scan(kb.codes.data() + (size_t)a * kb.code_bytes(), m, d, kb.bits, cb.centroids.data(), kb.norms.data() + a,
+         1.0f / std::sqrt((float)d), w.qt.data(), G, w.sc.data());
     const int r = kb.rank;
     if (r == 0) return;
     const float* coefT = factors_of(kb, call);  // kq = B̂ q̃, r·d once per block and head
@@ -695,10 +697,21 @@ class CompressedKVCache final : public KVCache {
     const int ns = (int)(K.sinks.size() / d);
     if (clip(0, ns)) exact_segment(w, G, b - a, K.sinks.data() + (size_t)a * d, V.sinks.data() + (size_t)a * d);
     int start = ns;
-    for (size_t i = 0; i < K.blocks.size() && start < hi; i++) {
-      if (i + 1 < K.blocks.size()) {  // the next block's arrays are separate heap blocks: start them
-        prefetch_block(K.blocks[i + 1]);
-        prefetch_block(V.blocks[i + 1]);
+    // Sealed blocks [i0, i1) overlap [lo, hi). Their arrays are separate heap blocks, requested
+    // kPrefetchBlocks ahead of the scan (at 7680 tokens the codes come from DRAM).
+    constexpr size_t kPrefetchBlocks = 2;
+    const size_t nb = K.blocks.size();
+    size_t i0 = 0, i1 = 0;
+    for (int e = start; i1 < nb && e < hi; e += K.blocks[i1++].n)
+      if (e + K.blocks[i1].n <= lo) i0 = i1 + 1, start = e + K.blocks[i1].n;
+    for (size_t i = i0; i < std::min(i1, i0 + kPrefetchBlocks); i++) {
+      prefetch_block(K.blocks[i]);
+      prefetch_block(V.blocks[i]);
+    }
+    for (size_t i = i0; i < nb && start < hi; i++) {
+      if (i + kPrefetchBlocks < i1) {
+        prefetch_block(K.blocks[i + kPrefetchBlocks]);
+        prefetch_block(V.blocks[i + kPrefetchBlocks]);
       }
       if (clip(start, K.blocks[i].n)) {
         if ((int)i >= n_sealed && i >= K.recent_first &&
@@ -746,6 +759,7 @@ std::string CompressedKVCache::stats_json() const {
     << ", \"block\": " << block_ << ", \"ring\": " << ring_ << ", \"sinks\": " << sinks_
     << ", \"boundary_layers\": " << p_.boundary_layers
     << ", \"boundary_bits\": " << p_.boundary_bits << ", \"norm_correction\": " << (p_.norm_correction ? "true" : "false")
+    << ", \"exact_scores\": " << (p_.exact_scores ? "true" : "false")
     << ", \"seed\": " << p_.seed << ", \"head_dim\": " << d << "}";
 
   // Summary accumulators per K (0) and V (1).

@@ -86,6 +86,14 @@ struct CpuKernels {
   // (kernels/turboquant.h get_bits; bits in 1..8, table[2^bits]): the low-rank factors' codes
   // decoded for attention. Exact on every ISA.
   void (*decode_codes)(const uint8_t* codes, int64_t n, int bits, const float* table, float* out);
+  // scores_codes' fast form: the codebook dot may be computed in integers, q rounded to int8 per
+  // query vector (s_q = max_j|q_j|/127, round half to even) and the centroids likewise (s_c =
+  // max|c|/127), as llama.cpp dots a quantized K cache with a q8_0 query. Each result is then
+  // within ρ_t·(½ s_q Σ_j|c[code_tj]| + ½ s_c Σ_j|q_j| + ¾ s_q s_c d) (+ float rounding) of
+  // scores_codes; non-finite q give 0 instead of NaN. The AVX-512 (VBMI + VNNI) version does so for
+  // codes of 1..3 bits (kernels/cpu/avx512_codes.cpp); the others are scores_codes itself.
+  void (*scores_codes_q8)(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                          const uint16_t* norms, float scale, const float* q, int nq, float* out);
 };
 
 const CpuKernels& cpu_kernels();        // chosen at run time

@@ -303,6 +303,78 @@ def test_attention_code_kernels(isa, bits):
                                                                 scale), ref_s, rtol=1e-4, atol=1e-5)
 
 
+def cpu_has(flag):
+    try:
+        return f" {flag}" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+def round_q8(x):
+    """kernels.h scores_codes_q8's rounding: int8 round_half_even(x * (127 / max|x|)) in float32,
+    and the scale max|x| / 127."""
+    amax = np.float32(np.abs(x).max())
+    return np.rint(x * (np.float32(127) / amax)).astype(np.int64), amax / np.float32(127)
+
+
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD)
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5])
+def test_scores_codes_q8_within_its_bound(isa, bits):
+    # Whatever an ISA does (integers or float), each score is within the contract's bound of the
+    # exact one: ρ_t (½ s_q Σ|c| + ½ s_c Σ|q| + ¾ s_q s_c d), plus float rounding.
+    r = rng()
+    for d in ATT_D:
+        for m in ATT_M:
+            nq = int(r.choice(ATT_NQ))
+            codes = r.integers(0, 256, (m, (d * bits + 7) // 8), dtype=np.uint8)
+            cent = np.sort(r.standard_normal(2 ** bits)).astype(np.float32)
+            norms = (r.random(m) * 4 + 0.01).astype(np.float16)
+            scale = float(np.float32(1 / np.sqrt(d)))
+            rho = norms.astype(np.float64) * scale
+            c = cent[unpack_codes(codes, d, bits)].astype(np.float64)  # [m, d]
+            q = r.standard_normal((nq, d)).astype(np.float32)
+            want = (q.astype(np.float64) @ c.T) * rho
+            sq = np.abs(q).max(1, keepdims=True) / 127
+            sc = np.abs(cent).max() / 127
+            bound = rho * (0.5 * sq * np.abs(c).sum(1) + 0.5 * sc * np.abs(q).sum(1, keepdims=True) + 0.75 * sq * sc * d)
+            got = _core.k_scores_codes_q8(isa, codes, d, bits, cent, q, norms.view(np.uint16), scale)
+            assert got.shape == (nq, m)
+            assert np.all(np.abs(got - want) <= bound + att_bound(np.abs(q) @ np.abs(c).T * rho)), (d, m, nq)
+
+
+@pytest.mark.skipif(not ("avx512vnni" in _core.available_isas() and cpu_has("avx512vbmi")),
+                    reason="the integer scores need AVX512-VBMI and VNNI")
+def test_scores_codes_q8_avx512_is_the_integer_scheme():
+    # The AVX-512 kernel computes (float)(Σ q8·c8) · (s_q s_c) · ρ_t exactly as specified (the
+    # integer sum is exact, then two float products), for every shape it takes (codes of <= 3
+    # bits in rows of <= 32 bytes, d a multiple of 16), tails of 1..7 rows and > 4 query vectors;
+    # other shapes are the exact scores_codes.
+    r = rng()
+    for bits in (1, 2, 3, 4):
+        for d in (16, 32, 48, 64, 80, 128, 256):
+            rb = (d * bits + 7) // 8
+            for m in (1, 3, 4, 5, 8, 9, 15, 16, 17, 64, 259):
+                nq = int(r.choice([1, 3, 6]))
+                codes = r.integers(0, 256, (m, rb), dtype=np.uint8)
+                cent = np.sort(r.standard_normal(2 ** bits)).astype(np.float32)
+                norms = (r.random(m) * 4 + 0.01).astype(np.float16)
+                scale = np.float32(1 / np.sqrt(d))
+                q = r.standard_normal((nq, d)).astype(np.float32)
+                got = _core.k_scores_codes_q8("avx512vnni", codes, d, bits, cent, q, norms.view(np.uint16), scale)
+                if bits > 3 or rb > 32 or d % 16:
+                    exact = _core.k_scores_codes("avx512vnni", codes, d, bits, cent, q, norms.view(np.uint16), scale)
+                    np.testing.assert_array_equal(got, exact)
+                    continue
+                c8, sc = round_q8(cent)
+                rho = scale * norms.astype(np.float32)
+                k = unpack_codes(codes, d, bits)
+                for h in range(nq):
+                    q8, sq = round_q8(q[h])
+                    isum = (c8[k] * q8).sum(1)
+                    want = isum.astype(np.float32) * np.float32(sq * sc) * rho
+                    np.testing.assert_allclose(got[h], want, rtol=2e-7, atol=0)
+
+
 @pytest.mark.parametrize("isa", SIMD)
 def test_attention_code_kernels_read_only_their_rows(isa):
     # The SIMD kernels read codes 4 bytes at a time; the last row must not read past the array
@@ -318,6 +390,8 @@ def test_attention_code_kernels_read_only_their_rows(isa):
         junk = codes.copy()
         junk[5:] = 255 - junk[5:]
         np.testing.assert_allclose(_core.k_scores_codes(isa, junk[:5], d, bits, cent, q), want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(_core.k_scores_codes_q8(isa, junk[:5], d, bits, cent, q),
+                                      _core.k_scores_codes_q8(isa, codes[:5], d, bits, cent, q))
 
 
 def _guarded_codes(data):
@@ -353,6 +427,8 @@ def test_attention_code_kernels_never_read_past_the_codes(isa):
                 buf, guarded = _guarded_codes(codes)
                 np.testing.assert_allclose(_core.k_scores_codes(isa, guarded, d, bits, cent, q),
                                            _core.k_scores_codes("scalar", codes, d, bits, cent, q), rtol=1e-5, atol=1e-5)
+                np.testing.assert_array_equal(_core.k_scores_codes_q8(isa, guarded, d, bits, cent, q),
+                                              _core.k_scores_codes_q8(isa, codes, d, bits, cent, q))
                 np.testing.assert_allclose(_core.k_values_codes(isa, guarded, d, bits, cent, w, acc),
                                            _core.k_values_codes("scalar", codes, d, bits, cent, w, acc), rtol=1e-5,
                                            atol=1e-5)
@@ -429,8 +505,13 @@ def test_attention_split_across_threads(mode):
     d, hkv, nh, n = 32, 2, 6, 300
     k = (r.standard_normal((n, hkv, d)) + 2 * r.standard_normal((1, hkv, d))).astype(np.float32)
     v = r.standard_normal((n, hkv, d)).astype(np.float32)
-    params = dict(mode=mode, block=32, ring=32, sinks=3)
+    params = dict(mode=mode, block=32, ring=32, sinks=3, exact_scores=True)
     caches = [_core.KVCacheTester(params, 1, hkv, d, n, n_threads=nt) for nt in (1, 2, 3, 5)]
+    # the default int8 scores (kernels.h scores_codes_q8) do not depend on the split either
+    fast = [_core.KVCacheTester(dict(params, exact_scores=False), 1, hkv, d, n, n_threads=nt) for nt in (1, 2, 5)]
+    for c in fast:
+        c.append(0, k[:200], v[:200])
+        c.append(0, k[200:], v[200:])
     for c in caches:
         c.append(0, k[:200], v[:200])
         c.append(0, k[200:], v[200:])
@@ -448,3 +529,6 @@ def test_attention_split_across_threads(mode):
         for o in outs:
             assert np.abs(o[0] - ref).max() / scale < 2e-5
             assert np.abs(o - outs[0]).max() / scale < 1e-5
+        fo = [c.attend(0, pos, q) for c in fast]
+        for o in fo:
+            assert np.abs(o - fo[0]).max() / scale < 1e-5

@@ -291,7 +291,7 @@ const CpuKernels* cpu_kernels_avx2() {
                                max_f32_avx2, quantize_act_avx2, vec_dot_avx2,
                                axpy_f16_acc16_avx2, scale_f16_avx2, swiglu_avx2,
                                dot_f16_f16_avx2, scores_f32t_chain_avx2, soft_max_ggml_avx2,
-                               decode_codes_avx2};
+                               decode_codes_avx2, scores_codes_avx2};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");
   return ok ? &k : nullptr;

@@ -15,6 +15,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -182,6 +183,181 @@ void values_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, c
   }
 }
 
+// ---- scores in integers (q and centroids rounded to int8) ----
+//
+// The float scan above spends ~28 operations of the two 512-bit pipes per token (4 look-ups of
+// 16 centroids, 12 FMAs for three query heads, the horizontal sums); the pipes are its limit.
+// Here 64 centroids of one token are 64 bytes: q is rounded to int8 per query vector and the
+// centroids to int8 (both as x·127/max|x|, round half to even: quantize_q8_0's rule), and one
+// vpdpbusd multiplies-and-adds 64 code×query pairs. A 128-bit lane holds one token's 16
+// coordinates of a group, so a vector holds 4 tokens: vpermt2b gathers each token's group bytes
+// (4 rows of rb <= 32 bytes are at most two 64-byte loads), vpmultishiftqb moves code i to byte
+// i, vpermb looks it up in a 64-byte table (c8 + 128, repeating with period 2^B so the bits above
+// the code do not matter). The integer sums are exact; the result is
+//   out = (float)(Σ_j q8_j (c8 + 128) − 128 Σ_j q8_j) · (s_q · s_c) · ρ_t,
+// within ρ_t·(½ s_q Σ_j |c_j| + ½ s_c Σ_j |q_j| + ¼ s_q s_c d) of the float scan (kernels.h).
+constexpr int kQ8MaxRowBytes = 32;  // 4 rows per two loads
+constexpr int kQ8MaxD = 256;
+
+// x[0..n) (n a multiple of 16, n <= kQ8MaxD) -> int8 round_half_even(x · 127/max|x|) into out
+// (quantize_q8_0's rule: _mm512_cvtps_epi32 rounds half to even); *sum = Σ of them; returns
+// the scale max|x|/127 (0, with all codes 0, when max|x| is 0 or not finite).
+inline float round_q8(const float* x, int n, int8_t* out, int32_t* sum) {
+  __m512 mx = _mm512_setzero_ps();
+  for (int j = 0; j < n; j += 16) mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+  const float amax = _mm512_reduce_max_ps(mx);
+  const bool ok = amax > 0.0f && amax <= 3.4028235e38f;  // false for 0, inf and NaN
+  const __m512 id = _mm512_set1_ps(ok ? 127.0f / amax : 0.0f);
+  __m512i s = _mm512_setzero_si512();
+  for (int j = 0; j < n; j += 16) {
+    const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + j), id));  // |v| <= 127
+    s = _mm512_add_epi32(s, v);
+    _mm_storeu_si128((__m128i*)(out + j), _mm512_cvtsepi32_epi8(v));
+  }
+  *sum = _mm512_reduce_add_epi32(s);
+  return ok ? amax / 127.0f : 0.0f;
+}
+
+// Shared set-up of one call (a sealed block's part, for the NH query vectors): the look-up
+// table, q in int8, the gather indices. Kept small: a decode step makes thousands of calls.
+template <int B, int NH>
+struct Q8Scan {
+  int G, rb;
+  __m512i table, ctrl, base;
+  alignas(64) int8_t q8[NH][kQ8MaxD];
+  float f[NH];
+  int32_t qsum[NH];
+  Q8Scan(int d, const float* cent, const float* q) : G(d / 16), rb(2 * B * (d / 16)) {
+    // centroids -> int8 as q is (n = 16: the 2^B centroids, zero padded), then c8 + 128 in a
+    // 64-entry table repeating with period 2^B
+    alignas(64) float cp[16] = {0};
+    std::memcpy(cp, cent, sizeof(float) << B);
+    alignas(16) int8_t c8[16];
+    int32_t unused;
+    const float cs = round_q8(cp, 16, c8, &unused);
+    const __m512i iota = _mm512_set_epi64(0x3f3e3d3c3b3a3938, 0x3736353433323130, 0x2f2e2d2c2b2a2928,
+                                          0x2726252423222120, 0x1f1e1d1c1b1a1918, 0x1716151413121110,
+                                          0x0f0e0d0c0b0a0908, 0x0706050403020100);
+    const __m512i c8v = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i*)c8));
+    table = _mm512_add_epi8(_mm512_permutexvar_epi8(_mm512_and_si512(iota, _mm512_set1_epi8((1 << B) - 1)), c8v),
+                            _mm512_set1_epi8((char)128));
+    // multishift control: byte i of every qword takes the bits from B·i
+    uint64_t cq = 0;
+    for (int i = 0; i < 8; i++) cq |= (uint64_t)(B * i) << (8 * i);
+    ctrl = _mm512_set1_epi64((long long)cq);
+    // gather index of group 0: byte 16L + 8k + i = byte L·rb + k·B + i of the 4 rows (row L's
+    // k-th 8 codes); group g adds 2Bg
+    const __m512i L = _mm512_srli_epi16(_mm512_and_si512(iota, _mm512_set1_epi8(0x30)), 4);
+    const __m512i k = _mm512_srli_epi16(_mm512_and_si512(iota, _mm512_set1_epi8(0x08)), 3);
+    const __m512i i = _mm512_and_si512(iota, _mm512_set1_epi8(0x07));
+    // L·rb as bytes: rb <= 32, L <= 3; the products fit a byte
+    __m512i lr = _mm512_setzero_si512();
+    for (int r = 0; r < 3; r++)
+      lr = _mm512_add_epi8(lr, _mm512_and_si512(_mm512_set1_epi8((char)rb),
+                                                _mm512_movm_epi8(_mm512_cmpgt_epu8_mask(L, _mm512_set1_epi8((char)r)))));
+    base = _mm512_add_epi8(_mm512_add_epi8(lr, i), _mm512_and_si512(_mm512_set1_epi8(B), _mm512_movm_epi8(_mm512_test_epi8_mask(k, k))));
+    for (int h = 0; h < NH; h++) f[h] = round_q8(q + (size_t)h * d, d, q8[h], &qsum[h]) * cs;
+  }
+  // indices past the 128 bytes only feed bits above a code: clamped to 127
+  __m512i idx(int g) const { return _mm512_min_epu8(_mm512_add_epi8(base, _mm512_set1_epi8((char)(2 * B * g))), _mm512_set1_epi8(127)); }
+};
+
+inline __mmask64 first_bytes(int64_t n) {
+  return n >= 64 ? ~(__mmask64)0 : n <= 0 ? (__mmask64)0 : ((__mmask64)1 << n) - 1;
+}
+
+// The int32 sums of 4 rows (nrows <= 4 of them read) into acc[h] (lane L: row L's 4 partial sums).
+template <int B, int NH, int NG>
+__attribute__((always_inline)) inline void q8_quad(const Q8Scan<B, NH>& z, const uint8_t* src, __mmask64 m0,
+                                                   __mmask64 m1, __m512i ctrl, __m512i table, __m512i* acc) {
+  const __m512i s0 = _mm512_maskz_loadu_epi8(m0, src);
+  const __m512i s1 = _mm512_maskz_loadu_epi8(m1, src + 64);
+  EOQ_UNROLL
+  for (int g = 0; g < (NG ? NG : z.G); g++) {
+    const __m512i x = _mm512_permutex2var_epi8(s0, z.idx(g), s1);
+    const __m512i cv = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(ctrl, x), table);
+    EOQ_UNROLL
+    for (int h = 0; h < NH; h++)
+      acc[h] = _mm512_dpbusd_epi32(acc[h], cv, _mm512_broadcast_i32x4(_mm_load_si128((const __m128i*)&z.q8[h][16 * g])));
+  }
+}
+
+// Scores of tokens t..t+nt-1 (nt <= 8) from the quads' sums: out[h*ldo + t + i].
+template <int B, int NH>
+__attribute__((always_inline)) inline void q8_finish(const Q8Scan<B, NH>& z, const __m512i* a0, const __m512i* a1,
+                                                     __m256 rho, float* out, int64_t ldo, int nt) {
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+  EOQ_UNROLL
+  for (int h = 0; h < NH; h++) {
+    // lane L of a0 / a1: the 4 partial sums of token L / 4 + L
+    __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi32(a0[h], a1[h]), _mm512_unpackhi_epi32(a0[h], a1[h]));
+    s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, (_MM_PERM_ENUM)0x4e));
+    const __m256i tot = _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, s));
+    const __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(tot, _mm256_set1_epi32(128 * z.qsum[h])));
+    const __m256 r = _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(z.f[h])), rho);
+    if (nt == 8) _mm256_storeu_ps(out + h * ldo, r);
+    else _mm256_mask_storeu_ps(out + h * ldo, (__mmask8)((1u << nt) - 1), r);
+  }
+}
+
+template <int B, int NH, int NG>
+void scores_q8_nh(const uint8_t* codes, int64_t m, int d, const float* cent, const uint16_t* norms, float scale,
+                  const float* q, float* out, int64_t ldo) {
+  const Q8Scan<B, NH> z(d, cent, q);
+  const int rb = z.rb;
+  const __m512i ctrl = z.ctrl, table = z.table;
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const __mmask64 m0 = first_bytes(4 * rb), m1 = first_bytes(4 * rb - 64);
+  int64_t t = 0;
+  for (; t + 8 <= m; t += 8) {
+    __m512i a0[NH], a1[NH];
+    EOQ_UNROLL
+    for (int h = 0; h < NH; h++) a0[h] = a1[h] = _mm512_setzero_si512();
+    q8_quad<B, NH, NG>(z, codes + (size_t)t * rb, m0, m1, ctrl, table, a0);
+    q8_quad<B, NH, NG>(z, codes + (size_t)(t + 4) * rb, m0, m1, ctrl, table, a1);
+    const __m256 rho = _mm256_mul_ps(vscale, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(norms + t))));
+    q8_finish<B, NH>(z, a0, a1, rho, out + t, ldo, 8);
+  }
+  if (t < m) {  // 1..7 rows: loads under masks, lanes past m are 0 and not stored
+    const int nt = (int)(m - t);
+    __m512i a0[NH], a1[NH];
+    EOQ_UNROLL
+    for (int h = 0; h < NH; h++) a0[h] = a1[h] = _mm512_setzero_si512();
+    const int64_t b0 = (int64_t)std::min(4, nt) * rb, b1 = (int64_t)std::max(0, nt - 4) * rb;
+    q8_quad<B, NH, NG>(z, codes + (size_t)t * rb, first_bytes(b0), first_bytes(b0 - 64), ctrl, table, a0);
+    if (b1 > 0) q8_quad<B, NH, NG>(z, codes + (size_t)(t + 4) * rb, first_bytes(b1), first_bytes(b1 - 64), ctrl, table, a1);
+    alignas(16) uint16_t nb[8] = {0};
+    std::memcpy(nb, norms + t, 2 * (size_t)nt);
+    const __m256 rho = _mm256_mul_ps(vscale, _mm256_cvtph_ps(_mm_load_si128((const __m128i*)nb)));
+    q8_finish<B, NH>(z, a0, a1, rho, out + t, ldo, nt);
+  }
+}
+
+template <int B>
+void scores_q8_b(const uint8_t* codes, int64_t m, int d, const float* cent, const uint16_t* norms, float scale,
+                 const float* q, int nq, float* out) {
+  for (int h0 = 0; h0 < nq; h0 += kMaxNQ) {
+    const float* qh = q + (size_t)h0 * d;
+    float* oh = out + h0 * m;
+    const int nh = std::min(kMaxNQ, nq - h0);
+    if (d == 64) {  // the group loop unrolled
+      switch (nh) {
+        case 1: scores_q8_nh<B, 1, 4>(codes, m, d, cent, norms, scale, qh, oh, m); break;
+        case 2: scores_q8_nh<B, 2, 4>(codes, m, d, cent, norms, scale, qh, oh, m); break;
+        case 3: scores_q8_nh<B, 3, 4>(codes, m, d, cent, norms, scale, qh, oh, m); break;
+        default: scores_q8_nh<B, 4, 4>(codes, m, d, cent, norms, scale, qh, oh, m); break;
+      }
+    } else {
+      switch (nh) {
+        case 1: scores_q8_nh<B, 1, 0>(codes, m, d, cent, norms, scale, qh, oh, m); break;
+        case 2: scores_q8_nh<B, 2, 0>(codes, m, d, cent, norms, scale, qh, oh, m); break;
+        case 3: scores_q8_nh<B, 3, 0>(codes, m, d, cent, norms, scale, qh, oh, m); break;
+        default: scores_q8_nh<B, 4, 0>(codes, m, d, cent, norms, scale, qh, oh, m); break;
+      }
+    }
+  }
+}
+
 template <int B>
 void scores_b(const uint8_t* codes, int64_t m, int d, const float* cent, const float* q, int nq, float* out) {
   for (int h0 = 0; h0 < nq; h0 += kMaxNQ) {
@@ -321,6 +497,22 @@ void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const
     int64_t t = 0;
     for (; t + 16 <= m; t += 16) _mm512_storeu_ps(o + t, _mm512_mul_ps(_mm512_loadu_ps(o + t), _mm512_loadu_ps(&rho[t])));
     for (; t < m; t++) o[t] *= rho[t];
+  }
+}
+
+// In integers for codes of 1..3 bits in rows of up to 32 bytes (d = 64 at 2 or 3 bits, 128 at
+// 1 or 2); other shapes as scores_codes_avx512 (exact, so within the contract's bound too). At
+// 4 bits the rounding would be a fifth of the codes' own error on real SmolLM2 keys (mean over
+// queries; 2-6% at 2-3 bits), so 4-bit codes stay in float.
+void scores_codes_q8_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                            const uint16_t* norms, float scale, const float* q, int nq, float* out) {
+  if (m <= 0) return;
+  if (d % 16 != 0 || d > kQ8MaxD || bits > 3 || packed_bytes(d, bits) > kQ8MaxRowBytes)
+    return scores_codes_avx512(codes, m, d, bits, centroids, norms, scale, q, nq, out);
+  switch (bits) {
+    case 1: return scores_q8_b<1>(codes, m, d, centroids, norms, scale, q, nq, out);
+    case 2: return scores_q8_b<2>(codes, m, d, centroids, norms, scale, q, nq, out);
+    default: return scores_q8_b<3>(codes, m, d, centroids, norms, scale, q, nq, out);
   }
 }
 

@@ -21,6 +21,8 @@ void vec_dot_avx2(GGMLType w, int64_t n, const void* w_rows, size_t w_stride, in
 // kernels/cpu/avx512_codes.cpp (needs AVX512-VBMI as well)
 void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
                          const uint16_t* norms, float scale, const float* q, int nq, float* out);
+void scores_codes_q8_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
+                            const uint16_t* norms, float scale, const float* q, int nq, float* out);
 void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
                          const uint16_t* norms, float scale, const float* w, int nq, float* acc);
 void decode_codes_avx512(const uint8_t* codes, int64_t n, int bits, const float* table, float* out);
@@ -178,6 +180,7 @@ const CpuKernels* cpu_kernels_avx512vnni() {
     t.vec_dot = vec_dot_vnni;
     if (__builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512dq")) {
       t.scores_codes = scores_codes_avx512;
+      t.scores_codes_q8 = scores_codes_q8_avx512;
       t.values_codes = values_codes_avx512;
       t.decode_codes = decode_codes_avx512;
       t.softmax_exp = softmax_exp_avx512;

@@ -141,7 +141,7 @@ const CpuKernels& cpu_kernels_scalar() {
                                max_f32_scalar, quantize_act_ref, vec_dot_ref_rows,
                                axpy_f16_acc16_scalar, scale_f16_scalar, swiglu_scalar,
                                dot_f16_f16_scalar, scores_f32t_chain_scalar, soft_max_ggml_scalar,
-                               decode_codes_scalar};
+                               decode_codes_scalar, scores_codes_scalar};
   return k;
 }
 

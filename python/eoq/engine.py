@@ -190,7 +190,7 @@ class Engine:
     only the rest (as llama-cpp-python does); otherwise every call starts from an empty cache.
     kv: the KV cache mode (f16, f32, q8_0, q4_0, turbo2/3/4, eoq2/3/4); kv_options: its knobs
     (k_bits, v_bits, rank_cap, v_rank_cap, factor_bits, shrink, block, ring, sinks,
-    boundary_layers, boundary_bits, norm_correction, seed), see ../shared/spec/kv-compression.md.
+    boundary_layers, boundary_bits, norm_correction, exact_scores, seed), see ../shared/spec/kv-compression.md.
     """
 
     def __init__(self, model_path: Union[str, os.PathLike, None] = None, n_ctx: int = 0,
