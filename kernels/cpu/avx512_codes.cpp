@@ -1,7 +1,7 @@
-// AVX-512 (F, BW, VL, DQ, VBMI) versions of the compressed cache's attention kernels (kernels.h
-// scores_codes, values_codes, decode_codes, softmax_exp; references in kernels/ref/vec.cpp,
-// AVX2 versions in kernels/cpu/avx2_codes.cpp). Chosen with the AVX512-VNNI table when CPUID
-// also reports VBMI.
+// AVX-512 (F, BW, VL, DQ, VBMI, VNNI) versions of the compressed cache's attention kernels
+// (kernels.h scores_codes, scores_codes_q8, values_codes, decode_codes, softmax_exp; references
+// in kernels/ref/vec.cpp, AVX2 versions in kernels/cpu/avx2_codes.cpp). Chosen with the
+// AVX512-VNNI table when CPUID also reports VBMI.
 //
 // Sixteen coordinates of b <= 4 bits are 2b <= 8 bytes. One 64-bit broadcast load puts them in
 // every qword of a vector; vpmultishiftqb then moves the bits of coordinate i to the low byte of
@@ -195,7 +195,8 @@ void values_nh(const uint8_t* codes, int64_t m, int d, const float* centroids, c
 // i, vpermb looks it up in a 64-byte table (c8 + 128, repeating with period 2^B so the bits above
 // the code do not matter). The integer sums are exact; the result is
 //   out = (float)(Σ_j q8_j (c8 + 128) − 128 Σ_j q8_j) · (s_q · s_c) · ρ_t,
-// within ρ_t·(½ s_q Σ_j |c_j| + ½ s_c Σ_j |q_j| + ¼ s_q s_c d) of the float scan (kernels.h).
+// within ρ_t·(½ s_q Σ_j |c_j| + ½ s_c Σ_j |q_j| + ¾ s_q s_c d) of the float scan (kernels.h
+// scores_codes_q8; used for codes of 1..3 bits, see scores_codes_q8_avx512).
 constexpr int kQ8MaxRowBytes = 32;  // 4 rows per two loads
 constexpr int kQ8MaxD = 256;
 
