@@ -261,12 +261,12 @@ inline __m256i bit4_from_u32(uint32_t qh) {  // byte j = 0x10 if bit j of qh is 
 }
 
 struct Q4_0W {  // d, qs[16]; value q - 8
-  static constexpr int kBytes = 18, kOffset = 8, kActBytes = 34, kActQs = 2;
+  static constexpr int kBytes = 18, kOffset = 8, kActBytes = 34, kActQs = 2, kQs = 2;
   static constexpr bool kMin = false, kSigned = false;
   static __m256i quants(const uint8_t* p) { return nibbles32(p + 2); }
 };
 struct Q4_1W {  // d, m, qs[16]; value d*q + m
-  static constexpr int kBytes = 20, kOffset = 0, kActBytes = 36, kActQs = 4;
+  static constexpr int kBytes = 20, kOffset = 0, kActBytes = 36, kActQs = 4, kQs = 4;
   static constexpr bool kMin = true, kSigned = false;
   static __m256i quants(const uint8_t* p) { return nibbles32(p + 4); }
 };
@@ -281,7 +281,7 @@ struct Q5_1W {  // d, m, qh[4], qs[16]; value d*q + m
   static __m256i quants(const uint8_t* p) { return _mm256_or_si256(nibbles32(p + 8), bit4_from_u32(rd32(p + 4))); }
 };
 struct Q8_0W {  // d, qs[32] signed
-  static constexpr int kBytes = 34, kOffset = 0, kActBytes = 34, kActQs = 2;
+  static constexpr int kBytes = 34, kOffset = 0, kActBytes = 34, kActQs = 2, kQs = 2;
   static constexpr bool kMin = false, kSigned = true;
   static __m256i quants(const uint8_t* p) { return load32(p + 2); }
 };
@@ -412,6 +412,100 @@ void dot_legacy(int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a
       }
     }
   });
+}
+
+// ---- legacy formats, one token (decode): two rows per 256-bit register ----
+//
+// With one activation row the tile above spends most of its time on per-block bookkeeping (a
+// broadcast, shift, convert and scale per row and block). Here the 16 quant bytes of a block of
+// rows r and r+1 fill one register (128-bit lane i = row i): `lo` holds values 0..15 of each
+// row, `hi` values 16..31; the same maddubs + madd against the activation's first (second) 16
+// bytes, broadcast to both lanes, gives each row's int32 lanes 0-3 (4-7) of the tile's 8-lane
+// sum, and acc_lo / acc_hi take the same fused multiply-add with the same d_w·d_a, lane for lane.
+// The tile's tail sums the 8 lanes as lo + hi, then lanes (0+2, 1+3), then those two; so does
+// this one (IEEE addition commutes), and the minimum term is the same fma chain per row, two
+// rows in one vector. So the results have the tile's bits, i.e. ggml's (tests/test_quant_dot.py
+// checks every ISA against the 1-row call). kernels/cpu/avx512vnni_dot.cpp does four rows per
+// 512-bit register the same way.
+inline __m256i load2x16(const uint8_t* p0, const uint8_t* p1) {
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(load16(p0)), load16(p1), 1);
+}
+
+// Σ of the products w·a in groups of four bytes (the tile's maddubs + madd; Q8_0 signed)
+template <class W>
+inline __m256i dot_groups4(__m256i w, __m256i a) {
+  __m256i p;
+  if (W::kSigned) {
+    p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+  } else {
+    p = _mm256_maddubs_epi16(w, a);
+    if (W::kOffset) p = _mm256_sub_epi16(p, _mm256_maddubs_epi16(_mm256_set1_epi8((char)W::kOffset), a));
+  }
+  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+// y[0..4) for rows w, w + ws, w + 2ws, w + 3ws against one activation row a (nb blocks)
+template <class W>
+EOQ_NOINLINE void decode_rows4(const uint8_t* w, size_t ws, int64_t nb, const uint8_t* a, float* y) {
+  const uint8_t* p[4] = {w, w + ws, w + 2 * ws, w + 3 * ws};
+  __m256 acc_lo[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, acc_hi[2] = {acc_lo[0], acc_lo[0]};
+  __m128 mins[2] = {_mm_setzero_ps(), _mm_setzero_ps()};  // lanes 1 and 3: Σ_b m s of the pair's rows
+  const __m256i nib = _mm256_set1_epi8(0x0f);
+  const __m256i didx = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2);  // row i's d_w·d_a in lanes 4i..4i+3
+  for (int64_t b = 0; b < nb; b++, a += W::kActBytes) {
+    const size_t o = (size_t)b * W::kBytes;
+    const __m256i alo = _mm256_broadcastsi128_si256(load16(a + W::kActQs));
+    const __m256i ahi = _mm256_broadcastsi128_si256(load16(a + W::kActQs + 16));
+    const __m128 da = _mm_set1_ps(h2f(a));
+    EOQ_UNROLL
+    for (int k = 0; k < 2; k++) {
+      const uint8_t *r0 = p[2 * k] + o, *r1 = p[2 * k + 1] + o;
+      __m256i lo, hi;
+      if (W::kSigned) {
+        lo = load2x16(r0 + W::kQs, r1 + W::kQs);
+        hi = load2x16(r0 + W::kQs + 16, r1 + W::kQs + 16);
+      } else {
+        const __m256i q = load2x16(r0 + W::kQs, r1 + W::kQs);
+        lo = _mm256_and_si256(q, nib);
+        hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), nib);
+      }
+      // the two rows' (d, m) or (d, next bytes) f16 pairs -> [d0, m0, d1, m1]
+      const __m128 dm = _mm_cvtph_ps(_mm_setr_epi32((int)rd32(r0), (int)rd32(r1), 0, 0));
+      const __m256 sc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(dm, da)), didx);
+      acc_lo[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_groups4<W>(lo, alo)), sc, acc_lo[k]);
+      acc_hi[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_groups4<W>(hi, ahi)), sc, acc_hi[k]);
+      if (W::kMin) mins[k] = _mm_fmadd_ps(dm, _mm_set1_ps(h2f(a + 2)), mins[k]);  // m_w · s_a
+    }
+  }
+  EOQ_UNROLL
+  for (int k = 0; k < 2; k++) {
+    // per row (128-bit lane): lo + hi, then lanes 0+2 and 1+3, then those two
+    __m256 s = _mm256_add_ps(acc_lo[k], acc_hi[k]);
+    s = _mm256_add_ps(s, _mm256_permute_ps(s, 0x4e));
+    s = _mm256_add_ps(s, _mm256_permute_ps(s, 0xb1));
+    alignas(32) float v[8];
+    _mm256_store_ps(v, s);
+    alignas(16) float m[4];
+    _mm_store_ps(m, mins[k]);
+    y[2 * k] = W::kMin ? v[0] + m[1] : v[0];
+    y[2 * k + 1] = W::kMin ? v[4] + m[3] : v[4];
+  }
+}
+
+// One token: rows four at a time (prefetched kPrefetchAhead bytes ahead as one stream), the
+// rest through the tiles.
+template <class W>
+void decode_legacy(int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, float* y) {
+  const int64_t nb = n / QK;
+  const uint8_t* end = w + (size_t)nr * ws;
+  prefetch(w, std::min(kPrefetchAhead, (size_t)(end - w)));
+  int r = 0;
+  for (; r + 4 <= nr; r += 4) {
+    const uint8_t* pf = w + (size_t)r * ws + kPrefetchAhead;
+    if (pf < end) prefetch(pf, std::min(4 * ws, (size_t)(end - pf)));
+    decode_rows4<W>(w + (size_t)r * ws, ws, nb, a, y + r);
+  }
+  if (r < nr) dot_legacy<W>(n, w + (size_t)r * ws, ws, nr - r, a, 0, 1, y + r, 0);
 }
 
 // ---- K-quants (super-blocks of 256) against Q8_K ----
@@ -670,6 +764,12 @@ void vec_dot_avx2(GGMLType w, int64_t n, const void* w_rows, size_t w_stride, in
     return vec_dot_ref_rows(w, n, w_rows, w_stride, nr, a_rows, a_stride, nt, y, ldy);  // raises
   const uint8_t* wp = static_cast<const uint8_t*>(w_rows);
   const uint8_t* ap = static_cast<const uint8_t*>(a_rows);
+  if (nt == 1) switch (w) {
+      case GGMLType::Q4_0: return decode_legacy<Q4_0W>(n, wp, w_stride, nr, ap, y);
+      case GGMLType::Q4_1: return decode_legacy<Q4_1W>(n, wp, w_stride, nr, ap, y);
+      case GGMLType::Q8_0: return decode_legacy<Q8_0W>(n, wp, w_stride, nr, ap, y);
+      default: break;
+    }
   switch (w) {
     case GGMLType::Q4_0: return dot_legacy<Q4_0W>(n, wp, w_stride, nr, ap, a_stride, nt, y, ldy);
     case GGMLType::Q4_1: return dot_legacy<Q4_1W>(n, wp, w_stride, nr, ap, a_stride, nt, y, ldy);
