@@ -83,6 +83,13 @@ void bind_kernels(py::module_& m) {
     same_size(a.size(), b.size());
     return table(isa).dot_f16_f32(a.data(), b.data(), a.size());
   });
+  m.def("k_values_f32_chain", [](const std::string& isa, f32 v, f32 w, f32 acc) {
+    check_2d(v, w.size(), acc.size(), "v");
+    py::array_t<float> out(acc.size());
+    std::copy(acc.data(), acc.data() + acc.size(), out.mutable_data());
+    table(isa).values_f32_chain(v.data(), (int)w.size(), (int)acc.size(), w.data(), out.mutable_data());
+    return out;
+  });
   m.def("k_axpy_f32", [](const std::string& isa, float alpha, f32 x, f32 y) {
     same_size(x.size(), y.size());
     py::array_t<float> out(y.size());

@@ -111,8 +111,9 @@ class ExactKVCache final : public KVCache {
     const int64_t items = (int64_t)n_blocks * hkv;
     const int nt = pool.size();
     pool.parallel_for(nt, [&](int64_t b, int64_t e, int) {
-      thread_local std::vector<float> kt, vt, kq, acc, M, S;
+      thread_local std::vector<float> kt, krow, vt, kq, acc, M, S;
       kt.resize((size_t)hd * TK);
+      krow.resize((size_t)TK * hd);
       vt.resize((size_t)TK * hd);
       kq.resize(TK);
       acc.resize((size_t)kQB * G * hd);
@@ -130,14 +131,11 @@ class ExactKVCache final : public KVCache {
           const int kv_end = pos0 + t0 + nq;  // keys the block's last query sees
           for (int ic = 0; ic < kv_end; ic += TK) {
             const int m = std::min(TK, kv_end - ic);
-            for (int j = 0; j < m; j++) {
-              const T* kr = kh + (size_t)(ic + j) * hd;
-              const T* vr = vh + (size_t)(ic + j) * hd;
-              for (int i = 0; i < hd; i++) {
-                kt[(size_t)i * TK + j] = fp16_to_fp32(kr[i]);
-                vt[(size_t)j * hd + i] = fp16_to_fp32(vr[i]);
-              }
-            }
+            // the tile in float (exact conversions): values row-major, keys transposed
+            kern.dequantize_row(GGMLType::F16, vh + (size_t)ic * hd, vt.data(), (int64_t)m * hd);
+            kern.dequantize_row(GGMLType::F16, kh + (size_t)ic * hd, krow.data(), (int64_t)m * hd);
+            for (int j = 0; j < m; j++)
+              for (int i = 0; i < hd; i++) kt[(size_t)i * TK + j] = krow[(size_t)j * hd + i];
             for (int t = 0; t < nq; t++) {
               const int mq = std::min(m, pos0 + t0 + t + 1 - ic);  // keys of this tile the query sees
               if (mq <= 0) continue;
@@ -160,7 +158,7 @@ class ExactKVCache final : public KVCache {
                 }
                 M[r] = Mnew;
                 S[r] = (float)((double)S[r] + kern.soft_max_ggml(kq.data(), TK, Mnew));
-                for (int j = 0; j < mq; j++) kern.axpy_f32(kq[j], &vt[(size_t)j * hd], a, hd);
+                kern.values_f32_chain(vt.data(), mq, hd, kq.data(), a);
               }
             }
           }

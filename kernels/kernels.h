@@ -94,6 +94,9 @@ struct CpuKernels {
   // codes of 1..3 bits (kernels/cpu/avx512_codes.cpp); the others are scores_codes itself.
   void (*scores_codes_q8)(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
                           const uint16_t* norms, float scale, const float* q, int nq, float* out);
+  // acc[i] += w[j]·v[j*d + i] for j = 0..m-1 in that order: the bits of m axpy_f32 calls (the
+  // tiled f16 attention's value sums, as ggml_vec_mad_f32), with acc held in registers.
+  void (*values_f32_chain)(const float* v, int m, int d, const float* w, float* acc);
 };
 
 const CpuKernels& cpu_kernels();        // chosen at run time

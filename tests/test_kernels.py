@@ -303,6 +303,22 @@ def test_attention_code_kernels(isa, bits):
                                                                 scale), ref_s, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD)
+def test_values_f32_chain_is_axpy_in_order(isa):
+    # The tiled f16 attention's value sums: the bits of one axpy_f32 per row, rows in order.
+    r = rng()
+    for d in (1, 7, 8, 24, 64, 100, 128, 200):
+        for m in (0, 1, 5, 64):
+            v = r.standard_normal((m, d)).astype(np.float32)
+            w = r.random(m).astype(np.float32)
+            acc = r.standard_normal(d).astype(np.float32)
+            want = acc.copy()
+            for j in range(m):
+                want = _core.k_axpy_f32(isa, float(w[j]), v[j], want)
+            got = _core.k_values_f32_chain(isa, v.reshape(m, d), w, acc)
+            np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def cpu_has(flag):
     try:
         return f" {flag}" in open("/proc/cpuinfo").read()

@@ -113,6 +113,10 @@ void scores_f32t_chain_scalar(const float* kt, int d, int m, const float* q, flo
     for (int t = 0; t < m; t++) out[t] = std::fma(q[j], kt[(size_t)j * m + t], out[t]);
 }
 
+void values_f32_chain_scalar(const float* v, int m, int d, const float* w, float* acc) {
+  for (int j = 0; j < m; j++) axpy_f32_scalar(w[j], v + (size_t)j * d, acc, d);
+}
+
 double soft_max_ggml_scalar(float* x, int64_t n, float mx) {
   double s = 0;
   for (int64_t i = 0; i < n; i++) {
@@ -141,7 +145,7 @@ const CpuKernels& cpu_kernels_scalar() {
                                max_f32_scalar, quantize_act_ref, vec_dot_ref_rows,
                                axpy_f16_acc16_scalar, scale_f16_scalar, swiglu_scalar,
                                dot_f16_f16_scalar, scores_f32t_chain_scalar, soft_max_ggml_scalar,
-                               decode_codes_scalar, scores_codes_scalar};
+                               decode_codes_scalar, scores_codes_scalar, values_f32_chain_scalar};
   return k;
 }
 
