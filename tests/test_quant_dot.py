@@ -241,7 +241,7 @@ def test_simd_quantizers_give_the_reference_bytes(isa, act):
             assert _core.k_quantize_act(isa, act, misaligned(x.view(np.uint8)).view(np.float32)) == want
 
 
-TILE_SHAPES = [(1, 1), (2, 1), (3, 1), (5, 1), (11, 1), (1, 2), (3, 3), (2, 4), (5, 5), (7, 9), (4, 13)]
+TILE_SHAPES = [(1, 1), (2, 1), (3, 1), (5, 1), (11, 1), (1, 2), (3, 3), (2, 4), (5, 5), (9, 6), (8, 7), (7, 9), (4, 13)]
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)

@@ -146,16 +146,121 @@ void dot_decode(GGMLType t, int64_t n, const uint8_t* w, size_t ws, int nr, cons
   if (r < nr) vec_dot_avx512vnni(t, n, w + (size_t)r * ws, ws, nr - r, a, 0, 1, y + r, 0);
 }
 
+// ---- prompt batches: four weight rows × up to four tokens per block step ----
+//
+// The same lane layout as dot_rows4 (128-bit lane i = row i, lo / hi = values 0..15 / 16..31),
+// with the quant bytes unpacked once per block for T tokens. Per (row, token) the operations
+// and their order are the AVX2 tile's (walk(): tokens in groups of kNT, activations repacked
+// block-major), so the results keep its bits.
+template <class W, int T>
+EOQ_NOINLINE void dot_rows4_tokens(const uint8_t* w, size_t ws, int64_t nb, const int8_t* aq, const float* ad,
+                                   const float* as, float* y, int64_t ldy) {
+  const uint8_t* p[4] = {w, w + ws, w + 2 * ws, w + 3 * ws};
+  __m512 acc_lo[T], acc_hi[T];
+  __m256 mins[T];  // odd lanes: row i's Σ_b m s in lane 2i + 1
+  EOQ_UNROLL
+  for (int t = 0; t < T; t++) {
+    acc_lo[t] = acc_hi[t] = _mm512_setzero_ps();
+    mins[t] = _mm256_setzero_ps();
+  }
+  const __m512i nib = _mm512_set1_epi8(0x0f);
+  const __m512i didx = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+  for (int64_t b = 0; b < nb; b++, aq += kNT * QK, ad += kNT) {
+    const size_t o = (size_t)b * W::kBytes;
+    __m512i lo, hi;
+    if (W::kSigned) {
+      lo = load4x16(p[0] + o + W::kQs, p[1] + o + W::kQs, p[2] + o + W::kQs, p[3] + o + W::kQs);
+      hi = load4x16(p[0] + o + W::kQs + 16, p[1] + o + W::kQs + 16, p[2] + o + W::kQs + 16, p[3] + o + W::kQs + 16);
+    } else {
+      const __m512i q = load4x16(p[0] + o + W::kQs, p[1] + o + W::kQs, p[2] + o + W::kQs, p[3] + o + W::kQs);
+      lo = _mm512_and_si512(q, nib);
+      hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), nib);
+    }
+    const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32((int)rd32(p[0] + o), (int)rd32(p[1] + o),
+                                                     (int)rd32(p[2] + o), (int)rd32(p[3] + o)));
+    EOQ_UNROLL
+    for (int t = 0; t < T; t++) {
+      const __m512i alo = _mm512_broadcast_i32x4(load16(aq + t * QK));
+      const __m512i ahi = _mm512_broadcast_i32x4(load16(aq + t * QK + 16));
+      __m512i ilo = dot_u8s8<W>(lo, alo), ihi = dot_u8s8<W>(hi, ahi);
+      if (W::kOffset) {
+        const __m512i off = _mm512_set1_epi8((char)W::kOffset);
+        ilo = _mm512_sub_epi32(ilo, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, alo));
+        ihi = _mm512_sub_epi32(ihi, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, ahi));
+      }
+      const __m512 sc = _mm512_permutexvar_ps(didx, _mm512_zextps256_ps512(_mm256_mul_ps(dm, _mm256_set1_ps(ad[t]))));
+      acc_lo[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ilo), sc, acc_lo[t]);
+      acc_hi[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ihi), sc, acc_hi[t]);
+      if (W::kMin) mins[t] = _mm256_fmadd_ps(dm, _mm256_set1_ps(as[t * nb + b]), mins[t]);
+    }
+  }
+  EOQ_UNROLL
+  for (int t = 0; t < T; t++) {
+    __m512 s = _mm512_add_ps(acc_hi[t], acc_lo[t]);
+    s = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4e));
+    s = _mm512_add_ps(s, _mm512_permute_ps(s, 0xb1));
+    alignas(64) float v[16];
+    _mm512_store_ps(v, s);
+    alignas(32) float m[8];
+    _mm256_store_ps(m, mins[t]);
+    for (int i = 0; i < 4; i++) y[t * ldy + i] = W::kMin ? v[4 * i] + m[2 * i + 1] : v[4 * i];
+  }
+}
+
+// Several tokens: token groups of kNT (activations repacked as dot_legacy does), rows four at
+// a time; the rest of the rows (nr % 4) through the AVX2 tiles.
+template <class W, class WA>
+void dot_batch(GGMLType type, int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, size_t as_, int nt,
+               float* y, int64_t ldy) {
+  Scratch& s = scratch();
+  const int64_t nb = n / QK;
+  s.aq.resize((size_t)(kNT * nb * QK));
+  s.ad.resize((size_t)(kNT * nb));
+  s.as.resize((size_t)(kNT * nb));
+  const int nr4 = nr / 4 * 4;
+  for (int t0 = 0; t0 < nt && nr4 > 0; t0 += kNT) {
+    const int ntg = std::min(kNT, nt - t0);
+    for (int t = 0; t < ntg; t++) {
+      const uint8_t* arow = a + (size_t)(t0 + t) * as_;
+      for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* blk = arow + b * WA::kActBytes;
+        std::memcpy(&s.aq[(size_t)((b * kNT + t) * QK)], blk + WA::kActQs, QK);
+        s.ad[b * kNT + t] = h2f(blk);
+        if (WA::kMin) s.as[t * nb + b] = h2f(blk + 2);
+      }
+    }
+    for (int r = 0; r < nr4; r += 4) {
+      const uint8_t* wr = w + (size_t)r * ws;
+      float* yr = y + (size_t)t0 * ldy + r;
+      switch (ntg) {
+        case 1: dot_rows4_tokens<W, 1>(wr, ws, nb, s.aq.data(), s.ad.data(), s.as.data(), yr, ldy); break;
+        case 2: dot_rows4_tokens<W, 2>(wr, ws, nb, s.aq.data(), s.ad.data(), s.as.data(), yr, ldy); break;
+        case 3: dot_rows4_tokens<W, 3>(wr, ws, nb, s.aq.data(), s.ad.data(), s.as.data(), yr, ldy); break;
+        default: dot_rows4_tokens<W, 4>(wr, ws, nb, s.aq.data(), s.ad.data(), s.as.data(), yr, ldy); break;
+      }
+    }
+  }
+  if (nr4 < nr) vec_dot_avx512vnni(type, n, w + (size_t)nr4 * ws, ws, nr - nr4, a, as_, nt, y + nr4, ldy);
+}
+
 // The legacy formats here; every other type through the AVX2 table's own code (this file's
 // compile flags would let the compiler vectorise the float paths differently).
 void vec_dot_vnni(GGMLType w, int64_t n, const void* w_rows, size_t w_stride, int nr, const void* a_rows,
                   size_t a_stride, int nt, float* y, int64_t ldy) {
-  if (nt == 1) {
-    const uint8_t *wr = (const uint8_t*)w_rows, *a = (const uint8_t*)a_rows;
+  const uint8_t *wr = (const uint8_t*)w_rows, *a = (const uint8_t*)a_rows;
+  const bool ok = n >= 0 && n % QK == 0 && nr >= 0;  // otherwise the checks (and errors) of the AVX2 entry
+  if (ok && nt == 1) {
     switch (w) {
       case GGMLType::Q4_0: return dot_decode<Q4_0D>(w, n, wr, w_stride, nr, a, y);
       case GGMLType::Q4_1: return dot_decode<Q4_1D>(w, n, wr, w_stride, nr, a, y);
       case GGMLType::Q8_0: return dot_decode<Q8_0D>(w, n, wr, w_stride, nr, a, y);
+      default: break;
+    }
+  } else if (ok && nt > 1) {
+    switch (w) {
+      case GGMLType::Q4_0: return dot_batch<Q4_0D, Q4_0W>(w, n, wr, w_stride, nr, a, a_stride, nt, y, ldy);
+      case GGMLType::Q4_1: return dot_batch<Q4_1D, Q4_1W>(w, n, wr, w_stride, nr, a, a_stride, nt, y, ldy);
+      case GGMLType::Q8_0: return dot_batch<Q8_0D, Q8_0W>(w, n, wr, w_stride, nr, a, a_stride, nt, y, ldy);
       default: break;
     }
   }
