@@ -83,6 +83,12 @@ void bind_kernels(py::module_& m) {
     same_size(a.size(), b.size());
     return table(isa).dot_f16_f32(a.data(), b.data(), a.size());
   });
+  m.def("k_scores_f32t_chain", [](const std::string& isa, f32 kt, f32 q) {
+    check_2d(kt, q.size(), -1, "kt");
+    py::array_t<float> out(kt.shape(1));
+    table(isa).scores_f32t_chain(kt.data(), (int)q.size(), (int)kt.shape(1), q.data(), out.mutable_data());
+    return out;
+  });
   m.def("k_values_f32_chain", [](const std::string& isa, f32 v, f32 w, f32 acc) {
     check_2d(v, w.size(), acc.size(), "v");
     py::array_t<float> out(acc.size());

@@ -319,6 +319,18 @@ def test_values_f32_chain_is_axpy_in_order(isa):
             np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+@pytest.mark.parametrize("isa", SIMD)
+def test_scores_f32t_chain_same_bits_as_scalar(isa):
+    # out[t] = fma chain over j of q[j]·kt[j][t]: every ISA rounds each step once, in j order.
+    r = rng()
+    for d in (1, 8, 64, 100):
+        for m in (1, 7, 16, 33, 64, 100):
+            kt = r.standard_normal((d, m)).astype(np.float32)
+            q = r.standard_normal(d).astype(np.float32)
+            want = _core.k_scores_f32t_chain("scalar", kt, q)
+            np.testing.assert_array_equal(_core.k_scores_f32t_chain(isa, kt, q).view(np.uint32), want.view(np.uint32))
+
+
 def cpu_has(flag):
     try:
         return f" {flag}" in open("/proc/cpuinfo").read()

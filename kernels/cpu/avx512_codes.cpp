@@ -468,6 +468,68 @@ void decode_codes_avx512(const uint8_t* codes, int64_t n, int bits, const float*
   }
 }
 
+// The tiled f16 attention's float kernels at 16 lanes: every output element is the same chain
+// of fused multiply-adds as in the AVX2 and scalar versions (lanes are independent), so the
+// bits are theirs.
+void scores_f32t_chain_avx512(const float* kt, int d, int m, const float* q, float* out) {
+  int t = 0;
+  for (; t + 64 <= m; t += 64) {  // four accumulators of 16 keys
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int j = 0; j < d; j++) {
+      const __m512 qj = _mm512_set1_ps(q[j]);
+      const float* r = kt + (size_t)j * m + t;
+      a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r), qj, a0);
+      a1 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 16), qj, a1);
+      a2 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 32), qj, a2);
+      a3 = _mm512_fmadd_ps(_mm512_loadu_ps(r + 48), qj, a3);
+    }
+    _mm512_storeu_ps(out + t, a0);
+    _mm512_storeu_ps(out + t + 16, a1);
+    _mm512_storeu_ps(out + t + 32, a2);
+    _mm512_storeu_ps(out + t + 48, a3);
+  }
+  for (; t < m; t += 16) {  // the tail under a mask
+    const __mmask16 k = m - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (m - t)) - 1);
+    __m512 a = _mm512_setzero_ps();
+    for (int j = 0; j < d; j++)
+      a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, kt + (size_t)j * m + t), _mm512_set1_ps(q[j]), a);
+    _mm512_mask_storeu_ps(out + t, k, a);
+  }
+}
+
+void values_f32_chain_avx512(const float* v, int m, int d, const float* w, float* acc) {
+  int i0 = 0;
+  for (; i0 + 64 <= d; i0 += 64) {
+    __m512 a0 = _mm512_loadu_ps(acc + i0), a1 = _mm512_loadu_ps(acc + i0 + 16);
+    __m512 a2 = _mm512_loadu_ps(acc + i0 + 32), a3 = _mm512_loadu_ps(acc + i0 + 48);
+    for (int j = 0; j < m; j++) {
+      const __m512 wj = _mm512_set1_ps(w[j]);
+      const float* r = v + (size_t)j * d + i0;
+      a0 = _mm512_fmadd_ps(wj, _mm512_loadu_ps(r), a0);
+      a1 = _mm512_fmadd_ps(wj, _mm512_loadu_ps(r + 16), a1);
+      a2 = _mm512_fmadd_ps(wj, _mm512_loadu_ps(r + 32), a2);
+      a3 = _mm512_fmadd_ps(wj, _mm512_loadu_ps(r + 48), a3);
+    }
+    _mm512_storeu_ps(acc + i0, a0);
+    _mm512_storeu_ps(acc + i0 + 16, a1);
+    _mm512_storeu_ps(acc + i0 + 32, a2);
+    _mm512_storeu_ps(acc + i0 + 48, a3);
+  }
+  for (; i0 + 16 <= d; i0 += 16) {
+    __m512 a = _mm512_loadu_ps(acc + i0);
+    for (int j = 0; j < m; j++) a = _mm512_fmadd_ps(_mm512_set1_ps(w[j]), _mm512_loadu_ps(v + (size_t)j * d + i0), a);
+    _mm512_storeu_ps(acc + i0, a);
+  }
+  // the last d mod 16 as the AVX2 version does them: 8 in a fused lane, the rest as its tail
+  for (; i0 + 8 <= d; i0 += 8) {
+    __m256 a = _mm256_loadu_ps(acc + i0);
+    for (int j = 0; j < m; j++) a = _mm256_fmadd_ps(_mm256_set1_ps(w[j]), _mm256_loadu_ps(v + (size_t)j * d + i0), a);
+    _mm256_storeu_ps(acc + i0, a);
+  }
+  for (int i = i0; i < d; i++)
+    for (int j = 0; j < m; j++) acc[i] += w[j] * v[(size_t)j * d + i];
+}
+
 // ρ_t = scale · f16 norms[t] for t < m into rho, 16 at a time.
 static void row_norms16(const uint16_t* norms, int64_t m, float scale, float* rho) {
   const __m512 s = _mm512_set1_ps(scale);

@@ -23,6 +23,8 @@ void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const
                          const uint16_t* norms, float scale, const float* q, int nq, float* out);
 void scores_codes_q8_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
                             const uint16_t* norms, float scale, const float* q, int nq, float* out);
+void scores_f32t_chain_avx512(const float* kt, int d, int m, const float* q, float* out);
+void values_f32_chain_avx512(const float* v, int m, int d, const float* w, float* acc);
 void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
                          const uint16_t* norms, float scale, const float* w, int nq, float* acc);
 void decode_codes_avx512(const uint8_t* codes, int64_t n, int bits, const float* table, float* out);
@@ -286,6 +288,8 @@ const CpuKernels* cpu_kernels_avx512vnni() {
     if (__builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512dq")) {
       t.scores_codes = scores_codes_avx512;
       t.scores_codes_q8 = scores_codes_q8_avx512;
+      t.scores_f32t_chain = scores_f32t_chain_avx512;
+      t.values_f32_chain = values_f32_chain_avx512;
       t.values_codes = values_codes_avx512;
       t.decode_codes = decode_codes_avx512;
       t.softmax_exp = softmax_exp_avx512;
