@@ -248,11 +248,11 @@ class CompressedKVCache final : public KVCache {
             st.qrows.resize(off + row_bytes_);
             if (q4_) quantize_row_q4_0(row.data(), st.qrows.data() + off, d);
             else quantize_row_q8_0_ref(row.data(), st.qrows.data() + off, d);
-          } else if (pos < sinks_) {
-            for (int i = 0; i < d; i++) st.sinks.push_back(to_f16(row[i]));
           } else {
-            for (int i = 0; i < d; i++) st.ring.push_back(to_f16(row[i]));
-            st.ring_bad.push_back(badrow ? 1 : 0);
+            std::vector<uint16_t>& dst = pos < sinks_ ? st.sinks : st.ring;
+            dst.resize(dst.size() + d);
+            to_f16_row(row.data(), dst.data() + dst.size() - d, d);
+            if (pos >= sinks_) st.ring_bad.push_back(badrow ? 1 : 0);
           }
         }
         if (fam_ != Family::qblock && !exact)
@@ -387,7 +387,12 @@ class CompressedKVCache final : public KVCache {
     size_t total() const { return codes + factors + norms + exact + header + qblocks; }
   };
 
-  static uint16_t to_f16(float x) { return fp32_to_fp16(std::min(std::max(x, -65504.0f), 65504.0f)); }
+  // x[0..d) (finite) -> f16, saturated to ±65504 (no infinities in the exact rows), through the
+  // kernels' F16 converter (clamped in place)
+  static void to_f16_row(float* x, uint16_t* out, int d) {
+    for (int i = 0; i < d; i++) x[i] = std::min(std::max(x[i], -65504.0f), 65504.0f);
+    cpu_kernels().quantize_act(GGMLType::F16, x, out, d);
+  }
 
   HeadStore& head(int il, int g) { return heads_[(size_t)il * shape_.n_head_kv + g]; }
   const HeadStore& head(int il, int g) const { return heads_[(size_t)il * shape_.n_head_kv + g]; }
@@ -410,7 +415,7 @@ class CompressedKVCache final : public KVCache {
   void seal_oldest(Stream& st, int kv, int il) {
     const int d = shape_.head_dim;
     std::vector<float> X((size_t)block_ * d);
-    for (size_t i = 0; i < X.size(); i++) X[i] = fp16_to_fp32(st.ring[i]);
+    cpu_kernels().dequantize_row(GGMLType::F16, st.ring.data(), X.data(), (int64_t)X.size());
     bool had_bad = false;
     for (int t = 0; t < block_; t++) had_bad |= st.ring_bad[t] != 0;
     SealParams sp;
