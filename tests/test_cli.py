@@ -181,3 +181,13 @@ def test_terminal_stdin_is_never_read(smollm2_path):
         os.close(master)
     line = _one_error_line(r)
     assert "no prompt" in line
+
+
+def test_kv_knob_flags_build_the_options():
+    # eoq-run's --kv-* flags are the kv_options of Engine (the same names as the C API strings)
+    from eoq.cli import build_parser, kv_config
+    args = build_parser().parse_args(["--kv", "eoq2", "-ctk", "3", "--kv-ring", "0", "--kv-truncate",
+                                      "--kv-exact-scores", "--kv-v-rank-cap", "0"])
+    assert kv_config(args) == ("eoq2", {"k_bits": 3, "ring": 0, "shrink": False, "exact_scores": True,
+                                        "v_rank_cap": 0})
+    assert kv_config(build_parser().parse_args([])) == ("f16", {})

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-boundary-bits", type=int, metavar="B",
                    help="turbo/eoq: residual bits of the boundary layers (0: keep them f16)")
     g.add_argument("--kv-v-rank-cap", type=int, metavar="N", help="eoq: rank cap for values (0: plain turbo)")
+    g.add_argument("--kv-exact-scores", action="store_true",
+                   help="turbo/eoq: score sealed keys in float, not from an int8-rounded query (AVX-512 CPUs)")
     g.add_argument("--stats", action="store_true", help="print KV compression statistics at the end")
 
     g = ap.add_argument_group("sampling (llama.cpp defaults)")
@@ -269,6 +271,8 @@ def kv_config(args):
             options[key] = val
     if args.kv_truncate:
         options["shrink"] = False
+    if args.kv_exact_scores:
+        options["exact_scores"] = True
     return mode, options
 
 
