@@ -215,6 +215,15 @@ inline void prefetch(const uint8_t* p, size_t bytes) {
 // How far ahead of a decode kernel the weight rows are prefetched: a call's rows are one
 // contiguous stream read once, and DRAM latency needs several KiB in flight per core.
 constexpr size_t kPrefetchAhead = 8192;
+// The stream [w, end): its first kPrefetchAhead bytes at the start of a call, then before each
+// tile the tile's bytes [p, p + n) kPrefetchAhead further on.
+inline void prefetch_stream_start(const uint8_t* w, const uint8_t* end) {
+  prefetch(w, std::min(kPrefetchAhead, (size_t)(end - w)));
+}
+inline void prefetch_stream_ahead(const uint8_t* p, size_t n, const uint8_t* end) {
+  p += kPrefetchAhead;
+  if (p < end) prefetch(p, std::min(n, (size_t)(end - p)));
+}
 
 // Walks an nr × nt call in tiles: tokens kNT at a time (outer), rows in tiles (inner), so the
 // rows of the call are re-read from cache for each token group. prep_tokens(t0, ntg) runs once
@@ -230,10 +239,9 @@ void walk(const Ctx& c, int nr, int nt, Prep prep_tokens) {
       // One token: the rows stream from memory once, so keep kPrefetchAhead bytes of them on
       // their way (the hardware prefetcher alone leaves half the bandwidth unused here).
       const uint8_t* end = c.w + (size_t)nr * c.ws;
-      prefetch(c.w, std::min(kPrefetchAhead, (size_t)(end - c.w)));
+      prefetch_stream_start(c.w, end);
       for (; r0 + 4 <= nr; r0 += 4) {
-        const uint8_t* p = c.w + (size_t)r0 * c.ws + kPrefetchAhead;
-        if (p < end) prefetch(p, std::min(4 * c.ws, (size_t)(end - p)));
+        prefetch_stream_ahead(c.w + (size_t)r0 * c.ws, 4 * c.ws, end);
         Tile<4, 1>::run(c, r0, t0);
       }
     }
@@ -389,6 +397,21 @@ struct LegacyTile {
   };
 };
 
+// Activation rows t0..t0+ntg-1 (stride as bytes, nb blocks) into the scratch's token-group
+// layout (LegacyCtx: aq, ad block-major, as token-major); sized by the caller.
+template <class W>
+void repack_tokens(Scratch& s, const uint8_t* a, size_t as, int t0, int ntg, int64_t nb) {
+  for (int t = 0; t < ntg; t++) {
+    const uint8_t* arow = a + (size_t)(t0 + t) * as;
+    for (int64_t b = 0; b < nb; b++) {
+      const uint8_t* blk = arow + b * W::kActBytes;
+      std::memcpy(&s.aq[(size_t)((b * kNT + t) * QK)], blk + W::kActQs, QK);
+      s.ad[b * kNT + t] = h2f(blk);
+      if (W::kMin) s.as[t * nb + b] = h2f(blk + 2);
+    }
+  }
+}
+
 template <class W>
 void dot_legacy(int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, size_t as, int nt, float* y,
                 int64_t ldy) {
@@ -401,17 +424,7 @@ void dot_legacy(int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a
     s.wm.resize((size_t)(4 * nb));
   }
   const LegacyCtx c{w, ws, nb, s.aq.data(), s.ad.data(), s.as.data(), s.wm.data(), y, ldy};
-  walk<LegacyTile<W>::template Of>(c, nr, nt, [&](int t0, int ntg) {
-    for (int t = 0; t < ntg; t++) {
-      const uint8_t* arow = a + (size_t)(t0 + t) * as;
-      for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = arow + b * W::kActBytes;
-        std::memcpy(&s.aq[(size_t)((b * kNT + t) * QK)], blk + W::kActQs, QK);
-        s.ad[b * kNT + t] = h2f(blk);
-        if (W::kMin) s.as[t * nb + b] = h2f(blk + 2);
-      }
-    }
-  });
+  walk<LegacyTile<W>::template Of>(c, nr, nt, [&](int t0, int ntg) { repack_tokens<W>(s, a, as, t0, ntg, nb); });
 }
 
 // ---- legacy formats, one token (decode): two rows per 256-bit register ----
@@ -498,11 +511,10 @@ template <class W>
 void decode_legacy(int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, float* y) {
   const int64_t nb = n / QK;
   const uint8_t* end = w + (size_t)nr * ws;
-  prefetch(w, std::min(kPrefetchAhead, (size_t)(end - w)));
+  prefetch_stream_start(w, end);
   int r = 0;
   for (; r + 4 <= nr; r += 4) {
-    const uint8_t* pf = w + (size_t)r * ws + kPrefetchAhead;
-    if (pf < end) prefetch(pf, std::min(4 * ws, (size_t)(end - pf)));
+    prefetch_stream_ahead(w + (size_t)r * ws, 4 * ws, end);
     decode_rows4<W>(w + (size_t)r * ws, ws, nb, a, y + r);
   }
   if (r < nr) dot_legacy<W>(n, w + (size_t)r * ws, ws, nr - r, a, 0, 1, y + r, 0);

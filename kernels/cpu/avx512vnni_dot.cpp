@@ -37,30 +37,19 @@ float softmax_exp_avx512(float* x, int64_t n, float mx);
 
 namespace {
 
-// ---- decode (one token): four weight rows per 512-bit register ----
+// ---- four weight rows per 512-bit register ----
 //
-// With one activation row the AVX2 tile spends most of its time on per-block bookkeeping (one
-// broadcast, shift, convert and scale per row and block), and the weights arrive faster than it
+// The AVX2 tile spends most of its time on per-block bookkeeping (one broadcast, shift, convert
+// and scale per row and block); with one token (decode) the weights arrive faster than it
 // consumes them. Here the 16 quant bytes of a block of rows r..r+3 fill one zmm (128-bit lane i
-// = row i): `lo` holds values 0..15 of each row, `hi` values 16..31. One vpdpbusd against the
-// activation's first (second) 16 bytes, broadcast to the four lanes, gives each row's int32 lanes
-// 0-3 (4-7) of the AVX2 kernel's 8-lane sum; acc_lo / acc_hi then take the same fused
-// multiply-add with the same d_w·d_a, lane for lane. The AVX2 tail sums the 8 lanes as hi + lo,
-// then lanes (0+2, 1+3), then those two; so does this one (IEEE addition commutes). The minimum
-// term Σ_b m_w s_a is the same fma chain per row, four rows in one vector. So every result has
-// the AVX2 table's bits (tests/test_quant_dot.py compares them), i.e. ggml's.
-struct Q4_0D {  // d, qs[16]; value q - 8
-  static constexpr int kBytes = 18, kQs = 2, kActBytes = 34, kActQs = 2, kOffset = 8;
-  static constexpr bool kMin = false, kSigned = false;
-};
-struct Q4_1D {  // d, m, qs[16]; value d*q + m
-  static constexpr int kBytes = 20, kQs = 4, kActBytes = 36, kActQs = 4, kOffset = 0;
-  static constexpr bool kMin = true, kSigned = false;
-};
-struct Q8_0D {  // d, qs[32] signed
-  static constexpr int kBytes = 34, kQs = 2, kActBytes = 34, kActQs = 2, kOffset = 0;
-  static constexpr bool kMin = false, kSigned = true;
-};
+// = row i): `lo` holds values 0..15 of each row, `hi` values 16..31, unpacked once per block for
+// up to kNT tokens. Per token, one vpdpbusd against the activation's first (second) 16 bytes,
+// broadcast to the four lanes, gives each row's int32 lanes 0-3 (4-7) of the AVX2 tile's 8-lane
+// sum; acc_lo / acc_hi then take the same fused multiply-add with the same d_w·d_a, lane for
+// lane. The AVX2 tail sums the 8 lanes as hi + lo, then lanes (0+2, 1+3), then those two; so
+// does this one (IEEE addition commutes). The minimum term Σ_b m_w s_a is the same fma chain per
+// row, four rows in one vector. So every result has the AVX2 table's bits (tests/test_quant_dot.py
+// compares them), i.e. ggml's.
 
 // 16 bytes at p0..p3 as the four 128-bit lanes of one register
 inline __m512i load4x16(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3) {
@@ -81,82 +70,27 @@ inline __m512i dot_u8s8(__m512i w, __m512i a) {
   return _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
 }
 
+// Block b of token t of the activations: its 32 quants, d and (Q8_1) s. One raw activation row
+// (decode), or a token group repacked by repack_tokens (prompt batches).
 template <class W>
-EOQ_NOINLINE void dot_rows4(const uint8_t* w, size_t ws, int64_t nb, const uint8_t* a, float* y) {
-  const uint8_t* p[4] = {w, w + ws, w + 2 * ws, w + 3 * ws};
-  __m512 acc_lo = _mm512_setzero_ps(), acc_hi = _mm512_setzero_ps();
-  __m256 mins = _mm256_setzero_ps();  // odd lanes: row i's Σ_b m s in lane 2i + 1
-  const __m512i nib = _mm512_set1_epi8(0x0f);
-  // lane pattern of the scale: row i's d_w·d_a (even lane 2i of the converted pairs) in lanes 4i..4i+3
-  const __m512i didx = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
-  for (int64_t b = 0; b < nb; b++, a += W::kActBytes) {
-    const size_t o = (size_t)b * W::kBytes;
-    const __m512i alo = _mm512_broadcast_i32x4(load16(a + W::kActQs));
-    const __m512i ahi = _mm512_broadcast_i32x4(load16(a + W::kActQs + 16));
-    __m512i lo, hi;
-    if (W::kSigned) {
-      lo = load4x16(p[0] + o + W::kQs, p[1] + o + W::kQs, p[2] + o + W::kQs, p[3] + o + W::kQs);
-      hi = load4x16(p[0] + o + W::kQs + 16, p[1] + o + W::kQs + 16, p[2] + o + W::kQs + 16, p[3] + o + W::kQs + 16);
-    } else {
-      const __m512i q = load4x16(p[0] + o + W::kQs, p[1] + o + W::kQs, p[2] + o + W::kQs, p[3] + o + W::kQs);
-      lo = _mm512_and_si512(q, nib);
-      hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), nib);
-    }
-    __m512i ilo = dot_u8s8<W>(lo, alo), ihi = dot_u8s8<W>(hi, ahi);
-    if (W::kOffset) {
-      const __m512i off = _mm512_set1_epi8((char)W::kOffset);
-      ilo = _mm512_sub_epi32(ilo, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, alo));
-      ihi = _mm512_sub_epi32(ihi, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, ahi));
-    }
-    // the rows' (d, m) or (d, next bytes) as f16 pairs -> [d0, m0, d1, m1, d2, m2, d3, m3]
-    const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32((int)rd32(p[0] + o), (int)rd32(p[1] + o),
-                                                     (int)rd32(p[2] + o), (int)rd32(p[3] + o)));
-    const __m256 dd = _mm256_mul_ps(dm, _mm256_set1_ps(h2f(a)));  // even lanes: d_w · d_a
-    const __m512 sc = _mm512_permutexvar_ps(didx, _mm512_zextps256_ps512(dd));
-    acc_lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ilo), sc, acc_lo);
-    acc_hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ihi), sc, acc_hi);
-    if (W::kMin) mins = _mm256_fmadd_ps(dm, _mm256_set1_ps(h2f(a + 2)), mins);  // odd lanes: m_w · s_a
-  }
-  // per row (128-bit lane): hi + lo, then lanes 0+2 and 1+3, then those two
-  __m512 s = _mm512_add_ps(acc_hi, acc_lo);
-  s = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4e));
-  s = _mm512_add_ps(s, _mm512_permute_ps(s, 0xb1));
-  alignas(64) float v[16];
-  _mm512_store_ps(v, s);
-  alignas(32) float m[8];
-  _mm256_store_ps(m, mins);
-  for (int i = 0; i < 4; i++) y[i] = W::kMin ? v[4 * i] + m[2 * i + 1] : v[4 * i];
-}
+struct RawRow {
+  const uint8_t* a;
+  const uint8_t* qs(int64_t b, int) const { return a + b * W::kActBytes + W::kActQs; }
+  float d(int64_t b, int) const { return h2f(a + b * W::kActBytes); }
+  float s(int64_t b, int) const { return h2f(a + b * W::kActBytes + 2); }
+};
+struct Repacked {
+  const int8_t* aq;
+  const float *ad, *as;
+  int64_t nb;
+  const int8_t* qs(int64_t b, int t) const { return aq + (b * kNT + t) * QK; }
+  float d(int64_t b, int t) const { return ad[b * kNT + t]; }
+  float s(int64_t b, int t) const { return as[t * nb + b]; }
+};
 
-// One token: rows four at a time through dot_rows4, the rest (nr % 4) through the AVX2 tiles.
-// The rows of a call are one contiguous stream read once; the software prefetch runs
-// kPrefetchAhead bytes in front of the kernel (one tile ahead, 1.4 KiB for a 576-wide Q4_1
-// matrix, left half of the bandwidth unused: 18 vs 33 GB/s on one thread here, as measured with
-// k_vec_dot over 110 MB of rows).
-template <class W>
-void dot_decode(GGMLType t, int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, float* y) {
-  const int64_t nb = n / QK;
-  const size_t ahead = kPrefetchAhead;
-  const uint8_t* end = w + (size_t)nr * ws;
-  prefetch(w, std::min(ahead, (size_t)(end - w)));
-  int r = 0;
-  for (; r + 4 <= nr; r += 4) {
-    const uint8_t* p0 = w + (size_t)r * ws + ahead;
-    if (p0 < end) prefetch(p0, std::min(4 * ws, (size_t)(end - p0)));
-    dot_rows4<W>(w + (size_t)r * ws, ws, nb, a, y + r);
-  }
-  if (r < nr) vec_dot_avx512vnni(t, n, w + (size_t)r * ws, ws, nr - r, a, 0, 1, y + r, 0);
-}
-
-// ---- prompt batches: four weight rows × up to four tokens per block step ----
-//
-// The same lane layout as dot_rows4 (128-bit lane i = row i, lo / hi = values 0..15 / 16..31),
-// with the quant bytes unpacked once per block for T tokens. Per (row, token) the operations
-// and their order are the AVX2 tile's (walk(): tokens in groups of kNT, activations repacked
-// block-major), so the results keep its bits.
-template <class W, int T>
-EOQ_NOINLINE void dot_rows4_tokens(const uint8_t* w, size_t ws, int64_t nb, const int8_t* aq, const float* ad,
-                                   const float* as, float* y, int64_t ldy) {
+// y[t*ldy + i] for rows w + i·ws (i < 4) and T tokens of the activations act.
+template <class W, int T, class Act>
+EOQ_NOINLINE void dot_rows4(const uint8_t* w, size_t ws, int64_t nb, Act act, float* y, int64_t ldy) {
   const uint8_t* p[4] = {w, w + ws, w + 2 * ws, w + 3 * ws};
   __m512 acc_lo[T], acc_hi[T];
   __m256 mins[T];  // odd lanes: row i's Σ_b m s in lane 2i + 1
@@ -166,8 +100,9 @@ EOQ_NOINLINE void dot_rows4_tokens(const uint8_t* w, size_t ws, int64_t nb, cons
     mins[t] = _mm256_setzero_ps();
   }
   const __m512i nib = _mm512_set1_epi8(0x0f);
+  // the scale: row i's d_w·d_a (even lane 2i of the converted pairs) in lanes 4i..4i+3
   const __m512i didx = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
-  for (int64_t b = 0; b < nb; b++, aq += kNT * QK, ad += kNT) {
+  for (int64_t b = 0; b < nb; b++) {
     const size_t o = (size_t)b * W::kBytes;
     __m512i lo, hi;
     if (W::kSigned) {
@@ -178,26 +113,29 @@ EOQ_NOINLINE void dot_rows4_tokens(const uint8_t* w, size_t ws, int64_t nb, cons
       lo = _mm512_and_si512(q, nib);
       hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), nib);
     }
+    // the rows' (d, m) or (d, next bytes) as f16 pairs -> [d0, m0, d1, m1, d2, m2, d3, m3]
     const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32((int)rd32(p[0] + o), (int)rd32(p[1] + o),
                                                      (int)rd32(p[2] + o), (int)rd32(p[3] + o)));
     EOQ_UNROLL
     for (int t = 0; t < T; t++) {
-      const __m512i alo = _mm512_broadcast_i32x4(load16(aq + t * QK));
-      const __m512i ahi = _mm512_broadcast_i32x4(load16(aq + t * QK + 16));
+      const __m512i alo = _mm512_broadcast_i32x4(load16(act.qs(b, t)));
+      const __m512i ahi = _mm512_broadcast_i32x4(load16(act.qs(b, t) + 16));
       __m512i ilo = dot_u8s8<W>(lo, alo), ihi = dot_u8s8<W>(hi, ahi);
       if (W::kOffset) {
         const __m512i off = _mm512_set1_epi8((char)W::kOffset);
         ilo = _mm512_sub_epi32(ilo, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, alo));
         ihi = _mm512_sub_epi32(ihi, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, ahi));
       }
-      const __m512 sc = _mm512_permutexvar_ps(didx, _mm512_zextps256_ps512(_mm256_mul_ps(dm, _mm256_set1_ps(ad[t]))));
+      const __m512 sc =
+          _mm512_permutexvar_ps(didx, _mm512_zextps256_ps512(_mm256_mul_ps(dm, _mm256_set1_ps(act.d(b, t)))));
       acc_lo[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ilo), sc, acc_lo[t]);
       acc_hi[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ihi), sc, acc_hi[t]);
-      if (W::kMin) mins[t] = _mm256_fmadd_ps(dm, _mm256_set1_ps(as[t * nb + b]), mins[t]);
+      if (W::kMin) mins[t] = _mm256_fmadd_ps(dm, _mm256_set1_ps(act.s(b, t)), mins[t]);  // m_w · s_a
     }
   }
   EOQ_UNROLL
   for (int t = 0; t < T; t++) {
+    // per row (128-bit lane): hi + lo, then lanes 0+2 and 1+3, then those two
     __m512 s = _mm512_add_ps(acc_hi[t], acc_lo[t]);
     s = _mm512_add_ps(s, _mm512_permute_ps(s, 0x4e));
     s = _mm512_add_ps(s, _mm512_permute_ps(s, 0xb1));
@@ -209,40 +147,48 @@ EOQ_NOINLINE void dot_rows4_tokens(const uint8_t* w, size_t ws, int64_t nb, cons
   }
 }
 
-// Several tokens: token groups of kNT (activations repacked as dot_legacy does), rows four at
-// a time; the rest of the rows (nr % 4) through the AVX2 tiles.
-template <class W, class WA>
-void dot_batch(GGMLType type, int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, size_t as_, int nt,
+// One token: rows four at a time (prefetched as one stream), the rest (nr % 4) through the AVX2
+// table's decode path.
+template <class W>
+void dot_decode(GGMLType t, int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, float* y) {
+  const int64_t nb = n / QK;
+  const uint8_t* end = w + (size_t)nr * ws;
+  prefetch_stream_start(w, end);
+  int r = 0;
+  for (; r + 4 <= nr; r += 4) {
+    prefetch_stream_ahead(w + (size_t)r * ws, 4 * ws, end);
+    dot_rows4<W, 1>(w + (size_t)r * ws, ws, nb, RawRow<W>{a}, y + r, 0);
+  }
+  if (r < nr) vec_dot_avx512vnni(t, n, w + (size_t)r * ws, ws, nr - r, a, 0, 1, y + r, 0);
+}
+
+// Several tokens: token groups of kNT (repack_tokens, as the AVX2 tiles take them), rows four
+// at a time; the rest of the rows (nr % 4) through the AVX2 tiles.
+template <class W>
+void dot_batch(GGMLType type, int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, size_t as, int nt,
                float* y, int64_t ldy) {
   Scratch& s = scratch();
   const int64_t nb = n / QK;
   s.aq.resize((size_t)(kNT * nb * QK));
   s.ad.resize((size_t)(kNT * nb));
   s.as.resize((size_t)(kNT * nb));
+  const Repacked act{s.aq.data(), s.ad.data(), s.as.data(), nb};
   const int nr4 = nr / 4 * 4;
   for (int t0 = 0; t0 < nt && nr4 > 0; t0 += kNT) {
     const int ntg = std::min(kNT, nt - t0);
-    for (int t = 0; t < ntg; t++) {
-      const uint8_t* arow = a + (size_t)(t0 + t) * as_;
-      for (int64_t b = 0; b < nb; b++) {
-        const uint8_t* blk = arow + b * WA::kActBytes;
-        std::memcpy(&s.aq[(size_t)((b * kNT + t) * QK)], blk + WA::kActQs, QK);
-        s.ad[b * kNT + t] = h2f(blk);
-        if (WA::kMin) s.as[t * nb + b] = h2f(blk + 2);
-      }
-    }
+    repack_tokens<W>(s, a, as, t0, ntg, nb);
     for (int r = 0; r < nr4; r += 4) {
       const uint8_t* wr = w + (size_t)r * ws;
       float* yr = y + (size_t)t0 * ldy + r;
       switch (ntg) {
-        case 1: dot_rows4_tokens<W, 1>(wr, ws, nb, s.aq.data(), s.ad.data(), s.as.data(), yr, ldy); break;
-        case 2: dot_rows4_tokens<W, 2>(wr, ws, nb, s.aq.data(), s.ad.data(), s.as.data(), yr, ldy); break;
-        case 3: dot_rows4_tokens<W, 3>(wr, ws, nb, s.aq.data(), s.ad.data(), s.as.data(), yr, ldy); break;
-        default: dot_rows4_tokens<W, 4>(wr, ws, nb, s.aq.data(), s.ad.data(), s.as.data(), yr, ldy); break;
+        case 1: dot_rows4<W, 1>(wr, ws, nb, act, yr, ldy); break;
+        case 2: dot_rows4<W, 2>(wr, ws, nb, act, yr, ldy); break;
+        case 3: dot_rows4<W, 3>(wr, ws, nb, act, yr, ldy); break;
+        default: dot_rows4<W, 4>(wr, ws, nb, act, yr, ldy); break;
       }
     }
   }
-  if (nr4 < nr) vec_dot_avx512vnni(type, n, w + (size_t)nr4 * ws, ws, nr - nr4, a, as_, nt, y + nr4, ldy);
+  if (nr4 < nr) vec_dot_avx512vnni(type, n, w + (size_t)nr4 * ws, ws, nr - nr4, a, as, nt, y + nr4, ldy);
 }
 
 // The legacy formats here; every other type through the AVX2 table's own code (this file's
@@ -253,16 +199,16 @@ void vec_dot_vnni(GGMLType w, int64_t n, const void* w_rows, size_t w_stride, in
   const bool ok = n >= 0 && n % QK == 0 && nr >= 0;  // otherwise the checks (and errors) of the AVX2 entry
   if (ok && nt == 1) {
     switch (w) {
-      case GGMLType::Q4_0: return dot_decode<Q4_0D>(w, n, wr, w_stride, nr, a, y);
-      case GGMLType::Q4_1: return dot_decode<Q4_1D>(w, n, wr, w_stride, nr, a, y);
-      case GGMLType::Q8_0: return dot_decode<Q8_0D>(w, n, wr, w_stride, nr, a, y);
+      case GGMLType::Q4_0: return dot_decode<Q4_0W>(w, n, wr, w_stride, nr, a, y);
+      case GGMLType::Q4_1: return dot_decode<Q4_1W>(w, n, wr, w_stride, nr, a, y);
+      case GGMLType::Q8_0: return dot_decode<Q8_0W>(w, n, wr, w_stride, nr, a, y);
       default: break;
     }
   } else if (ok && nt > 1) {
     switch (w) {
-      case GGMLType::Q4_0: return dot_batch<Q4_0D, Q4_0W>(w, n, wr, w_stride, nr, a, a_stride, nt, y, ldy);
-      case GGMLType::Q4_1: return dot_batch<Q4_1D, Q4_1W>(w, n, wr, w_stride, nr, a, a_stride, nt, y, ldy);
-      case GGMLType::Q8_0: return dot_batch<Q8_0D, Q8_0W>(w, n, wr, w_stride, nr, a, a_stride, nt, y, ldy);
+      case GGMLType::Q4_0: return dot_batch<Q4_0W>(w, n, wr, w_stride, nr, a, a_stride, nt, y, ldy);
+      case GGMLType::Q4_1: return dot_batch<Q4_1W>(w, n, wr, w_stride, nr, a, a_stride, nt, y, ldy);
+      case GGMLType::Q8_0: return dot_batch<Q8_0W>(w, n, wr, w_stride, nr, a, a_stride, nt, y, ldy);
       default: break;
     }
   }
