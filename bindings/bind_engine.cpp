@@ -67,18 +67,22 @@ py::array_t<float> to_array(const std::vector<float>& v, py::ssize_t rows, py::s
 void bind_engine(py::module_& m) {
   py::class_<eoq::Engine>(m, "Engine")
       .def(py::init([](const std::string& path, int n_ctx, int n_threads, const std::string& kv, int n_batch,
-                       const py::dict& kv_options) {
+                       const py::dict& kv_options, const std::string& device) {
              eoq::EngineParams p;
              p.model_path = path;
              p.n_ctx = n_ctx;
              p.n_threads = n_threads;
              p.n_batch = n_batch;
+             p.device = eoq::parse_device(device);
              p.kv = kv_params_from_dict(kv, kv_options);
              py::gil_scoped_release nogil;
              return std::make_unique<eoq::Engine>(p);
            }),
            py::arg("path"), py::arg("n_ctx") = 0, py::arg("n_threads") = 0, py::arg("kv") = "f16",
-           py::arg("n_batch") = 512, py::arg("kv_options") = py::dict())
+           py::arg("n_batch") = 512, py::arg("kv_options") = py::dict(), py::arg("device") = "cpu")
+      .def_property_readonly("device", [](eoq::Engine& e) { return e.backend().device().name(); })
+      .def_property_readonly("backend", [](eoq::Engine& e) { return e.backend().describe(); })
+      .def_property_readonly("weight_bytes_per_token", [](const eoq::Engine& e) { return e.model().weight_bytes_per_token(); })
       .def_property_readonly("n_ctx", &eoq::Engine::n_ctx)
       .def_property_readonly("n_ctx_train", [](const eoq::Engine& e) { return e.config().n_ctx_train; })
       .def_property_readonly("n_vocab", &eoq::Engine::n_vocab)

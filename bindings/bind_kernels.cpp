@@ -4,8 +4,8 @@
 #include <pybind11/stl.h>
 
 #include "bindings/bindings.h"
-#include "engine/error.h"
-#include "kernels/ggml_type.h"
+#include "base/error.h"
+#include "base/ggml_type.h"
 #include "kernels/kernels.h"
 #include "kernels/quant_dot.h"
 

@@ -11,10 +11,10 @@
 
 #include "bindings/bindings.h"
 #include "engine/eoptshrink.h"
-#include "engine/error.h"
+#include "base/error.h"
 #include "engine/kv_cache.h"
-#include "engine/thread_pool.h"
-#include "kernels/fp16.h"
+#include "engine/backend.h"
+#include "base/fp16.h"
 #include "kernels/turboquant.h"
 
 namespace py = pybind11;
@@ -55,9 +55,9 @@ eoq::KVCacheParams parse_params(const py::dict& d) {
 class KVCacheTester {
  public:
   KVCacheTester(const py::dict& params, int n_layer, int n_head_kv, int head_dim, int n_ctx, int n_threads)
-      : pool_(n_threads) {
+      : backend_(eoq::make_cpu_backend(n_threads)) {
     eoq::KVCacheShape s{n_layer, n_head_kv, head_dim, n_ctx};
-    cache_ = eoq::make_kv_cache(parse_params(params), s);
+    cache_ = backend_->make_kv_cache(parse_params(params), s);
     held_.assign(n_layer, 0);
   }
   const eoq::KVCacheShape& shape() const { return cache_->shape(); }
@@ -74,7 +74,9 @@ class KVCacheTester {
     const int n = (int)k.shape(0);
     if (held_[il] + n > s.n_ctx) bad("append: context full");
     py::gil_scoped_release nogil;
-    cache_->append(il, held_[il], n, k.data(), v.data(), pool_);
+    const int64_t kv_dim = (int64_t)s.n_head_kv * s.head_dim;
+    cache_->append(il, held_[il], n, eoq::host_tensor(const_cast<float*>(k.data()), kv_dim, n),
+                   eoq::host_tensor(const_cast<float*>(v.data()), kv_dim, n));
     held_[il] += n;
   }
   // q: [n][n_head][head_dim] at positions pos0..; returns the attention output, same shape.
@@ -89,7 +91,9 @@ class KVCacheTester {
     float* o = out.mutable_data();
     {
       py::gil_scoped_release nogil;
-      cache_->attend(il, pos0, n, nh, q.data(), o, pool_);
+      const int64_t q_dim = (int64_t)nh * s.head_dim;
+      eoq::Tensor ot = eoq::host_tensor(o, q_dim, n);
+      cache_->attend(il, pos0, n, nh, eoq::host_tensor(const_cast<float*>(q.data()), q_dim, n), ot);
     }
     return out;
   }
@@ -108,7 +112,7 @@ class KVCacheTester {
   }
 
  private:
-  eoq::ThreadPool pool_;
+  std::unique_ptr<eoq::Backend> backend_;  // before the cache: it computes on the backend's pool
   std::unique_ptr<eoq::KVCache> cache_;
   std::vector<int> held_;
 };

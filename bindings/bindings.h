@@ -15,4 +15,5 @@ void bind_tokenizer(pybind11::module_& m);  // bindings/bind_tokenizer.cpp
 void bind_engine(pybind11::module_& m);     // bindings/bind_engine.cpp
 void bind_kernels(pybind11::module_& m);    // bindings/bind_kernels.cpp: kernel test hooks
 void bind_kv(pybind11::module_& m);         // bindings/bind_kv.cpp: compressed-cache test hooks
+void bind_cuda(pybind11::module_& m);       // bindings/bind_cuda.cpp: CUDA availability and kernel test hooks
 }  // namespace eoq_py

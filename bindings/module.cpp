@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "bindings/bindings.h"
-#include "engine/error.h"
+#include "base/error.h"
 
 namespace py = pybind11;
 
@@ -41,4 +41,5 @@ PYBIND11_MODULE(_core, m) {
   eoq_py::bind_engine(m);
   eoq_py::bind_kernels(m);
   eoq_py::bind_kv(m);
+  eoq_py::bind_cuda(m);
 }

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "engine/engine.h"
-#include "engine/error.h"
+#include "base/error.h"
 #include "engine/tokenizer.h"
 
 struct eoq_model {
@@ -46,7 +46,7 @@ extern "C" {
 const char* eoq_version(void) { return "0.1.0"; }
 const char* eoq_last_error(void) { return g_last_error.c_str(); }
 
-eoq_params eoq_default_params(void) { return eoq_params{0, 0, 512, "f16"}; }
+eoq_params eoq_default_params(void) { return eoq_params{0, 0, 512, "f16", "cpu"}; }
 
 eoq_sampling eoq_default_sampling(void) {
   const eoq::SamplerParams p;
@@ -64,6 +64,7 @@ eoq_status eoq_model_load(const char* path, const eoq_params* params, eoq_model*
     ep.n_threads = p.n_threads;
     ep.n_batch = p.n_batch;
     ep.kv = eoq::parse_kv_spec(p.kv ? p.kv : "f16");
+    ep.device = eoq::parse_device(p.device ? p.device : "cpu");
     auto m = std::make_unique<eoq_model>();
     m->engine = std::make_unique<eoq::Engine>(ep);
     *out = m.release();

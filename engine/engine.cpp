@@ -2,11 +2,9 @@
 
 #include <chrono>
 
-#include "engine/error.h"
+#include "base/error.h"
 #include "engine/gguf.h"
-#include "engine/thread_pool.h"
 #include "engine/tokenizer.h"
-#include "models/llama.h"
 
 namespace eoq {
 
@@ -23,27 +21,35 @@ Engine::Engine(const EngineParams& p) {
   if (p.n_threads < 0 || p.n_threads > 1024)
     fail(ErrorCode::invalid_arg, "n_threads must be in [0, 1024], got " + std::to_string(p.n_threads));
   file_ = std::make_unique<GGUFFile>(p.model_path);
-  model_ = std::make_unique<LlamaModel>(*file_);
+  const ModelConfig c = read_model_config(*file_);
   tokenizer_ = std::make_unique<Tokenizer>(*file_);
-  const LlamaConfig& c = model_->config();
   if (tokenizer_->n_vocab() > c.n_vocab)
     fail(ErrorCode::format, "tokenizer has " + std::to_string(tokenizer_->n_vocab()) +
                                 " tokens but token_embd.weight has " + std::to_string(c.n_vocab) + " rows");
   n_ctx_ = p.n_ctx > 0 ? p.n_ctx : c.n_ctx_train;
   n_batch_ = p.n_batch;
-  model_->set_max_batch(std::min(n_batch_, n_ctx_));
-  KVCacheShape shape{c.n_layer, c.n_head_kv, c.head_dim, n_ctx_};
-  kv_ = make_kv_cache(p.kv, shape);
-  pool_ = std::make_unique<ThreadPool>(p.n_threads);
+  const KVCacheShape shape{c.n_layer, c.n_head_kv, c.head_dim, n_ctx_, c.n_head};
+  backend_ = make_backend(p.device, p.n_threads);
+  // Refuse before loading what cannot fit: weights, the cache's fixed storage and the scratch
+  // of one prompt batch (activations and logits).
+  const size_t q_dim = (size_t)c.n_head * c.head_dim, kv_dim = (size_t)c.n_head_kv * c.head_dim;
+  const size_t batch = (size_t)std::min(n_batch_, n_ctx_);
+  const size_t scratch = batch * sizeof(float) * (2 * (size_t)c.n_embd + 2 * q_dim + 2 * kv_dim + 2 * (size_t)c.n_ff) +
+                         (size_t)c.n_vocab * sizeof(float);
+  backend_->check_fits(model_weight_bytes(*file_) + backend_->kv_cache_reserve_bytes(p.kv, shape) + scratch,
+                       "the model with a " + p.kv.mode + " cache of " + std::to_string(n_ctx_) + " tokens");
+  model_ = load_model(*file_, *backend_);
+  model_->set_max_batch((int)batch);
+  kv_ = backend_->make_kv_cache(p.kv, shape);
   logits_.assign(c.n_vocab, 0.0f);
   load_ms_ = ms_since(t0);
 }
 
 Engine::~Engine() = default;
 
-const LlamaConfig& Engine::config() const { return model_->config(); }
+const ModelConfig& Engine::config() const { return model_->config(); }
 int Engine::n_vocab() const { return model_->config().n_vocab; }
-int Engine::n_threads() const { return pool_->size(); }
+int Engine::n_threads() const { return backend_->n_threads(); }
 
 void Engine::reset() {
   kv_->clear();
@@ -63,7 +69,7 @@ void Engine::eval(const std::vector<int32_t>& tokens, bool all_logits) {
   for (int i = 0; i < n; i += n_batch_) {
     const int m = std::min(n_batch_, n - i);
     float* out = all_logits ? all_logits_.data() + (size_t)i * n_vocab : logits_.data();
-    model_->forward(tokens.data() + i, m, n_past_, *kv_, *pool_, out, all_logits);
+    model_->forward(tokens.data() + i, m, n_past_, *kv_, out, all_logits);
     n_past_ += m;
   }
   if (all_logits) std::copy(all_logits_.end() - n_vocab, all_logits_.end(), logits_.begin());
@@ -76,21 +82,21 @@ void Engine::capture_qkv(const std::vector<int32_t>& tokens, const QKVCapture& o
     fail(ErrorCode::invalid_arg, "capture_qkv: the capture buffers must hold exactly the " + std::to_string(n) + " tokens");
   if (n > n_ctx_)
     fail(ErrorCode::context_full, "capture_qkv: " + std::to_string(n) + " tokens > n_ctx " + std::to_string(n_ctx_));
-  const LlamaConfig& c = model_->config();
+  const ModelConfig& c = model_->config();
   for (int32_t t : tokens)
     if (t < 0 || t >= c.n_vocab) fail(ErrorCode::invalid_arg, "token id " + std::to_string(t) + " is out of range");
   // A cache of its own: independent of the engine's mode and state.
-  auto cache = make_kv_cache(cache_params, KVCacheShape{c.n_layer, c.n_head_kv, c.head_dim, n});
+  auto cache = backend_->make_kv_cache(cache_params, KVCacheShape{c.n_layer, c.n_head_kv, c.head_dim, n, c.n_head});
   std::vector<float> last_logits(c.n_vocab);
   // The capture must be switched off again whatever happens (forward may throw).
   struct Guard {
-    LlamaModel& m;
+    Model& m;
     ~Guard() { m.set_capture(nullptr); }
   } guard{*model_};
   model_->set_capture(&out);
   for (int i = 0; i < n; i += n_batch_) {
     const int m = std::min(n_batch_, n - i);
-    model_->forward(tokens.data() + i, m, i, *cache, *pool_, last_logits.data(), false);
+    model_->forward(tokens.data() + i, m, i, *cache, last_logits.data(), false);
   }
 }
 

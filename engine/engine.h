@@ -1,4 +1,4 @@
-// The Engine: one loaded model, its tokenizer, a KV cache and the compute threads.
+// The Engine: one loaded model on a backend (CPU or CUDA), its tokenizer and a KV cache.
 // prefill/decode are the same call (eval) on n tokens; generate() is the sampling loop used by
 // the C API (Python runs its own loop over eval/sample so it can stream and match stop strings).
 #pragma once
@@ -8,23 +8,22 @@
 #include <string>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/kv_cache.h"
+#include "engine/model.h"
 #include "engine/sampler.h"
 
 namespace eoq {
 
 class GGUFFile;
 class Tokenizer;
-class LlamaModel;
-struct LlamaConfig;
-struct QKVCapture;
-class ThreadPool;
 
 struct EngineParams {
   std::string model_path;
   int n_ctx = 0;      // 0: the model's training context
   int n_threads = 0;  // 0: all hardware threads
   int n_batch = 512;  // prompt tokens per forward call
+  Device device;      // where the weights, the cache and the compute live
   KVCacheParams kv;
 };
 
@@ -40,7 +39,9 @@ class Engine {
   ~Engine();
 
   const Tokenizer& tokenizer() const { return *tokenizer_; }
-  const LlamaConfig& config() const;
+  const ModelConfig& config() const;
+  Backend& backend() { return *backend_; }
+  const Model& model() const { return *model_; }
   const GGUFFile& file() const { return *file_; }
   KVCache& kv() { return *kv_; }
   int n_ctx() const { return n_ctx_; }
@@ -71,11 +72,12 @@ class Engine {
                           const std::function<bool(int32_t, const std::string&)>& on_token);
 
  private:
+  // Destroyed in reverse: the cache and the model hold the backend's buffers.
   std::unique_ptr<GGUFFile> file_;
+  std::unique_ptr<Backend> backend_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<Model> model_;
   std::unique_ptr<KVCache> kv_;
-  std::unique_ptr<ThreadPool> pool_;
   int n_ctx_ = 0, n_batch_ = 512, n_past_ = 0;
   double load_ms_ = 0;
   std::vector<float> logits_, all_logits_;

@@ -8,8 +8,8 @@
 #include <limits>
 #include <numeric>
 
-#include "engine/error.h"
-#include "kernels/fp16.h"
+#include "base/error.h"
+#include "base/fp16.h"
 #include "kernels/kernels.h"
 #include "kernels/turboquant.h"
 

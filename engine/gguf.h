@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/error.h"
-#include "kernels/ggml_type.h"
+#include "base/error.h"
+#include "base/ggml_type.h"
 
 namespace eoq {
 

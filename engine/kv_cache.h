@@ -1,12 +1,16 @@
 // The KV-cache interface the forward pass talks to. The model never touches cache storage: it
 // appends each layer's new keys (after RoPE) and values, then asks the cache for attention.
-// Implementations: exact caches (f32, f16) here; the compressed caches plug in behind the
-// same interface (make_kv_cache picks by mode).
+// Caches are made by a backend (Backend::make_kv_cache) and take tensors on its device. CPU
+// implementations: exact caches (f32, f16) in kv_cache_exact.cpp and the compressed caches in
+// kv_cache_compressed.cpp, both HostKVCache (host rows, the backend's thread pool); the CUDA
+// backend's caches live in engine/cuda/.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+
+#include "engine/backend.h"
 
 namespace eoq {
 
@@ -17,6 +21,7 @@ struct KVCacheShape {
   int n_head_kv = 0;
   int head_dim = 0;
   int n_ctx = 0;  // capacity in tokens
+  int n_head = 0; // query heads reading the cache (0: n_head_kv); sizes the GPU's attention scratch
 };
 
 // Cache configuration. `mode` picks the storage; the rest tune the compressed modes
@@ -53,18 +58,24 @@ class KVCache {
  public:
   virtual ~KVCache() = default;
 
+  // Called once per forward call, before layer 0's append: checks that positions [pos0, pos0 + n)
+  // follow the tokens held and fit n_ctx (Error(internal) otherwise), so that nothing is computed
+  // for a call that cannot be stored.
+  virtual void begin(int pos0, int n);
+
   // Store keys and values of tokens at positions [pos0, pos0 + n) for layer il.
-  // k, v: [n][n_head_kv][head_dim]. Positions arrive in order: pos0 == tokens already held.
-  // Compressed caches seal blocks here, spread over the pool (one stream per KV head and K/V).
-  virtual void append(int il, int pos0, int n, const float* k, const float* v, ThreadPool& pool) = 0;
+  // k, v: F32 [n_head_kv * head_dim, n] on the cache's device. Positions arrive in order: pos0 ==
+  // tokens already held. Compressed caches seal blocks here, spread over the pool (one stream
+  // per KV head and K/V).
+  virtual void append(int il, int pos0, int n, const Tensor& k, const Tensor& v) = 0;
 
   // Causal attention for n queries at positions pos0.. of layer il: query i attends to cached
-  // tokens [0, pos0 + i]. q: [n][n_head][head_dim] (after RoPE, unscaled); out: same shape.
+  // tokens [0, pos0 + i]. q: F32 [n_head * head_dim, n] (after RoPE, unscaled); out: same shape.
   // Query head h reads KV head h / (n_head / n_head_kv). Scores are scaled by 1/sqrt(head_dim).
   // Compressed caches: the queries of the latest append() see the cache as the decode step at
   // their position would (blocks that append sealed after their position are read exact), so
   // prefilling n tokens equals n decode steps; earlier queries see every block sealed.
-  virtual void attend(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) = 0;
+  virtual void attend(int il, int pos0, int n, int n_head, const Tensor& q, Tensor& out) = 0;
 
   virtual void clear() = 0;                // drop every token
   virtual int n_tokens() const = 0;        // tokens held (layer 0)
@@ -75,12 +86,33 @@ class KVCache {
   // (json.loads) and the C API. Exact caches report mode, tokens, bytes and bits per entry.
   virtual std::string stats_json() const;
   const KVCacheShape& shape() const { return shape_; }
+  // Unique per cache object in the process (a new cache at a freed one's address differs).
+  uint64_t serial() const { return serial_; }
 
  protected:
   KVCacheShape shape_;
+
+ private:
+  const uint64_t serial_ = next_serial();
+  static uint64_t next_serial();
 };
 
+// A cache over host memory, computing on a thread pool (the CPU backend's caches). The same
+// contracts as KVCache, on host rows: k, v [n][n_head_kv][head_dim], q, out [n][n_head][head_dim].
+class HostKVCache : public KVCache {
+ public:
+  void append(int il, int pos0, int n, const Tensor& k, const Tensor& v) final;
+  void attend(int il, int pos0, int n, int n_head, const Tensor& q, Tensor& out) final;
+  virtual void append_rows(int il, int pos0, int n, const float* k, const float* v, ThreadPool& pool) = 0;
+  virtual void attend_rows(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) = 0;
+  void set_pool(ThreadPool* pool) { pool_ = pool; }
+
+ private:
+  ThreadPool* pool_ = nullptr;
+};
+
+// The CPU backend's caches (host memory, computing on `pool`, which must outlive the cache).
 // Throws Error(invalid_arg) for an unknown mode (the message lists the known ones).
-std::unique_ptr<KVCache> make_kv_cache(const KVCacheParams& params, const KVCacheShape& shape);
+std::unique_ptr<KVCache> make_host_kv_cache(const KVCacheParams& params, const KVCacheShape& shape, ThreadPool& pool);
 
 }  // namespace eoq

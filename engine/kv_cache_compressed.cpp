@@ -25,10 +25,10 @@
 #include <vector>
 
 #include "engine/eoptshrink.h"
-#include "engine/error.h"
+#include "base/error.h"
 #include "engine/kv_cache.h"
-#include "engine/thread_pool.h"
-#include "kernels/fp16.h"
+#include "base/thread_pool.h"
+#include "base/fp16.h"
 #include "kernels/kernels.h"
 #include "kernels/quants.h"
 #include "kernels/turboquant.h"
@@ -129,7 +129,7 @@ std::string jarr(const std::vector<T>& v) {
   return s + "]";
 }
 
-class CompressedKVCache final : public KVCache {
+class CompressedKVCache final : public HostKVCache {
  public:
   CompressedKVCache(const KVCacheParams& p, const KVCacheShape& s) : p_(p) {
     shape_ = s;
@@ -211,7 +211,7 @@ class CompressedKVCache final : public KVCache {
   // Boundary layers kept f16 (boundary_bits 0) are exact; otherwise they are sealed with more bits.
   bool exact_layer(int il) const { return boundary_layer(il) && p_.boundary_bits == 0; }
 
-  void append(int il, int pos0, int n, const float* k, const float* v, ThreadPool& pool) override {
+  void append_rows(int il, int pos0, int n, const float* k, const float* v, ThreadPool& pool) override {
     const KVCacheShape& s = shape_;
     if (il < 0 || il >= s.n_layer) fail(ErrorCode::internal, "KV cache: layer out of range");
     if (pos0 != n_[il] || n < 0 || pos0 + n > s.n_ctx)
@@ -271,7 +271,7 @@ class CompressedKVCache final : public KVCache {
   // of equal length, each with its own online-softmax state (max, normaliser, accumulator),
   // merged at the end; so every thread is busy whatever n_head_kv is. Results equal the
   // one-pass ones up to float rounding.
-  void attend(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) override {
+  void attend_rows(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) override {
     const KVCacheShape& s = shape_;
     if (n_head % s.n_head_kv != 0) fail(ErrorCode::internal, "KV cache: n_head is not a multiple of n_head_kv");
     const int G = n_head / s.n_head_kv, d = s.head_dim, hkv = s.n_head_kv;
@@ -875,7 +875,7 @@ std::string CompressedKVCache::stats_json() const {
 
 }  // namespace
 
-std::unique_ptr<KVCache> make_compressed_kv_cache(const KVCacheParams& params, const KVCacheShape& shape) {
+std::unique_ptr<HostKVCache> make_compressed_kv_cache(const KVCacheParams& params, const KVCacheShape& shape) {
   return std::make_unique<CompressedKVCache>(apply_kv_preset(params), shape);
 }
 

@@ -4,14 +4,15 @@
 #include <cmath>
 #include <limits>
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <type_traits>
 #include <vector>
 
-#include "engine/error.h"
+#include "base/error.h"
 #include "engine/kv_cache.h"
-#include "engine/thread_pool.h"
-#include "kernels/fp16.h"
+#include "base/thread_pool.h"
+#include "base/fp16.h"
 #include "kernels/kernels.h"
 
 namespace eoq {
@@ -23,7 +24,7 @@ inline float store_as(float x, float*) { return x; }
 inline uint16_t store_as(float x, uint16_t*) { return fp32_to_fp16(x); }
 
 template <typename T>
-class ExactKVCache final : public KVCache {
+class ExactKVCache final : public HostKVCache {
  public:
   ExactKVCache(const KVCacheShape& s, const char* name) : name_(name) {
     shape_ = s;
@@ -35,7 +36,7 @@ class ExactKVCache final : public KVCache {
     n_.assign(s.n_layer, 0);
   }
 
-  void append(int il, int pos0, int n, const float* k, const float* v, ThreadPool&) override {
+  void append_rows(int il, int pos0, int n, const float* k, const float* v, ThreadPool&) override {
     const KVCacheShape& s = shape_;
     if (pos0 != n_[il] || pos0 + n > s.n_ctx) fail(ErrorCode::internal, "KV cache: out-of-order or overflowing append");
     for (int t = 0; t < n; t++)
@@ -52,7 +53,7 @@ class ExactKVCache final : public KVCache {
     n_[il] = pos0 + n;
   }
 
-  void attend(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) override {
+  void attend_rows(int il, int pos0, int n, int n_head, const float* q, float* out, ThreadPool& pool) override {
     if constexpr (std::is_same<T, uint16_t>::value) {
       if (n < kGgmlFaTileQ) attend_like_ggml(il, pos0, n, n_head, q, out, pool);
       else attend_tiled_like_ggml(il, pos0, n, n_head, q, out, pool);
@@ -273,15 +274,42 @@ std::string KVCache::stats_json() const {
          ", \"bytes\": " + std::to_string(bytes()) + ", \"bits_per_entry\": " + std::to_string(bits_per_entry()) + "}";
 }
 
-std::unique_ptr<KVCache> make_kv_cache(const KVCacheParams& p, const KVCacheShape& s) {
+uint64_t KVCache::next_serial() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1);
+}
+
+void KVCache::begin(int pos0, int n) {
+  if (pos0 != n_tokens() || n < 0 || (int64_t)pos0 + n > shape_.n_ctx)
+    fail(ErrorCode::internal, "KV cache: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n) +
+                                  " do not follow the " + std::to_string(n_tokens()) + " tokens held or exceed n_ctx " +
+                                  std::to_string(shape_.n_ctx));
+}
+
+void HostKVCache::append(int il, int pos0, int n, const Tensor& k, const Tensor& v) {
+  if (k.device.type != DeviceType::cpu || v.device.type != DeviceType::cpu)
+    fail(ErrorCode::internal, "KV cache: a host cache was handed device tensors");
+  append_rows(il, pos0, n, k.f32(), v.f32(), *pool_);
+}
+
+void HostKVCache::attend(int il, int pos0, int n, int n_head, const Tensor& q, Tensor& out) {
+  if (q.device.type != DeviceType::cpu || out.device.type != DeviceType::cpu)
+    fail(ErrorCode::internal, "KV cache: a host cache was handed device tensors");
+  attend_rows(il, pos0, n, n_head, q.f32(), out.f32(), *pool_);
+}
+
+std::unique_ptr<KVCache> make_host_kv_cache(const KVCacheParams& p, const KVCacheShape& s, ThreadPool& pool) {
   // Defined in engine/kv_cache_compressed.cpp: q8_0, q4_0, turbo2/3/4, eoq2/3/4; it validates
   // the knobs and throws Error(invalid_arg) for unknown modes (listing every known one).
-  std::unique_ptr<KVCache> make_compressed_kv_cache(const KVCacheParams& params, const KVCacheShape& shape);
+  std::unique_ptr<HostKVCache> make_compressed_kv_cache(const KVCacheParams& params, const KVCacheShape& shape);
   if (s.n_layer <= 0 || s.n_head_kv <= 0 || s.head_dim <= 0 || s.n_ctx <= 0)
     fail(ErrorCode::invalid_arg, "KV cache: invalid shape");
-  if (p.mode == "f16") return std::make_unique<ExactKVCache<uint16_t>>(s, "f16");
-  if (p.mode == "f32") return std::make_unique<ExactKVCache<float>>(s, "f32");
-  return make_compressed_kv_cache(p, s);
+  std::unique_ptr<HostKVCache> c;
+  if (p.mode == "f16") c = std::make_unique<ExactKVCache<uint16_t>>(s, "f16");
+  else if (p.mode == "f32") c = std::make_unique<ExactKVCache<float>>(s, "f32");
+  else c = make_compressed_kv_cache(p, s);
+  c->set_pool(&pool);
+  return c;
 }
 
 }  // namespace eoq

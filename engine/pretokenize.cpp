@@ -2,7 +2,7 @@
 
 #include <cstdint>
 
-#include "engine/error.h"
+#include "base/error.h"
 #include "engine/unicode.h"
 
 namespace eoq {

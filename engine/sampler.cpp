@@ -5,7 +5,7 @@
 #include <string>
 #include <unordered_set>
 
-#include "engine/error.h"
+#include "base/error.h"
 
 namespace eoq {
 

@@ -23,7 +23,7 @@
 #include <string_view>
 #include <unordered_map>
 
-#include "engine/error.h"
+#include "base/error.h"
 #include "engine/gguf.h"
 #include "engine/pretokenize.h"
 #include "engine/unicode.h"

@@ -40,6 +40,8 @@ typedef struct {
   int32_t n_batch;   /* prompt tokens per forward call (512) */
   const char* kv;    /* KV cache mode with optional knobs, e.g. "f16" or "eoq2:ring=0:k_bits=3"
                         (NULL: "f16"; knobs as Engine(kv_options=...) in Python) */
+  const char* device; /* "cpu", "cuda" or "cuda:N" (NULL: "cpu"); where CUDA cannot run,
+                         eoq_model_load fails with EOQ_ERR_UNSUPPORTED and the reason */
 } eoq_params;
 
 typedef struct {

@@ -1,4 +1,4 @@
-// The CPU kernel table. Every entry has a scalar reference (kernels/ref/) and possibly SIMD
+// The CPU kernel table, filled by field name in each ISA's file. Every entry has a scalar reference (kernels/ref/) and possibly SIMD
 // versions (kernels/cpu/<isa>.cpp, compiled with per-file ISA flags); cpu_kernels() picks the
 // best the running CPU supports, once, from CPUID. EOQ_ISA=scalar|avx2|avx512vnni in the
 // environment forces a choice (for tests and benchmarks); asking for an ISA the CPU lacks falls
@@ -7,7 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/ggml_type.h"
+#include "base/ggml_type.h"
 
 namespace eoq {
 
@@ -97,6 +97,14 @@ struct CpuKernels {
   // acc[i] += w[j]·v[j*d + i] for j = 0..m-1 in that order: the bits of m axpy_f32 calls (the
   // tiled f16 attention's value sums, as ggml_vec_mad_f32), with acc held in registers.
   void (*values_f32_chain)(const float* v, int m, int d, const float* w, float* acc);
+
+  // The forward pass's row ops (kernels/ops.h has their exact contracts): RMSNorm of one row, and
+  // RoPE of one token's heads. Every ISA uses the scalar versions: their serial double sum and
+  // theta recurrence are the bits llama.cpp's CPU build produces (the elementwise loops are
+  // vectorised by the compiler without changing a bit).
+  void (*rms_norm)(const float* x, const float* w, float* out, int64_t n, float eps);
+  void (*rope_adjacent)(float* x, int n_head, int head_dim, int n_rot, int pos, float theta_scale, float freq_scale,
+                        const float* freq_factors);
 };
 
 const CpuKernels& cpu_kernels();        // chosen at run time

@@ -4,7 +4,7 @@
 #include <atomic>
 #include <vector>
 
-#include "engine/thread_pool.h"
+#include "base/thread_pool.h"
 #include "kernels/kernels.h"
 #include "kernels/quant_dot.h"
 

@@ -2,7 +2,7 @@
 #pragma once
 #include <cstdint>
 
-#include "kernels/ggml_type.h"
+#include "base/ggml_type.h"
 
 namespace eoq {
 

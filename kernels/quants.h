@@ -7,7 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/ggml_type.h"
+#include "base/ggml_type.h"
 
 namespace eoq {
 

@@ -3,12 +3,9 @@
 #include <cmath>
 #include <cstring>
 
-#include "engine/error.h"
+#include "base/error.h"
 #include "engine/gguf.h"
 #include "engine/kv_cache.h"
-#include "engine/thread_pool.h"
-#include "kernels/kernels.h"
-#include "kernels/ops.h"
 #include "kernels/quants.h"
 
 namespace eoq {
@@ -28,18 +25,18 @@ std::string shape_str(const GGUFTensor& t) {
 }
 
 // A 2-D weight with ne = [n_cols, n_rows]; checks shape and type.
-WeightView weight(const GGUFFile& f, const std::string& name, int64_t n_cols, int64_t n_rows) {
+const GGUFTensor& weight_tensor(const GGUFFile& f, const std::string& name, int64_t n_cols, int64_t n_rows) {
   const GGUFTensor& t = f.tensor(name);
   if (t.n_dims != 2 || t.ne[0] != n_cols || t.ne[1] != n_rows)
     fail(ErrorCode::format, "tensor '" + name + "' has shape " + shape_str(t) + ", expected [" +
                                 std::to_string(n_cols) + ", " + std::to_string(n_rows) + "]");
   f.require_supported(t);
-  return WeightView{t.type, n_cols, n_rows, t.row_bytes(), t.data};
+  return t;
 }
 
 }  // namespace
 
-LlamaConfig LlamaConfig::from_gguf(const GGUFFile& f) {
+LlamaConfig llama_config_from_gguf(const GGUFFile& f) {
   LlamaConfig c;
   c.arch = f.get_str("general.architecture");
   if (c.arch != "llama")
@@ -88,46 +85,89 @@ LlamaConfig LlamaConfig::from_gguf(const GGUFFile& f) {
   return c;
 }
 
-LlamaModel::LlamaModel(const GGUFFile& f) : cfg_(LlamaConfig::from_gguf(f)) {
+ModelConfig read_model_config(const GGUFFile& f) {
+  // One family today; a second architecture adds its branch here.
+  return llama_config_from_gguf(f);
+}
+
+size_t model_weight_bytes(const GGUFFile& f) {
+  size_t n = 0;
+  for (const GGUFTensor& t : f.tensors()) n += t.nbytes;
+  return n;
+}
+
+std::unique_ptr<Model> load_model(const GGUFFile& f, Backend& be) { return std::make_unique<LlamaModel>(f, be); }
+
+LlamaModel::LlamaModel(const GGUFFile& f, Backend& be) : be_(be), cfg_(llama_config_from_gguf(f)) {
   const LlamaConfig& c = cfg_;
   const int64_t q_dim = (int64_t)c.n_head * c.head_dim, kv_dim = (int64_t)c.n_head_kv * c.head_dim;
-  // Norm vectors: any float type, converted to f32 once. Count first so owned_ never moves.
-  auto norm_count = [&](const std::string& name) {
+  // Every tensor is checked before any is placed on the device.
+  auto check_norm = [&](const std::string& name) {
     const GGUFTensor& t = f.tensor(name);
     if (t.n_elements() != c.n_embd) fail(ErrorCode::format, "tensor '" + name + "' has shape " + shape_str(t));
     f.require_supported(t);
   };
-  norm_count("output_norm.weight");
+  check_norm("output_norm.weight");
+  weight_tensor(f, "token_embd.weight", c.n_embd, c.n_vocab);
+  const bool tied = f.find_tensor("output.weight") == nullptr;
+  if (!tied) weight_tensor(f, "output.weight", c.n_embd, c.n_vocab);
   for (int il = 0; il < c.n_layer; il++) {
-    norm_count("blk." + std::to_string(il) + ".attn_norm.weight");
-    norm_count("blk." + std::to_string(il) + ".ffn_norm.weight");
+    const std::string p = "blk." + std::to_string(il) + ".";
+    check_norm(p + "attn_norm.weight");
+    check_norm(p + "ffn_norm.weight");
+    weight_tensor(f, p + "attn_q.weight", c.n_embd, q_dim);
+    weight_tensor(f, p + "attn_k.weight", c.n_embd, kv_dim);
+    weight_tensor(f, p + "attn_v.weight", c.n_embd, kv_dim);
+    weight_tensor(f, p + "attn_output.weight", q_dim, c.n_embd);
+    weight_tensor(f, p + "ffn_gate.weight", c.n_embd, c.n_ff);
+    weight_tensor(f, p + "ffn_up.weight", c.n_embd, c.n_ff);
+    weight_tensor(f, p + "ffn_down.weight", c.n_ff, c.n_embd);
   }
-  owned_.resize((size_t)(2 * c.n_layer + 1) * c.n_embd);
+
+  // Norm vectors: any float type, converted to f32 once (sized first: the views must not move).
+  norms_.resize((size_t)(2 * c.n_layer + 1) * c.n_embd);
   size_t used = 0;
-  auto norm = [&](const std::string& name) -> const float* {
+  auto norm = [&](const std::string& name) {
     const GGUFTensor& t = f.tensor(name);
-    float* dst = owned_.data() + used;
+    float* dst = norms_.data() + used;
     used += c.n_embd;
     dequantize_row_ref(t.type, t.data, dst, c.n_embd);
-    return dst;
+    return be_.load_weight(GGMLType::F32, c.n_embd, 1, (size_t)c.n_embd * sizeof(float), dst);
+  };
+  auto weight = [&](const std::string& name, int64_t n_cols, int64_t n_rows) {
+    const GGUFTensor& t = weight_tensor(f, name, n_cols, n_rows);
+    bytes_per_token_ += t.nbytes;
+    return be_.load_weight(t.type, n_cols, n_rows, t.row_bytes(), t.data);
   };
 
-  token_embd_ = weight(f, "token_embd.weight", c.n_embd, c.n_vocab);
+  {
+    const GGUFTensor& te = f.tensor("token_embd.weight");
+    token_embd_ = be_.load_weight(te.type, c.n_embd, c.n_vocab, te.row_bytes(), te.data);
+    bytes_per_token_ += te.row_bytes();  // one row per token
+  }
   output_norm_ = norm("output_norm.weight");
-  output_ = f.find_tensor("output.weight") ? weight(f, "output.weight", c.n_embd, c.n_vocab) : token_embd_;
+  if (tied) {
+    output_ = token_embd_;
+    bytes_per_token_ += f.tensor("token_embd.weight").nbytes;
+  } else {
+    output_ = weight("output.weight", c.n_embd, c.n_vocab);
+  }
+  if (!c.rope_freq_factors.empty())
+    rope_freqs_ = be_.load_weight(GGMLType::F32, (int64_t)c.rope_freq_factors.size(), 1,
+                                  c.rope_freq_factors.size() * sizeof(float), c.rope_freq_factors.data());
   layers_.resize(c.n_layer);
   for (int il = 0; il < c.n_layer; il++) {
     const std::string p = "blk." + std::to_string(il) + ".";
     LlamaLayer& L = layers_[il];
     L.attn_norm = norm(p + "attn_norm.weight");
-    L.attn_q = weight(f, p + "attn_q.weight", c.n_embd, q_dim);
-    L.attn_k = weight(f, p + "attn_k.weight", c.n_embd, kv_dim);
-    L.attn_v = weight(f, p + "attn_v.weight", c.n_embd, kv_dim);
-    L.attn_output = weight(f, p + "attn_output.weight", q_dim, c.n_embd);
+    L.attn_q = weight(p + "attn_q.weight", c.n_embd, q_dim);
+    L.attn_k = weight(p + "attn_k.weight", c.n_embd, kv_dim);
+    L.attn_v = weight(p + "attn_v.weight", c.n_embd, kv_dim);
+    L.attn_output = weight(p + "attn_output.weight", q_dim, c.n_embd);
     L.ffn_norm = norm(p + "ffn_norm.weight");
-    L.ffn_gate = weight(f, p + "ffn_gate.weight", c.n_embd, c.n_ff);
-    L.ffn_up = weight(f, p + "ffn_up.weight", c.n_embd, c.n_ff);
-    L.ffn_down = weight(f, p + "ffn_down.weight", c.n_ff, c.n_embd);
+    L.ffn_gate = weight(p + "ffn_gate.weight", c.n_embd, c.n_ff);
+    L.ffn_up = weight(p + "ffn_up.weight", c.n_embd, c.n_ff);
+    L.ffn_down = weight(p + "ffn_down.weight", c.n_ff, c.n_embd);
   }
   set_max_batch(1);
 }
@@ -135,83 +175,104 @@ LlamaModel::LlamaModel(const GGUFFile& f) : cfg_(LlamaConfig::from_gguf(f)) {
 void LlamaModel::set_max_batch(int n) {
   if (n <= max_batch_) return;
   const LlamaConfig& c = cfg_;
-  const size_t q_dim = (size_t)c.n_head * c.head_dim, kv_dim = (size_t)c.n_head_kv * c.head_dim;
+  const int64_t q_dim = (int64_t)c.n_head * c.head_dim, kv_dim = (int64_t)c.n_head_kv * c.head_dim;
   max_batch_ = n;
-  x_.resize((size_t)n * c.n_embd);
-  xn_.resize((size_t)n * c.n_embd);
-  tmp_.resize((size_t)n * c.n_embd);
-  q_.resize((size_t)n * q_dim);
-  att_.resize((size_t)n * q_dim);
-  k_.resize((size_t)n * kv_dim);
-  v_.resize((size_t)n * kv_dim);
-  gate_.resize((size_t)n * c.n_ff);
-  up_.resize((size_t)n * c.n_ff);
+  bufs_.clear();
+  bufs_.resize(9);
+  x_ = be_.alloc_f32(c.n_embd, n, "activations", &bufs_[0]);
+  xn_ = be_.alloc_f32(c.n_embd, n, "activations", &bufs_[1]);
+  q_ = be_.alloc_f32(q_dim, n, "activations", &bufs_[2]);
+  att_ = be_.alloc_f32(q_dim, n, "activations", &bufs_[3]);
+  k_ = be_.alloc_f32(kv_dim, n, "activations", &bufs_[4]);
+  v_ = be_.alloc_f32(kv_dim, n, "activations", &bufs_[5]);
+  gate_ = be_.alloc_f32(c.n_ff, n, "activations", &bufs_[6]);
+  up_ = be_.alloc_f32(c.n_ff, n, "activations", &bufs_[7]);
+  // Logits live in the caller's host array on the CPU; elsewhere on the device, one row until
+  // every row is asked for.
+  logits_rows_ = 0;
+  be_.forget_steps();
 }
 
-void LlamaModel::capture_layer(int il, int pos0, int n) const {
+void LlamaModel::capture_layer(int il, int pos0, int n) {
   const LlamaConfig& c = cfg_;
   if (pos0 < 0 || pos0 + n > capture_->n_tok)
     fail(ErrorCode::invalid_arg, "Q/K/V capture: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n - 1) +
                                      " do not fit its " + std::to_string(capture_->n_tok) + " rows");
   const size_t q_dim = (size_t)c.n_head * c.head_dim, kv_dim = (size_t)c.n_head_kv * c.head_dim;
-  // Rows of one layer are contiguous in both the scratch buffers and the capture: [n][heads*hd].
+  // Rows of one layer are contiguous in both the scratch tensors and the capture: [n][heads*hd].
   const size_t q_off = ((size_t)il * capture_->n_tok + pos0) * q_dim;
   const size_t kv_off = ((size_t)il * capture_->n_tok + pos0) * kv_dim;
-  std::memcpy(capture_->q + q_off, q_.data(), (size_t)n * q_dim * sizeof(float));
-  std::memcpy(capture_->k + kv_off, k_.data(), (size_t)n * kv_dim * sizeof(float));
-  std::memcpy(capture_->v + kv_off, v_.data(), (size_t)n * kv_dim * sizeof(float));
+  be_.to_host(q_.rows(0, n), capture_->q + q_off);
+  be_.to_host(k_.rows(0, n), capture_->k + kv_off);
+  be_.to_host(v_.rows(0, n), capture_->v + kv_off);
 }
 
-void LlamaModel::forward(const int32_t* tokens, int n, int pos0, KVCache& kv, ThreadPool& pool, float* logits,
-                         bool all_logits) {
+void LlamaModel::forward(const int32_t* tokens, int n, int pos0, KVCache& kv, float* logits, bool all_logits) {
   const LlamaConfig& c = cfg_;
   if (n <= 0) return;
-  if (n > max_batch_) set_max_batch(n);
-  const int E = c.n_embd;
-  const size_t q_dim = (size_t)c.n_head * c.head_dim, kv_dim = (size_t)c.n_head_kv * c.head_dim;
-  const CpuKernels& kern = cpu_kernels();
-
-  // x = token_embd[tokens]   [n][E]
-  for (int t = 0; t < n; t++) {
+  for (int t = 0; t < n; t++)
     if (tokens[t] < 0 || tokens[t] >= c.n_vocab)
       fail(ErrorCode::invalid_arg, "token id " + std::to_string(tokens[t]) + " is out of range");
-    kern.dequantize_row(token_embd_.type, token_embd_.data + (size_t)tokens[t] * token_embd_.row_bytes,
-                        x_.data() + (size_t)t * E, E);
-  }
-
-  for (int il = 0; il < c.n_layer; il++) {
-    const LlamaLayer& L = layers_[il];
-    // Attention block: xn = norm(x); q,k,v = xn W; rope(q, k); att = attention; x += att Wo
-    for (int t = 0; t < n; t++) rms_norm(&x_[(size_t)t * E], L.attn_norm, &xn_[(size_t)t * E], E, c.rms_eps);
-    const MatmulJob qkv[3] = {{&L.attn_q, q_.data()}, {&L.attn_k, k_.data()}, {&L.attn_v, v_.data()}};
-    matmul_group(qkv, 3, xn_.data(), n, pool);
-    for (int t = 0; t < n; t++) {
-      const float* ff = c.rope_freq_factors.empty() ? nullptr : c.rope_freq_factors.data();
-      rope_adjacent(&q_[t * q_dim], c.n_head, c.head_dim, c.n_rot, pos0 + t, c.rope_theta_scale, c.rope_scale, ff);
-      rope_adjacent(&k_[t * kv_dim], c.n_head_kv, c.head_dim, c.n_rot, pos0 + t, c.rope_theta_scale, c.rope_scale, ff);
+  if (n > max_batch_) set_max_batch(n);
+  const int n_out = all_logits ? n : 1;  // logits rows: every token, or the last
+  Tensor lg;
+  if (be_.device().type == DeviceType::cpu) {
+    lg = host_tensor(logits, c.n_vocab, n_out);
+  } else {
+    if (logits_rows_ < n_out) {
+      logits_rows_ = all_logits ? max_batch_ : 1;
+      logits_ = be_.alloc_f32(c.n_vocab, logits_rows_, "logits", &bufs_[8]);
+      be_.forget_steps();
     }
-    if (capture_) capture_layer(il, pos0, n);
-    kv.append(il, pos0, n, k_.data(), v_.data(), pool);
-    kv.attend(il, pos0, n, c.n_head, q_.data(), att_.data(), pool);
-    matmul(L.attn_output, att_.data(), n, tmp_.data(), pool);
-    for (size_t i = 0; i < (size_t)n * E; i++) x_[i] += tmp_[i];
-
-    // Feed-forward block: x += down(silu(gate(xn)) * up(xn)), xn = norm(x)
-    for (int t = 0; t < n; t++) rms_norm(&x_[(size_t)t * E], L.ffn_norm, &xn_[(size_t)t * E], E, c.rms_eps);
-    const MatmulJob gate_up[2] = {{&L.ffn_gate, gate_.data()}, {&L.ffn_up, up_.data()}};
-    matmul_group(gate_up, 2, xn_.data(), n, pool);
-    for (int t = 0; t < n; t++)
-      cpu_kernels().swiglu(&gate_[(size_t)t * c.n_ff], &up_[(size_t)t * c.n_ff], c.n_ff);
-    matmul(L.ffn_down, gate_.data(), n, tmp_.data(), pool);
-    for (size_t i = 0; i < (size_t)n * E; i++) x_[i] += tmp_[i];
+    lg = logits_.rows(0, n_out);
   }
+  if (&kv != last_kv_ || kv.serial() != last_kv_serial_) {  // a captured step reads this cache
+    last_kv_ = &kv;
+    last_kv_serial_ = kv.serial();
+    be_.forget_steps();
+  }
+  kv.begin(pos0, n);
+  const RopeParams rope{c.head_dim, c.n_rot, c.rope_theta_scale, c.rope_scale,
+                        rope_freqs_.data ? &rope_freqs_ : nullptr};
 
-  // Output: only the rows asked for.
-  const int first = all_logits ? 0 : n - 1;
-  const int n_out = n - first;
-  for (int t = first; t < n; t++)
-    rms_norm(&x_[(size_t)t * E], output_norm_, &xn_[(size_t)(t - first) * E], E, c.rms_eps);
-  matmul(output_, xn_.data(), n_out, logits, pool);
+  // The step's ops are issued once per step shape where the backend can replay them (a CUDA
+  // graph of a decode step): nothing below reads device data on the host, except the capture.
+  if (be_.begin_step(tokens, n, pos0, /*replayable=*/capture_ == nullptr)) {
+    Tensor x = x_.rows(0, n), xn = xn_.rows(0, n), q = q_.rows(0, n), k = k_.rows(0, n), v = v_.rows(0, n),
+           att = att_.rows(0, n), gate = gate_.rows(0, n), up = up_.rows(0, n);
+    be_.get_rows(token_embd_, be_.step_tokens(), x);  // x = token_embd[tokens]   [n][n_embd]
+
+    for (int il = 0; il < c.n_layer; il++) {
+      const LlamaLayer& L = layers_[il];
+      // Attention block: xn = norm(x); q,k,v = xn W; rope(q, k); att = attention; x += att Wo
+      be_.rms_norm(x, L.attn_norm, c.rms_eps, xn);
+      const Projection qkv[3] = {{&L.attn_q, &q}, {&L.attn_k, &k}, {&L.attn_v, &v}};
+      be_.matmul(qkv, 3, xn);
+      be_.rope(q, c.n_head, rope, pos0);
+      be_.rope(k, c.n_head_kv, rope, pos0);
+      if (capture_) capture_layer(il, pos0, n);
+      kv.append(il, pos0, n, k, v);
+      kv.attend(il, pos0, n, c.n_head, q, att);
+      const Projection wo{&L.attn_output, &x, /*add_to_y=*/true};
+      be_.matmul(&wo, 1, att);
+
+      // Feed-forward block: x += down(silu(gate(xn)) * up(xn)), xn = norm(x)
+      be_.rms_norm(x, L.ffn_norm, c.rms_eps, xn);
+      const Projection gate_up[2] = {{&L.ffn_gate, &gate}, {&L.ffn_up, &up}};
+      be_.matmul(gate_up, 2, xn);
+      be_.swiglu(gate, up);
+      const Projection down{&L.ffn_down, &x, /*add_to_y=*/true};
+      be_.matmul(&down, 1, gate);
+    }
+
+    // Output: only the rows asked for.
+    Tensor xo = x.rows(n - n_out, n_out), xno = xn.rows(0, n_out);
+    be_.rms_norm(xo, output_norm_, c.rms_eps, xno);
+    const Projection out{&output_, &lg};
+    be_.matmul(&out, 1, xno);
+  }
+  be_.end_step();
+  be_.to_host(lg, logits);
 }
 
 }  // namespace eoq

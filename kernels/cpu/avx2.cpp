@@ -308,13 +308,35 @@ double soft_max_ggml_avx2(float* x, int64_t n, float mx) {
 }  // namespace
 
 const CpuKernels* cpu_kernels_avx2() {
-  static const CpuKernels k = {"avx2", dot_f32_avx2, axpy_f32_avx2, dequantize_row_avx2,
-                               dot_f16_f32_avx2, axpy_f16_avx2, scores_f16_avx2, values_f16_avx2,
-                               scores_codes_avx2, values_codes_avx2, softmax_exp_avx2,
-                               max_f32_avx2, quantize_act_avx2, vec_dot_avx2,
-                               axpy_f16_acc16_avx2, scale_f16_avx2, swiglu_avx2,
-                               dot_f16_f16_avx2, scores_f32t_chain_avx2, soft_max_ggml_avx2,
-                               decode_codes_avx2, scores_codes_avx2, values_f32_chain_avx2};
+  static const CpuKernels k = [] {
+    CpuKernels t{};
+    t.isa = "avx2";
+    t.dot_f32 = dot_f32_avx2;
+    t.axpy_f32 = axpy_f32_avx2;
+    t.dequantize_row = dequantize_row_avx2;
+    t.dot_f16_f32 = dot_f16_f32_avx2;
+    t.axpy_f16 = axpy_f16_avx2;
+    t.scores_f16 = scores_f16_avx2;
+    t.values_f16 = values_f16_avx2;
+    t.scores_codes = scores_codes_avx2;
+    t.values_codes = values_codes_avx2;
+    t.softmax_exp = softmax_exp_avx2;
+    t.max_f32 = max_f32_avx2;
+    t.quantize_act = quantize_act_avx2;
+    t.vec_dot = vec_dot_avx2;
+    t.axpy_f16_acc16 = axpy_f16_acc16_avx2;
+    t.scale_f16 = scale_f16_avx2;
+    t.swiglu = swiglu_avx2;
+    t.dot_f16_f16 = dot_f16_f16_avx2;
+    t.scores_f32t_chain = scores_f32t_chain_avx2;
+    t.soft_max_ggml = soft_max_ggml_avx2;
+    t.decode_codes = decode_codes_avx2;
+    t.scores_codes_q8 = scores_codes_avx2;
+    t.values_f32_chain = values_f32_chain_avx2;
+    t.rms_norm = cpu_kernels_scalar().rms_norm;  // the double sum: same bits
+    t.rope_adjacent = cpu_kernels_scalar().rope_adjacent;  // ggml's serial theta recurrence
+    return t;
+  }();
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          __builtin_cpu_supports("f16c");
   return ok ? &k : nullptr;

@@ -33,7 +33,7 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels/fp16.h"
+#include "base/fp16.h"
 #include "kernels/quant_dot.h"
 
 namespace eoq {

@@ -25,7 +25,7 @@
 #include <cstring>
 
 #include "kernels/cpu/avx2.h"
-#include "kernels/fp16.h"
+#include "base/fp16.h"
 #include "kernels/quants.h"
 
 namespace eoq {

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/error.h"
-#include "kernels/fp16.h"
+#include "base/error.h"
+#include "base/fp16.h"
 #include "kernels/quant_dot.h"
 
 namespace eoq {

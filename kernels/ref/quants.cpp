@@ -12,8 +12,8 @@
 #include <cstring>
 #include <string>
 
-#include "engine/error.h"
-#include "kernels/fp16.h"
+#include "base/error.h"
+#include "base/fp16.h"
 #include "kernels/quants.h"
 
 namespace eoq {

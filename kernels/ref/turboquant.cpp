@@ -10,8 +10,8 @@
 #include <string>
 #include <utility>
 
-#include "engine/error.h"
-#include "kernels/fp16.h"
+#include "base/error.h"
+#include "base/fp16.h"
 
 namespace eoq {
 

@@ -1,7 +1,8 @@
 // Scalar reference vector kernels. Loops keep several independent accumulators so that the
 // baseline (SSE2) compiler output still vectorises without -ffast-math.
-#include "kernels/fp16.h"
+#include "base/fp16.h"
 #include "kernels/kernels.h"
+#include "kernels/ops.h"
 #include "kernels/quant_dot.h"
 #include "kernels/quants.h"
 #include "kernels/turboquant.h"
@@ -139,13 +140,35 @@ void decode_codes_scalar(const uint8_t* codes, int64_t n, int bits, const float*
 }  // namespace
 
 const CpuKernels& cpu_kernels_scalar() {
-  static const CpuKernels k = {"scalar", dot_f32_scalar, axpy_f32_scalar, dequantize_row_ref,
-                               dot_f16_f32_scalar, axpy_f16_scalar, scores_f16_scalar, values_f16_scalar,
-                               scores_codes_scalar, values_codes_scalar, softmax_exp_scalar,
-                               max_f32_scalar, quantize_act_ref, vec_dot_ref_rows,
-                               axpy_f16_acc16_scalar, scale_f16_scalar, swiglu_scalar,
-                               dot_f16_f16_scalar, scores_f32t_chain_scalar, soft_max_ggml_scalar,
-                               decode_codes_scalar, scores_codes_scalar, values_f32_chain_scalar};
+  static const CpuKernels k = [] {
+    CpuKernels t{};
+    t.isa = "scalar";
+    t.dot_f32 = dot_f32_scalar;
+    t.axpy_f32 = axpy_f32_scalar;
+    t.dequantize_row = dequantize_row_ref;
+    t.dot_f16_f32 = dot_f16_f32_scalar;
+    t.axpy_f16 = axpy_f16_scalar;
+    t.scores_f16 = scores_f16_scalar;
+    t.values_f16 = values_f16_scalar;
+    t.scores_codes = scores_codes_scalar;
+    t.values_codes = values_codes_scalar;
+    t.softmax_exp = softmax_exp_scalar;
+    t.max_f32 = max_f32_scalar;
+    t.quantize_act = quantize_act_ref;
+    t.vec_dot = vec_dot_ref_rows;
+    t.axpy_f16_acc16 = axpy_f16_acc16_scalar;
+    t.scale_f16 = scale_f16_scalar;
+    t.swiglu = swiglu_scalar;
+    t.dot_f16_f16 = dot_f16_f16_scalar;
+    t.scores_f32t_chain = scores_f32t_chain_scalar;
+    t.soft_max_ggml = soft_max_ggml_scalar;
+    t.decode_codes = decode_codes_scalar;
+    t.scores_codes_q8 = scores_codes_scalar;
+    t.values_f32_chain = values_f32_chain_scalar;
+    t.rms_norm = rms_norm;
+    t.rope_adjacent = rope_adjacent;
+    return t;
+  }();
   return k;
 }
 

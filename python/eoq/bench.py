@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-r", "--repetitions", type=int, default=3, metavar="N", help="repetitions per test (default 3)")
     ap.add_argument("-b", "--batch-size", type=int, default=512, metavar="N",
                     help="tokens per forward pass for the pp test and the depth fill (default 512)")
+    ap.add_argument("--device", default="cpu", metavar="DEV",
+                    help="cpu (default), cuda or cuda:N; on a GPU the table adds the decode roofline: "
+                         "weight and cache bytes read per token over the measured copy bandwidth")
     ap.add_argument("-o", "--output", choices=("md", "json"), default="md", help="output format (default md)")
     ap.add_argument("--seed", type=int, default=1234, help="seed of the random token ids (default 1234)")
     ap.add_argument("--llama-bench", metavar="PATH",
@@ -160,8 +163,13 @@ def worker(cfg: dict) -> dict:
     mode, options = parse_mode(cfg["kv"])
     p, n, d, reps, nb = cfg["n_prompt"], cfg["n_gen"], cfg["n_depth"], cfg["reps"], cfg["n_batch"]
     n_ctx = d + max(p, n, 1)
+    device = cfg.get("device", "cpu")
+    if device != "cpu":
+        from .engine import _check_device
+
+        device = _check_device(device)
     eng = _core.Engine(cfg["model"], n_ctx=n_ctx, n_threads=cfg["threads"], kv=mode, n_batch=nb,
-                       kv_options=options)
+                       kv_options=options, device=device)
     rss_after_load = _vm_kib("VmRSS")
     n_vocab = eng.n_vocab
     bos = eng.bos if (eng.add_bos and eng.bos >= 0) else -1
@@ -180,7 +188,10 @@ def worker(cfg: dict) -> dict:
             for i in range(0, d, nb):
                 eng.eval(toks[i:i + nb])
 
-    out: Dict[str, object] = dict(n_ctx=n_ctx, load_ms=eng.load_ms, n_vocab=n_vocab)
+    out: Dict[str, object] = dict(n_ctx=n_ctx, load_ms=eng.load_ms, n_vocab=n_vocab, backend=eng.backend,
+                                  weight_bytes_per_token=int(eng.weight_bytes_per_token))
+    if device != "cpu":  # the roofline's bandwidth, measured on this GPU (bytes read + written)
+        out["copy_bandwidth_bps"] = float(_core.cuda.copy_bandwidth(int(device.partition(":")[2] or 0)))
     # warm-up, as llama-bench: one prompt run and one token run from an empty cache
     if p:
         eng.reset()
@@ -253,7 +264,7 @@ def _summary(ts: List[float]) -> dict:
 
 def run_eoq_config(model: str, kv: str, threads: int, depth: int, a) -> dict:
     cfg = dict(model=model, kv=kv, threads=threads, n_depth=depth, n_prompt=a.n_prompt, n_gen=a.n_gen,
-               reps=a.repetitions, n_batch=a.batch_size, seed=a.seed)
+               reps=a.repetitions, n_batch=a.batch_size, seed=a.seed, device=a.device)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     rc, out, err, peak = run_measured([sys.executable, "-m", "eoq.bench", "--worker", json.dumps(cfg)], env=env)
@@ -368,8 +379,18 @@ def _mib(b) -> str:
     return f"{b / MIB:.2f}" if b >= 0.1 * MIB or b == 0 else f"{b / MIB:.4f}"
 
 
+def roofline_ts(weight_bytes: int, kv_bytes_per_pos: float, depth: int, n_gen: int, bandwidth: float) -> float:
+    """Decode's bandwidth bound (../shared/spec/gpu.md section 3): every weight byte and the whole
+    cache read once per token; over n_gen tokens from depth d the mean cache length is
+    d + (n_gen + 1) / 2 positions."""
+    return bandwidth / (weight_bytes + (depth + (n_gen + 1) / 2) * kv_bytes_per_pos)
+
+
 def markdown(rows: List[dict], with_llama: bool) -> str:
     cols = ["model", "kv", "threads", "test", "t/s", "KV MiB", "peak RSS MiB"]
+    roof = any(r.get("roofline_ts") for r in rows)
+    if roof:
+        cols = ["model", "kv", "device", "test", "t/s", "roofline t/s", "% of roofline", "KV MiB"]
     if with_llama:
         cols += ["llama.cpp t/s", "llama.cpp KV MiB", "llama.cpp peak RSS MiB", "eoq/llama.cpp"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if c not in ("model", "kv", "test") else "---"
@@ -377,6 +398,10 @@ def markdown(rows: List[dict], with_llama: bool) -> str:
     for r in rows:
         cells = [r["model"], r["kv"], str(r["threads"]), r["test"], _fmt_ts(r), _mib(r["kv_bytes"]),
                  _mib(r["peak_rss_bytes"])]
+        if roof:
+            rt = r.get("roofline_ts")
+            cells = [r["model"], r["kv"], r["device"], r["test"], _fmt_ts(r), f"{rt:.1f}" if rt else "-",
+                     f"{100 * r['median_ts'] / rt:.0f}%" if rt else "-", _mib(r["kv_bytes"])]
         if with_llama:
             ll = r.get("llama")
             if ll:
@@ -398,7 +423,13 @@ def _rows_of(model_label: str, kv: str, threads: int, depth: int, a, eres: dict,
                    test == "pp" else 0, n_gen=k if test == "tg" else 0, n_depth=depth, **_summary(ts),
                    kv_bytes=e["kv_bytes"], kv_tokens=e["n_tokens"], bits_per_entry=e["bits_per_entry"],
                    peak_rss_bytes=eres["peak_rss_bytes"], rss_after_load_bytes=(eres.get("rss_after_load_kib") or 0) * 1024,
-                   rss_python_bytes=(eres.get("rss_before_load_kib") or 0) * 1024)
+                   rss_python_bytes=(eres.get("rss_before_load_kib") or 0) * 1024, device=a.device,
+                   backend=eres.get("backend"))
+        if test == "tg" and eres.get("copy_bandwidth_bps") and e["n_tokens"]:
+            per_pos = e["kv_bytes"] / e["n_tokens"]
+            row["roofline_ts"] = roofline_ts(eres["weight_bytes_per_token"], per_pos, depth, k,
+                                             eres["copy_bandwidth_bps"])
+            row["copy_bandwidth_bps"] = eres["copy_bandwidth_bps"]
         if lres is not None:
             ll = lres.get(test)
             if ll:
@@ -489,6 +520,10 @@ def main(argv=None) -> int:
                          f"model is loaded)")
             if llama_build:
                 foot += f"; llama.cpp build: {llama_build[0]} ({llama_build[1]})"
+            bw = [r["copy_bandwidth_bps"] for r in rows if r.get("copy_bandwidth_bps")]
+            if bw:
+                foot += (f"; {rows[0].get('backend')}; roofline bandwidth {statistics.median(bw) / 1e12:.2f} TB/s "
+                         f"(device-to-device copy, bytes read + written)")
             print(foot)
         return 0
     except BenchError as e:

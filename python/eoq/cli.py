@@ -33,6 +33,21 @@ def _version() -> str:
     return f"{PROG} {__version__}"
 
 
+def device_from_args(args) -> str:
+    """--device, else -ngl (N > 0: cuda), else cpu. The two must agree when both are given."""
+    ngl = getattr(args, "n_gpu_layers", None)
+    dev = getattr(args, "device", None)
+    if ngl is not None and ngl < 0:
+        raise CliError(f"-ngl must be >= 0, got {ngl}")
+    if dev is not None:
+        if ngl is not None and (ngl > 0) != (dev.strip().lower() != "cpu"):
+            raise CliError(f"-ngl {ngl} and --device {dev} disagree")
+        return dev
+    if ngl:
+        return "cuda"
+    return "cpu"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=PROG, description="Generate text with a GGUF Llama-family model (eoq engine).",
@@ -62,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute threads (default: the CPUs available)")
     g.add_argument("-b", "--batch-size", type=int, default=512, metavar="N",
                    help="prompt tokens per forward pass (default 512)")
+    g.add_argument("--device", default=None, metavar="DEV",
+                   help="where the model runs: cpu (default), cuda or cuda:N")
+    g.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", dest="n_gpu_layers", type=int, default=None,
+                   metavar="N", help="as llama.cpp: N > 0 runs the model on the GPU (eoq places every layer "
+                   "there; -ngl 99 is the usual spelling), 0 on the CPU")
     g.add_argument("--kv", default=None, metavar="MODE",
                    help="KV cache mode: " + ", ".join(KV_MODES) + " (default f16)")
     g.add_argument("-ctk", "--cache-type-k", metavar="TYPE",
@@ -291,7 +311,7 @@ def run(args) -> int:
     if seed == -1:
         seed = secrets.randbits(32)
     engine = Engine(model, n_ctx=args.ctx_size, n_threads=args.threads, kv=kv_mode, kv_options=kv_options,
-                    n_batch=args.batch_size, verbose=args.verbose)
+                    n_batch=args.batch_size, verbose=args.verbose, device=device_from_args(args))
     with engine:
         chat = args.chat or args.system is not None
         if chat:

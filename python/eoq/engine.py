@@ -178,6 +178,45 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _check_device(device: str) -> str:
+    """The device string, after a one-line error where CUDA is asked for and cannot run here.
+    For CUDA, points the backend's run-time cuBLAS loader at the pip wheel's library when the
+    `nvidia-cublas` package is installed and EOQ_CUBLAS is unset."""
+    d = device.strip().lower()
+    if d == "cpu":
+        return d
+    if d == "cuda" or d == "gpu" or d.startswith("cuda:"):
+        index = 0
+        if d.startswith("cuda:"):
+            try:
+                index = int(d[5:])
+            except ValueError:
+                raise _error("invalid_arg", f"device {device!r} is not one of cpu, cuda, cuda:N") from None
+        reason = _core.cuda.unavailable_reason(index)
+        if reason:
+            raise _error("unsupported", f"device {device!r} is not available: {reason}")
+        if not os.environ.get("EOQ_CUBLAS"):
+            lib = _pip_cublas()
+            if lib:
+                os.environ["EOQ_CUBLAS"] = lib
+        return d
+    raise _error("invalid_arg", f"device {device!r} is not one of cpu, cuda, cuda:N")
+
+
+def _pip_cublas() -> Optional[str]:
+    """libcublas from an installed nvidia-cublas wheel (as PyTorch installs it), or None."""
+    import glob
+    import site
+
+    roots = list(sys.path) + site.getsitepackages() if hasattr(site, "getsitepackages") else list(sys.path)
+    for root in roots:
+        for pat in ("nvidia/cublas/lib/libcublas.so*", "nvidia/cu13/lib/libcublas.so*", "nvidia/cu12/lib/libcublas.so*"):
+            hits = sorted(p for p in glob.glob(os.path.join(root, pat)) if "Lt" not in os.path.basename(p))
+            if hits:
+                return hits[-1]
+    return None
+
+
 class Engine:
     """A loaded GGUF model with its KV cache.
 
@@ -186,6 +225,8 @@ class Engine:
 
     model_path None: the default model (SmolLM2-135M-Instruct, fetched once, see eoq.models).
     n_ctx 0: the model's training context. n_threads None: the CPUs this process may use.
+    device: "cpu", "cuda" or "cuda:N" (the weights, the cache and the compute on that GPU; the
+    GPU holds the f16 cache for now). Where CUDA cannot run, a one-line EoqError says why.
     prefix_cache: when a prompt starts with exactly the tokens already in the cache, evaluate
     only the rest (as llama-cpp-python does); otherwise every call starts from an empty cache.
     kv: the KV cache mode (f16, f32, q8_0, q4_0, turbo2/3/4, eoq2/3/4); kv_options: its knobs
@@ -201,10 +242,9 @@ class Engine:
         self._lock = threading.RLock()  # one eval/sample at a time (compute runs without the GIL)
         self._cached: List[int] = []  # tokens whose K/V are in the cache, in order
         self._epoch = 0  # bumped whenever the cache is taken over; stale streams notice
-        if not isinstance(device, str) or device.lower() not in ("cpu",):
-            raise _error("unsupported",
-                         f"device {device!r} is not available: this build of eoq runs on the CPU "
-                         f"only (the CUDA backend is not built yet); use device='cpu'")
+        if not isinstance(device, str):
+            raise _error("invalid_arg", f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+        device = _check_device(device)
         if not _is_int(n_ctx) or n_ctx < 0:
             raise _error("invalid_arg", f"n_ctx must be an integer >= 0 (0 = the model's), got {n_ctx!r}")
         if n_threads is None:
@@ -227,19 +267,19 @@ class Engine:
         if path.is_dir():
             raise IsADirectoryError(f"model path is a folder, not a GGUF file: {path}")
         self.model_path = str(path)
-        self.device = "cpu"
         self.kv = kv
         self.verbose = bool(verbose)
         self.prefix_cache = bool(prefix_cache)
         t0 = time.perf_counter()
         self.kv_options = dict(kv_options or {})
         self._core = _core.Engine(self.model_path, n_ctx=n_ctx, n_threads=n_threads, kv=kv,
-                                  n_batch=n_batch, kv_options=self.kv_options)
+                                  n_batch=n_batch, kv_options=self.kv_options, device=device)
+        self.device = self._core.device
         self.load_ms = (time.perf_counter() - t0) * 1e3
         if self.verbose:
             info = self._core.kv_info()
             print(f"eoq: loaded {self.name or path.name} ({self.arch}) in {self.load_ms:.0f} ms: "
-                  f"n_ctx={self.n_ctx}, n_vocab={self.n_vocab}, threads={self._core.n_threads}, "
+                  f"n_ctx={self.n_ctx}, n_vocab={self.n_vocab}, on {self._core.backend}, "
                   f"kv={info.get('mode')}", file=sys.stderr)
 
     # --- lifetime -------------------------------------------------------------------------
@@ -275,6 +315,10 @@ class Engine:
     n_ctx_train = property(lambda self: self.core.n_ctx_train, doc="The model's training context.")
     n_vocab = property(lambda self: self.core.n_vocab)
     n_threads = property(lambda self: self.core.n_threads)
+    backend = property(lambda self: self.core.backend,
+                       doc="Where the model runs, e.g. 'cpu (avx512vnni, 2 threads)' or 'cuda:0 (NVIDIA H200, ...)'.")
+    weight_bytes_per_token = property(lambda self: self.core.weight_bytes_per_token,
+                                      doc="Weight bytes one decode step reads (every matrix once, one embedding row).")
     n_past = property(lambda self: self.core.n_past, doc="Tokens currently in the cache.")
     bos = property(lambda self: self.core.bos)
     eos = property(lambda self: self.core.eos)

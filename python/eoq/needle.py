@@ -419,6 +419,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("-o", "--output", choices=("md", "json"), default="md",
                     help="md: a Markdown table (default); json: the list of records")
     ap.add_argument("-t", "--threads", type=int, default=None, help="compute threads (default: all)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("-b", "--batch-size", type=int, default=512, help="prompt tokens per forward pass")
     a = ap.parse_args(argv)
 
@@ -503,7 +504,7 @@ def _run(a: argparse.Namespace, status: _Status) -> int:
         for mode_i, spec in enumerate(a.modes):
             mode, options = parse_mode(spec)
             engine = Engine(model, n_ctx=ctx, n_threads=a.threads, kv=mode, kv_options=options,
-                            n_batch=a.batch_size)
+                            n_batch=a.batch_size, device=a.device)
             with engine:
                 if not cases:  # the prompts do not depend on the KV mode: built once per ctx
                     cases = [build_case(engine, units, ctx, depths, a.seed, trial, h, a.max_tokens,

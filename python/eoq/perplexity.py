@@ -170,6 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=int, default=-1, help="number of chunks (-1: all)")
     ap.add_argument("-t", "--threads", type=int, default=0)
     ap.add_argument("-b", "--batch-size", type=int, default=512)
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--kv", default="f16",
                     help="KV cache mode with optional :key=value knobs (e.g. eoq2:ring=0:shrink=false), "
                          "or a comma-separated list of them with --kl-divergence")
@@ -185,10 +186,14 @@ def main(argv=None) -> int:
         with open(a.file, encoding="utf-8", newline="") as fh:
             text = fh.read()
 
+        from .engine import _check_device
+
+        device = _check_device(a.device)
+
         def make(spec):
             mode, options = parse_mode(spec)
             return _core.Engine(model, n_ctx=a.ctx_size, n_threads=a.threads, kv=mode, n_batch=a.batch_size,
-                                kv_options=options)
+                                kv_options=options, device=device)
 
         t0 = time.perf_counter()
         modes = [m.strip() for m in a.kv.split(",") if m.strip()]

@@ -1,4 +1,4 @@
-#include "kernels/ggml_type.h"
+#include "base/ggml_type.h"
 
 namespace eoq {
 

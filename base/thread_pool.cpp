@@ -1,4 +1,4 @@
-#include "engine/thread_pool.h"
+#include "base/thread_pool.h"
 
 #include <algorithm>
 #if defined(__x86_64__) || defined(_M_X64)

@@ -1,0 +1,146 @@
+// The CPU backend: today's kernel table (kernels/kernels.h, chosen from CPUID) and thread pool
+// behind the Backend interface. Weights stay in the mapped GGUF file; every op computes what the
+// forward pass computed before the seam, in the same order, so the bits are unchanged.
+#include <cstring>
+#include <limits>
+#include <new>
+#include <vector>
+
+#include "base/error.h"
+#include "base/thread_pool.h"
+#include "engine/backend.h"
+#include "engine/kv_cache.h"
+#include "kernels/kernels.h"
+#include "kernels/matmul.h"
+
+namespace eoq {
+
+namespace {
+
+class HostBuffer final : public Buffer {
+ public:
+  HostBuffer(size_t bytes, const std::string& what) {
+    // 64-byte aligned (AVX-512 rows); not zeroed: large allocations stay lazily mapped.
+    data_ = ::operator new(bytes ? bytes : 1, std::align_val_t(64), std::nothrow);
+    if (!data_)
+      fail(ErrorCode::invalid_arg, what + ": cannot allocate " + std::to_string(bytes) + " bytes of host memory");
+    size_ = bytes;
+  }
+  ~HostBuffer() override { ::operator delete(data_, std::align_val_t(64)); }
+};
+
+WeightView view(const Tensor& w) { return WeightView{w.type, w.ne[0], w.ne[1], w.nb1, static_cast<const uint8_t*>(w.data)}; }
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int n_threads) : pool_(n_threads), k_(cpu_kernels()) {}
+
+  Device device() const override { return Device{}; }
+  std::string describe() const override {
+    return std::string("cpu (") + k_.isa + ", " + std::to_string(pool_.size()) + " threads)";
+  }
+  int n_threads() const override { return pool_.size(); }
+  // Host allocations are checked where they are made (a failed one is a clear error), not
+  // planned against a figure for free memory: large ones are mapped lazily.
+  size_t free_memory() const override { return std::numeric_limits<size_t>::max(); }
+  std::unique_ptr<Buffer> alloc(size_t bytes, const std::string& what) override {
+    return std::make_unique<HostBuffer>(bytes, what);
+  }
+  Tensor load_weight(GGMLType type, int64_t n_cols, int64_t n_rows, size_t row_bytes, const void* host) override {
+    Tensor t;
+    t.type = type;
+    t.ne[0] = n_cols;
+    t.ne[1] = n_rows;
+    t.nb1 = row_bytes;
+    t.data = const_cast<void*>(host);
+    return t;
+  }
+
+  bool begin_step(const int32_t* tokens, int n, int, bool) override {
+    tokens_.type = GGMLType::I32;
+    tokens_.ne[0] = n;
+    tokens_.ne[1] = 1;
+    tokens_.nb1 = (size_t)n * sizeof(int32_t);
+    tokens_.data = const_cast<int32_t*>(tokens);
+    return true;
+  }
+  void end_step() override {}
+  Tensor step_tokens() const override { return tokens_; }
+
+  void get_rows(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    const int32_t* id = static_cast<const int32_t*>(ids.data);
+    for (int64_t t = 0; t < ids.ne[0]; t++)
+      k_.dequantize_row(table.type, static_cast<const uint8_t*>(table.data) + (size_t)id[t] * table.nb1,
+                        row(out, t), table.ne[0]);
+  }
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    for (int64_t t = 0; t < x.ne[1]; t++) k_.rms_norm(row(x, t), w.f32(), row(out, t), x.ne[0], eps);
+  }
+  void matmul(const Projection* ps, int n, const Tensor& x) override {
+    // Products that add to y go through a scratch row block, then y += it: the order of the
+    // forward pass before the seam (and of ggml's mul_mat + add).
+    std::vector<WeightView> ws(n);
+    std::vector<MatmulJob> jobs(n);
+    size_t tmp_floats = 0;
+    for (int i = 0; i < n; i++)
+      if (ps[i].add_to_y) tmp_floats += (size_t)ps[i].y->ne[0] * x.ne[1];
+    if (tmp_.size() < tmp_floats) tmp_.resize(tmp_floats);
+    size_t used = 0;
+    for (int i = 0; i < n; i++) {
+      ws[i] = view(*ps[i].w);
+      float* y = ps[i].y->f32();
+      if (ps[i].add_to_y) {
+        y = tmp_.data() + used;
+        used += (size_t)ps[i].y->ne[0] * x.ne[1];
+      }
+      jobs[i] = MatmulJob{&ws[i], y, 0};
+    }
+    matmul_group(jobs.data(), n, x.f32(), x.ne[1], pool_);
+    for (int i = 0; i < n; i++)
+      if (ps[i].add_to_y) {
+        const size_t m = (size_t)ps[i].y->ne[0] * x.ne[1];
+        float* y = ps[i].y->f32();
+        const float* t = jobs[i].y;
+        for (size_t j = 0; j < m; j++) y[j] += t[j];
+      }
+  }
+  void rope(Tensor& x, int n_head, const RopeParams& p, int pos0) override {
+    const float* ff = p.freq_factors ? p.freq_factors->f32() : nullptr;
+    for (int64_t t = 0; t < x.ne[1]; t++)
+      k_.rope_adjacent(row(x, t), n_head, p.head_dim, p.n_rot, pos0 + (int)t, p.theta_scale, p.freq_scale, ff);
+  }
+  void swiglu(Tensor& gate, const Tensor& up) override {
+    for (int64_t t = 0; t < gate.ne[1]; t++) k_.swiglu(row(gate, t), row(up, t), gate.ne[0]);
+  }
+  void add(Tensor& y, const Tensor& x) override {
+    for (int64_t t = 0; t < y.ne[1]; t++) {
+      float* a = row(y, t);
+      const float* b = row(x, t);
+      for (int64_t i = 0; i < y.ne[0]; i++) a[i] += b[i];
+    }
+  }
+  void to_host(const Tensor& src, void* dst) override {
+    if (dst != src.data) std::memcpy(dst, src.data, src.bytes());
+  }
+  void sync() override {}
+
+  std::unique_ptr<KVCache> make_kv_cache(const KVCacheParams& params, const KVCacheShape& shape) override {
+    return make_host_kv_cache(params, shape, pool_);
+  }
+
+ private:
+  static float* row(const Tensor& t, int64_t r) {
+    return reinterpret_cast<float*>(static_cast<uint8_t*>(t.data) + (size_t)r * t.nb1);
+  }
+
+  ThreadPool pool_;
+  const CpuKernels& k_;
+  Tensor tokens_;
+  std::vector<float> tmp_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads) { return std::make_unique<CpuBackend>(n_threads); }
+
+}  // namespace eoq

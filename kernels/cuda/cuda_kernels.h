@@ -1,0 +1,117 @@
+// The CUDA kernel table: every op of the forward pass as an asynchronous launcher on a stream.
+// One .cu file per op (kernel + launcher + its register_* function, which fills the table's
+// fields by name); cuda_kernels() builds the table once. Plain C++ header: the engine's CUDA
+// backend (g++ with the CUDA runtime headers) includes it, so no device code or CUDA C++ here.
+//
+// Conventions for every launcher:
+//  * all pointers are device pointers unless said otherwise; launchers never synchronise, never
+//    allocate, and never copy to or from the host, so that a decode step can be captured in a CUDA
+//    graph and replayed; scratch memory comes from the caller;
+//  * positions that change between decode steps (pos0) are read from device memory (`d_pos0`), so
+//    a captured graph replays with new positions; the grid never depends on them;
+//  * weights are GGUF rows: n_rows rows of n_cols values of `type`, row r at w + r*row_bytes
+//    (block layouts: kernels/quant_blocks.h, shared with the CPU code);
+//  * activations are row-major float32: token t's row of n values at x + t*n (ld* = row stride);
+//  * a launcher that gets arguments it cannot handle (an unsupported type, a shape outside its
+//    contract) returns false without launching; otherwise it returns true (launch errors are
+//    read by the caller through cudaGetLastError).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+#include "base/ggml_type.h"
+
+namespace eoq::cuda {
+
+struct CudaKernels {
+  // ---- activations for the quantized mat-vec (quantize.cu) -------------------------------
+  // xq = x rows in Q8_1 blocks (kernels/quant_dot.h block_q8_1: d = amax/127 as f16, s = f16(d*Σq),
+  // 32 int8), act_row_bytes(Q8_1, n) bytes per row; n a multiple of 32.
+  bool (*quantize_q8_1)(const float* x, int64_t n, int64_t n_tok, void* xq, cudaStream_t s) = nullptr;
+
+  // ---- decode products (matvec.cu) --------------------------------------------------------
+  // y[t*ldy + r] = Σ_c W[r][c] x_t[c]  (accumulate: y[..] += that), r < n_rows, t < n_tok <= 8.
+  // F32/F16/BF16 weights read x (float rows, n_cols apart); quantized types (Q4_0, Q4_1, Q5_0,
+  // Q5_1, Q8_0, Q2_K..Q6_K) read xq (quantize_q8_1 rows of x) and dot in integers (dp4a), as
+  // llama.cpp's mmvq does. Each weight byte is read once per call (all n_tok tokens per row).
+  bool (*mul_mat_vec)(GGMLType type, const void* w, size_t row_bytes, int64_t n_cols, int64_t n_rows,
+                      const float* x, const void* xq, int n_tok, float* y, int64_t ldy, bool accumulate,
+                      cudaStream_t s) = nullptr;
+
+  // ---- weights to f16 (dequantize.cu) ------------------------------------------------------
+  // dst[r*n_cols + c] = f16(W[r0 + r][c]) for r < n_rows (a slice of rows, for prefill tiles)
+  bool (*dequantize_f16)(GGMLType type, const void* w, size_t row_bytes, int64_t n_cols, int64_t r0,
+                         int64_t n_rows, void* dst_f16, cudaStream_t s) = nullptr;
+  // out[t*n_cols + c] = float(W[ids[t]][c]) for t < n (the embedding rows); ids out of [0, n_rows)
+  // give zero rows (the host checks ids before the step).
+  bool (*get_rows)(GGMLType type, const void* w, size_t row_bytes, int64_t n_cols, int64_t n_rows,
+                   const int32_t* ids, int n, float* out, cudaStream_t s) = nullptr;
+
+  // ---- prefill products (gemm.cu) ----------------------------------------------------------
+  // C[t*ldc + r] = Σ_k A[t*K + k] B[r*K + k]   (accumulate: C += that), t < M, r < N:
+  // A = f16 activations [M][K], B = f16 weights [N][K], float accumulation and output. Through
+  // cuBLAS (loaded at run time with dlopen; never linked) when available, else a tensor-core
+  // kernel of our own. gemm_backend() names the one in use ("cublas" / "wmma").
+  bool (*gemm_f16)(const void* a_f16, const void* b_f16, float* c, int64_t M, int64_t N, int64_t K,
+                   int64_t ldc, bool accumulate, cudaStream_t s) = nullptr;
+  const char* (*gemm_backend)() = nullptr;
+  // dst[i] = f16(x[i]), i < n
+  bool (*convert_f32_f16)(const float* x, void* dst_f16, int64_t n, cudaStream_t s) = nullptr;
+
+  // ---- elementwise (norm.cu, rope.cu, swiglu.cu, add.cu) ------------------------------------------
+  // out[t][i] = x[t][i] / sqrt(mean_i(x[t]²) + eps) * w[i], n_tok rows of n (out may alias x).
+  bool (*rms_norm)(const float* x, const float* w, float* out, int64_t n, int64_t n_tok, float eps,
+                   cudaStream_t s) = nullptr;
+  // In place, x: [n_tok][n_head][head_dim]; token t at position *d_pos0 + t; rotates adjacent pairs
+  // (x[2i], x[2i+1]), i < n_rot/2, by angle freq_scale * pos * theta_scale^i / ff[i] (ff: [n_rot/2]
+  // or null) — the CPU reference kernels/ops.h rope_adjacent (which computes theta_scale^i by
+  // repeated float multiplication; here powf or the same recurrence, within float rounding).
+  bool (*rope)(float* x, int n_tok, int n_head, int head_dim, int n_rot, const int32_t* d_pos0, float theta_scale,
+               float freq_scale, const float* freq_factors, cudaStream_t s) = nullptr;
+  // gate[i] = silu(gate[i]) * up[i], i < n
+  bool (*swiglu)(float* gate, const float* up, int64_t n, cudaStream_t s) = nullptr;
+  // y[i] += x[i], i < n
+  bool (*add)(float* y, const float* x, int64_t n, cudaStream_t s) = nullptr;
+
+  // ---- the f16 KV cache (kv_f16.cu, attention_decode.cu, attention_prefill.cu) -------------
+  // One layer's cache: K and V each [n_head_kv][n_ctx][head_dim] f16 (head g's rows contiguous).
+  // Store n_tok new tokens at positions *d_pos0 .. *d_pos0 + n_tok - 1: k, v: [n_tok][n_head_kv][head_dim]
+  // float, rounded to f16 (nearest even).
+  bool (*kv_store_f16)(const float* k, const float* v, int n_tok, int n_head_kv, int head_dim, int n_ctx,
+                       const int32_t* d_pos0, void* cache_k, void* cache_v, cudaStream_t s) = nullptr;
+  // Causal attention of n_tok queries at positions *d_pos0 + t over the cache (query t sees
+  // tokens [0, *d_pos0 + t]); q, out: [n_tok][n_head][head_dim] float (q after RoPE, unscaled;
+  // scores scaled by 1/sqrt(head_dim)); query head h reads KV head h / (n_head / n_head_kv).
+  // Decode (n_tok small): split across the cache in n_split parts of the positions (flash-
+  // decoding), all query heads of a KV group in one thread block, partial results combined with
+  // their log-sum-exp; `work` holds attention_decode_work_bytes(...) bytes. head_dim in {64, 128}
+  // at least (others: return false).
+  bool (*attention_decode_f16)(const float* q, int n_tok, int n_head, int n_head_kv, int head_dim, int n_ctx,
+                               const int32_t* d_pos0, const void* cache_k, const void* cache_v, int n_split,
+                               void* work, float* out, cudaStream_t s) = nullptr;
+  size_t (*attention_decode_work_bytes)(int n_tok, int n_head, int head_dim, int n_split) = nullptr;
+  // Prefill (any n_tok): tensor-core flash attention over the same cache and positions. pos0 is
+  // also passed on the host (prefill is never captured in a graph) to size the grid.
+  bool (*attention_prefill_f16)(const float* q, int n_tok, int n_head, int n_head_kv, int head_dim, int n_ctx,
+                                int pos0, const void* cache_k, const void* cache_v, float* out,
+                                cudaStream_t s) = nullptr;
+};
+
+// The table, built on first use from the register_* functions below (one per .cu file).
+const CudaKernels& cuda_kernels();
+
+void register_quantize(CudaKernels& t);
+void register_matvec(CudaKernels& t);
+void register_dequantize(CudaKernels& t);
+void register_gemm(CudaKernels& t);
+void register_norm(CudaKernels& t);
+void register_rope(CudaKernels& t);
+void register_swiglu(CudaKernels& t);
+void register_add(CudaKernels& t);
+void register_kv_f16(CudaKernels& t);
+void register_attention_decode(CudaKernels& t);
+void register_attention_prefill(CudaKernels& t);
+
+}  // namespace eoq::cuda
