@@ -21,6 +21,7 @@ void bind_cuda_matvec(py::module_& m);       // bindings/bind_cuda_matvec.cpp
 void bind_cuda_gemm(py::module_& m);         // bindings/bind_cuda_gemm.cpp
 void bind_cuda_elementwise(py::module_& m);  // bindings/bind_cuda_elementwise.cpp
 void bind_cuda_attention(py::module_& m);    // bindings/bind_cuda_attention.cpp
+void bind_cuda_soa(py::module_& m);          // bindings/bind_cuda_soa.cpp
 #endif
 
 void bind_cuda(py::module_& m) {
@@ -64,6 +65,7 @@ void bind_cuda(py::module_& m) {
   bind_cuda_gemm(c);
   bind_cuda_elementwise(c);
   bind_cuda_attention(c);
+  bind_cuda_soa(c);
 #endif
 }
 

@@ -72,6 +72,12 @@ Tensor Backend::alloc_f32(int64_t n_cols, int64_t n_rows, const std::string& wha
   return t;
 }
 
+void Backend::matmul_swiglu(const Tensor& w_gate, const Tensor& w_up, const Tensor& x, Tensor& gate, Tensor& up) {
+  const Projection gate_up[2] = {{&w_gate, &gate}, {&w_up, &up}};
+  matmul(gate_up, 2, x);
+  swiglu(gate, up);
+}
+
 std::unique_ptr<Backend> make_backend(const Device& device, int n_threads) {
   if (device.type == DeviceType::cpu) return make_cpu_backend(n_threads);
 #if EOQ_CUDA

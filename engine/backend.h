@@ -57,6 +57,7 @@ struct Tensor {
   size_t nb1 = 0;          // bytes from one row to the next
   void* data = nullptr;
   Device device;
+  int layout = 0;  // a backend's own weight layout, repacked at load (0: GGUF rows)
 
   int64_t n_cols() const { return ne[0]; }
   int64_t n_rows() const { return ne[1]; }
@@ -127,6 +128,9 @@ class Backend {
   virtual void rope(Tensor& x, int n_head, const RopeParams& p, int pos0) = 0;
   // gate = silu(gate) * up
   virtual void swiglu(Tensor& gate, const Tensor& up) = 0;
+  // The FFN's first half: gate = silu(W_gate x) * (W_up x); up is scratch for W_up x (a backend
+  // that fuses the two products and the SwiGLU leaves it untouched). Default: matmul + swiglu.
+  virtual void matmul_swiglu(const Tensor& w_gate, const Tensor& w_up, const Tensor& x, Tensor& gate, Tensor& up);
   // y += x
   virtual void add(Tensor& y, const Tensor& x) = 0;
   // Copies src's rows to host memory (waits for the queue); dst holds src.bytes() bytes.

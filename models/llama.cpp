@@ -258,9 +258,7 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos0, KVCache& kv, fl
 
       // Feed-forward block: x += down(silu(gate(xn)) * up(xn)), xn = norm(x)
       be_.rms_norm(x, L.ffn_norm, c.rms_eps, xn);
-      const Projection gate_up[2] = {{&L.ffn_gate, &gate}, {&L.ffn_up, &up}};
-      be_.matmul(gate_up, 2, xn);
-      be_.swiglu(gate, up);
+      be_.matmul_swiglu(L.ffn_gate, L.ffn_up, xn, gate, up);  // gate = silu(xn W_gate) * (xn W_up)
       const Projection down{&L.ffn_down, &x, /*add_to_y=*/true};
       be_.matmul(&down, 1, gate);
     }

@@ -191,3 +191,30 @@ def test_kv_knob_flags_build_the_options():
     assert kv_config(args) == ("eoq2", {"k_bits": 3, "ring": 0, "shrink": False, "exact_scores": True,
                                         "v_rank_cap": 0})
     assert kv_config(build_parser().parse_args([])) == ("f16", {})
+
+
+def test_device_flags_as_llama_cpp_users_type_them():
+    # -ngl is one flag (not -n gl); N > 0 means the GPU, --device names it; they must agree.
+    from eoq.cli import CliError, build_parser, device_from_args
+    p = build_parser()
+    assert device_from_args(p.parse_args([])) == "cpu"
+    assert device_from_args(p.parse_args(["-ngl", "99"])) == "cuda"
+    assert device_from_args(p.parse_args(["-ngl", "0"])) == "cpu"
+    assert device_from_args(p.parse_args(["--device", "cuda:1"])) == "cuda:1"
+    assert device_from_args(p.parse_args(["-ngl", "99", "--device", "cuda:0"])) == "cuda:0"
+    args = p.parse_args(["-ngl", "99", "-n", "5"])
+    assert args.n_predict == 5 and args.n_gpu_layers == 99
+    with pytest.raises(CliError, match="disagree"):
+        device_from_args(p.parse_args(["-ngl", "0", "--device", "cuda"]))
+    with pytest.raises(CliError, match=">= 0"):
+        device_from_args(p.parse_args(["-ngl", "-1"]))
+
+
+def test_gpu_request_without_gpu_is_one_line(smollm2_path):
+    from eoq import _core
+    reason = _core.cuda.unavailable_reason(0)
+    if not reason:
+        pytest.skip("a GPU is usable here: tests/test_gpu_model.py covers it")
+    r = run_cli("-m", smollm2_path, "-p", PROMPT, "-n", "4", "-ngl", "99")
+    line = _one_error_line(r)
+    assert "cuda" in line and reason in line

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -96,6 +97,9 @@ class CudaBackend final : public cuda::CudaBackendApi {
     check(cudaMallocHost(reinterpret_cast<void**>(&h_stage_), sizeof(int32_t) * (kMaxStageTokens + 1)), "cudaMallocHost");
     // Q8_1 activations of the mat-vec path, sized once (captured steps keep its pointer).
     q8_.reserve(act_row_bytes(GGMLType::Q8_1, kMaxQ8Cols) * kMatVecTokens);
+    q8s_.reserve((size_t)(kMaxQ8Cols + kMaxQ8Cols / 4) * kMatVecTokens);
+    const char* rp = std::getenv("EOQ_CUDA_REPACK");
+    repack_ = !(rp && std::strcmp(rp, "0") == 0);
     const char* g = std::getenv("EOQ_CUDA_GRAPHS");
     graphs_ = !(g && std::strcmp(g, "0") == 0);
   }
@@ -133,8 +137,21 @@ class CudaBackend final : public cuda::CudaBackendApi {
     }
     uint8_t* dst = static_cast<uint8_t*>(weights_.back()->data()) + weights_used_;
     weights_used_ += need;
-    check(cudaMemcpy(dst, host, bytes, cudaMemcpyHostToDevice), "copying weights to the GPU");
+    // Q4_0 / Q8_0 matrices are repacked into quant and scale planes (matvec_soa.cu) for the
+    // decode products' aligned loads; EOQ_CUDA_REPACK=0 keeps the GGUF rows.
+    const bool soa = repack_ && (type == GGMLType::Q4_0 || type == GGMLType::Q8_0) && n_cols % 128 == 0 && n_rows > 1;
+    if (soa) {
+      Scratch raw;
+      raw.reserve(bytes);
+      check(cudaMemcpy(raw.p, host, bytes, cudaMemcpyHostToDevice), "copying weights to the GPU");
+      launched(k_.repack_soa(type, raw.p, row_bytes, n_cols, n_rows, dst, stream_), "repack_soa");
+      check(cudaStreamSynchronize(stream_), "repacking weights");
+    } else {
+      check(cudaMemcpy(dst, host, bytes, cudaMemcpyHostToDevice), "copying weights to the GPU");
+    }
+    soa_used_ |= soa;
     Tensor t;
+    t.layout = soa ? kLayoutSoa : 0;
     t.type = type;
     t.ne[0] = n_cols;
     t.ne[1] = n_rows;
@@ -167,6 +184,7 @@ class CudaBackend final : public cuda::CudaBackendApi {
 
     capturing_ = false;
     replay_ = nullptr;
+    q8s_src_ = nullptr;
     if (!(graphs_ && replayable && n == 1)) return true;
     const Key key{n, cuda::decode_len_bucket(pos0 + n)};
     auto it = graphs_map_.find(key);
@@ -174,6 +192,9 @@ class CudaBackend final : public cuda::CudaBackendApi {
       replay_ = it->second;
       return false;
     }
+    // A shape's first step runs directly (kernels set their attributes on first use, which a
+    // capture must not see); its second is captured.
+    if (warm_.insert(key).second) return true;
     check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
     capturing_ = true;
     capture_key_ = key;
@@ -209,26 +230,75 @@ class CudaBackend final : public cuda::CudaBackendApi {
   void forget_steps() override {
     for (auto& kv : graphs_map_) cudaGraphExecDestroy(kv.second);
     graphs_map_.clear();
+    warm_.clear();
   }
 
   void get_rows(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    wrote(out);
+    if (table.layout == kLayoutSoa) {
+      launched(k_.get_rows_soa(table.type, table.data, table.ne[0], table.ne[1], static_cast<const int32_t*>(ids.data),
+                               (int)ids.ne[0], out.f32(), stream_),
+               "get_rows_soa");
+      return;
+    }
     launched(k_.get_rows(table.type, table.data, table.nb1, table.ne[0], table.ne[1], static_cast<const int32_t*>(ids.data),
                          (int)ids.ne[0], out.f32(), stream_),
              "get_rows");
   }
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
+    wrote(out);
+    // Decode rows that repacked products will read are quantized in the same pass.
+    if (soa_used_ && x.ne[1] <= kMatVecTokens && x.ne[0] % 128 == 0 && x.ne[0] <= kMaxQ8Cols) {
+      launched(k_.rms_norm_q8s(x.f32(), w.f32(), out.f32(), x.ne[0], x.ne[1], eps, q8s_.p, stream_), "rms_norm_q8s");
+      q8s_src_ = out.data;
+      q8s_rows_ = x.ne[1];
+      return;
+    }
     launched(k_.rms_norm(x.f32(), w.f32(), out.f32(), x.ne[0], x.ne[1], eps, stream_), "rms_norm");
+  }
+
+  void matmul_swiglu(const Tensor& wg, const Tensor& wu, const Tensor& x, Tensor& gate, Tensor& up) override {
+    if (x.ne[1] <= kMatVecTokens && wg.layout == kLayoutSoa && wu.layout == kLayoutSoa && wg.type == wu.type) {
+      wrote(gate);
+      ensure_q8s(x);
+      const cuda::SoaJob js[2] = {{wg.data, wg.ne[1], gate.f32(), wg.ne[1]}, {wu.data, wu.ne[1], up.f32(), wu.ne[1]}};
+      launched(k_.mul_mat_vec_soa(wg.type, js, 2, x.ne[0], q8s_.p, (int)x.ne[1], false, true, stream_),
+               "mul_mat_vec_soa");
+      return;
+    }
+    Backend::matmul_swiglu(wg, wu, x, gate, up);
   }
   void matmul(const Projection* ps, int n, const Tensor& x) override {
     const int64_t n_tok = x.ne[1], K = x.ne[0];
+    for (int i = 0; i < n; i++) wrote(*ps[i].y);
     if (n_tok <= kMatVecTokens) {
+      // Repacked matrices: consecutive ones of one type and add mode in one launch (Q, K, V).
+      std::vector<int> other;
+      for (int i = 0; i < n;) {
+        const Projection& p0 = ps[i];
+        if (p0.w->layout != kLayoutSoa) {
+          other.push_back(i++);
+          continue;
+        }
+        ensure_q8s(x);
+        cuda::SoaJob js[3];
+        int m = 0;
+        while (i < n && m < 3 && ps[i].w->layout == kLayoutSoa && ps[i].w->type == p0.w->type &&
+               ps[i].add_to_y == p0.add_to_y) {
+          js[m++] = cuda::SoaJob{ps[i].w->data, ps[i].w->ne[1], ps[i].y->f32(), ps[i].w->ne[1]};
+          i++;
+        }
+        launched(k_.mul_mat_vec_soa(p0.w->type, js, m, K, q8s_.p, (int)n_tok, p0.add_to_y, false, stream_),
+                 "mul_mat_vec_soa");
+      }
+      if (other.empty()) return;
       bool need_q8 = false;
-      for (int i = 0; i < n; i++) need_q8 |= !is_float_type(ps[i].w->type);
+      for (int i : other) need_q8 |= !is_float_type(ps[i].w->type);
       if (need_q8) {
         if (K > kMaxQ8Cols || K % 32) fail(ErrorCode::unsupported, "CUDA mat-vec: rows of " + std::to_string(K) + " values");
         launched(k_.quantize_q8_1(x.f32(), K, n_tok, q8_.p, stream_), "quantize_q8_1");
       }
-      for (int i = 0; i < n; i++) {
+      for (int i : other) {
         const Tensor& w = *ps[i].w;
         launched(k_.mul_mat_vec(w.type, w.data, w.nb1, w.ne[0], w.ne[1], x.f32(), q8_.p, (int)n_tok, ps[i].y->f32(),
                                 w.ne[1], ps[i].add_to_y, stream_),
@@ -251,21 +321,27 @@ class CudaBackend final : public cuda::CudaBackendApi {
       w16_.reserve(sizeof(uint16_t) * (size_t)std::min(slice, N) * K);
       for (int64_t r0 = 0; r0 < N; r0 += slice) {
         const int64_t m = std::min(slice, N - r0);
-        launched(k_.dequantize_f16(w.type, w.data, w.nb1, K, r0, m, w16_.p, stream_), "dequantize_f16");
+        if (w.layout == kLayoutSoa)
+          launched(k_.dequantize_soa_f16(w.type, w.data, K, N, r0, m, w16_.p, stream_), "dequantize_soa_f16");
+        else
+          launched(k_.dequantize_f16(w.type, w.data, w.nb1, K, r0, m, w16_.p, stream_), "dequantize_f16");
         launched(k_.gemm_f16(act16_.p, w16_.p, y + r0, n_tok, m, K, N, ps[i].add_to_y, stream_), "gemm_f16");
       }
     }
   }
   void rope(Tensor& x, int n_head, const RopeParams& p, int) override {
+    wrote(x);
     launched(k_.rope(x.f32(), (int)x.ne[1], n_head, p.head_dim, p.n_rot, d_pos0_, p.theta_scale, p.freq_scale,
                      p.freq_factors ? p.freq_factors->f32() : nullptr, stream_),
              "rope");
   }
   void swiglu(Tensor& gate, const Tensor& up) override {
+    wrote(gate);
     if (gate.nb1 != (size_t)gate.ne[0] * sizeof(float)) fail(ErrorCode::internal, "swiglu: rows must be contiguous");
     launched(k_.swiglu(gate.f32(), up.f32(), gate.ne[0] * gate.ne[1], stream_), "swiglu");
   }
   void add(Tensor& y, const Tensor& x) override {
+    wrote(y);
     launched(k_.add(y.f32(), x.f32(), y.ne[0] * y.ne[1], stream_), "add");
   }
   void to_host(const Tensor& src, void* dst) override {
@@ -294,6 +370,20 @@ class CudaBackend final : public cuda::CudaBackendApi {
   static constexpr int kMaxStageTokens = 4096;
 
   static constexpr int64_t kMaxQ8Cols = 1 << 17;  // widest activation row of the mat-vec path
+  static constexpr int kLayoutSoa = 1;             // Tensor::layout of repacked Q4_0 / Q8_0
+
+  // q8s_ holds the q8s rows of the activation tensor at q8s_src_ (set by the fused RMSNorm or a
+  // quantization; cleared by any op that writes that tensor and at each step's start).
+  void wrote(const Tensor& t) {
+    if (t.data == q8s_src_) q8s_src_ = nullptr;
+  }
+  void ensure_q8s(const Tensor& x) {
+    if (x.data == q8s_src_ && x.ne[1] == q8s_rows_) return;
+    if (x.ne[0] > kMaxQ8Cols) fail(ErrorCode::unsupported, "CUDA mat-vec: rows of " + std::to_string(x.ne[0]) + " values");
+    launched(k_.quantize_q8s(x.f32(), x.ne[0], x.ne[1], q8s_.p, stream_), "quantize_q8s");
+    q8s_src_ = x.data;
+    q8s_rows_ = x.ne[1];
+  }
 
   const cuda::CudaKernels& k_;
   Device device_;
@@ -307,9 +397,13 @@ class CudaBackend final : public cuda::CudaBackendApi {
   Key capture_key_{0, 0};
   cudaGraphExec_t replay_ = nullptr;
   std::map<Key, cudaGraphExec_t> graphs_map_;
+  std::set<Key> warm_;  // shapes that ran once without capture
   std::vector<std::unique_ptr<Buffer>> weights_;
   size_t weights_used_ = 0;
-  Scratch q8_, act16_, w16_;
+  Scratch q8_, q8s_, act16_, w16_;
+  bool repack_ = true, soa_used_ = false;
+  const void* q8s_src_ = nullptr;
+  int64_t q8s_rows_ = 0;
 };
 
 }  // namespace

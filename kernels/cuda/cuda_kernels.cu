@@ -8,6 +8,7 @@ const CudaKernels& cuda_kernels() {
     CudaKernels t;
     register_quantize(t);
     register_matvec(t);
+    register_matvec_soa(t);
     register_dequantize(t);
     register_gemm(t);
     register_norm(t);

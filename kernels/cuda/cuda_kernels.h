@@ -25,6 +25,15 @@
 
 namespace eoq::cuda {
 
+// One matrix of a grouped repacked mat-vec (mul_mat_vec_soa): w repacked by repack_soa,
+// y[t*ldy + r] for r < n_rows.
+struct SoaJob {
+  const void* w;
+  int64_t n_rows;
+  float* y;
+  int64_t ldy;
+};
+
 struct CudaKernels {
   // ---- activations for the quantized mat-vec (quantize.cu) -------------------------------
   // xq = x rows in Q8_1 blocks (kernels/quant_dot.h block_q8_1: d = amax/127 as f16, s = f16(d*Σq),
@@ -75,6 +84,28 @@ struct CudaKernels {
   // y[i] += x[i], i < n
   bool (*add)(float* y, const float* x, int64_t n, cudaStream_t s) = nullptr;
 
+  // ---- Q4_0 / Q8_0 repacked at load time (matvec_soa.cu) ------------------------------------
+  // dst = W in two planes (quants [n_rows][n_cols/32][16 or 32 bytes], then f16 scales
+  // [n_rows][n_cols/32]); the same size as the GGUF rows; n_cols % 32 == 0, dst 16-byte aligned.
+  bool (*repack_soa)(GGMLType type, const void* src, size_t row_bytes, int64_t n_cols, int64_t n_rows, void* dst,
+                     cudaStream_t s) = nullptr;
+  // x rows -> the q8s activation format (int8 quants [n], then per block of 32 a float scale and an
+  // int32 quant sum), n % 128 == 0; q8s_row_bytes(n) = n + n/4 bytes per row.
+  bool (*quantize_q8s)(const float* x, int64_t n, int64_t n_tok, void* xq, cudaStream_t s) = nullptr;
+  // rms_norm (as above) whose output rows are also quantized to q8s at xq: one pass.
+  bool (*rms_norm_q8s)(const float* x, const float* w, float* out, int64_t n, int64_t n_tok, float eps, void* xq,
+                       cudaStream_t s) = nullptr;
+  // Up to 3 repacked matrices of one type and width n_cols (n_cols % 128 == 0) against the same q8s
+  // activations in one launch: y (+)= W x for each. swiglu (2 jobs, gate then up, same n_rows):
+  // jobs[0].y = silu(W_gate x) * (W_up x) instead, jobs[1].y untouched.
+  bool (*mul_mat_vec_soa)(GGMLType type, const SoaJob* jobs, int n_jobs, int64_t n_cols, const void* xq, int n_tok,
+                          bool accumulate, bool swiglu, cudaStream_t s) = nullptr;
+  // dequantize_f16 and get_rows of a repacked matrix of n_all_rows rows
+  bool (*dequantize_soa_f16)(GGMLType type, const void* w, int64_t n_cols, int64_t n_all_rows, int64_t r0,
+                             int64_t n_rows, void* dst_f16, cudaStream_t s) = nullptr;
+  bool (*get_rows_soa)(GGMLType type, const void* w, int64_t n_cols, int64_t n_all_rows, const int32_t* ids, int n,
+                       float* out, cudaStream_t s) = nullptr;
+
   // ---- the f16 KV cache (kv_f16.cu, attention_decode.cu, attention_prefill.cu) -------------
   // One layer's cache: K and V each [n_head_kv][n_ctx][head_dim] f16 (head g's rows contiguous).
   // Store n_tok new tokens at positions *d_pos0 .. *d_pos0 + n_tok - 1: k, v: [n_tok][n_head_kv][head_dim]
@@ -104,6 +135,7 @@ const CudaKernels& cuda_kernels();
 
 void register_quantize(CudaKernels& t);
 void register_matvec(CudaKernels& t);
+void register_matvec_soa(CudaKernels& t);
 void register_dequantize(CudaKernels& t);
 void register_gemm(CudaKernels& t);
 void register_norm(CudaKernels& t);

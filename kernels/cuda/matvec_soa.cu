@@ -1,0 +1,412 @@
+// The decode products of the formats most files use for their big matrices (Q4_0, Q8_0) in a
+// layout repacked at load time for wide, aligned loads: the GGUF blocks' quants and scales split
+// into two planes (structure of arrays), so that a warp reads one row as consecutive 16-byte
+// pieces instead of 18- or 34-byte blocks at 2-byte offsets.
+//
+//   repacked matrix [n_rows][nb = n_cols/32 blocks]:  qs plane  n_rows*nb*QB bytes (QB = 16 for
+//   Q4_0: byte j = value j | value j+16 << 4, as GGUF; 32 for Q8_0: int8), row r block b at
+//   (r*nb + b)*QB;  then the d plane, n_rows*nb f16 scales.  Same size as the GGUF bytes.
+//
+// Activations (quantize_q8s): per token row of n values, qs int8 [n], then per block of 32 its
+// scale d (float: the f16-rounded amax/127, as the CPU's Q8_0 stores it) and its quant sum
+// (int32), with the CPU's rounding (q = round_half_even(x * 127/amax)). Dots are exact integers:
+//   Q4_0: d_w d_a (Σ q_w q_a − 8 Σ q_a),   Q8_0: d_w d_a Σ q_w q_a   (q_w of Q4_0 unsigned 0..15)
+// which is the CPU's Q4_0·Q8_0 / Q8_0·Q8_0 arithmetic up to float rounding of the block sums.
+//
+// The product kernel: one warp per row, its lanes on consecutive blocks (each lane one 16-byte
+// piece of Q4_0 or two of Q8_0 per block, kUnroll blocks in flight), up to 3 matrices of the same
+// input in one launch (attention's Q, K, V), and SwiGLU fused for the FFN's gate and up (the warp
+// computes both rows and writes silu(g)·u).
+#include <cstdint>
+
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace eoq::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;   // rows per CTA
+constexpr int kUnroll = 4;  // blocks per lane in flight
+
+template <GGMLType T>
+struct Fmt;
+template <>
+struct Fmt<GGMLType::Q4_0> {
+  static constexpr int QB = 16;      // quant bytes per block
+  static constexpr int kGguf = 18;   // GGUF block: f16 d, 16 bytes of nibbles
+};
+template <>
+struct Fmt<GGMLType::Q8_0> {
+  static constexpr int QB = 32;
+  static constexpr int kGguf = 34;   // f16 d, 32 int8
+};
+
+__device__ __forceinline__ int dp4a(int a, int b, int c) { return __dp4a(a, b, c); }
+
+// ---- repacking -------------------------------------------------------------------------------
+
+// One thread per block: GGUF row bytes -> the two planes.
+template <GGMLType T>
+__global__ void repack_kernel(const uint8_t* __restrict__ src, size_t row_bytes, int64_t nb, int64_t n_rows,
+                              uint8_t* __restrict__ qs, uint16_t* __restrict__ d) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= nb * n_rows) return;
+  const int64_t r = i / nb, b = i % nb;
+  const uint8_t* blk = src + r * row_bytes + b * Fmt<T>::kGguf;  // 2-byte aligned
+  d[i] = (uint16_t)(blk[0] | (blk[1] << 8));
+  uint8_t* q = qs + i * Fmt<T>::QB;  // 16-byte aligned
+  for (int j = 0; j < Fmt<T>::QB; j++) q[j] = blk[2 + j];
+}
+
+bool repack_soa(GGMLType type, const void* src, size_t row_bytes, int64_t n_cols, int64_t n_rows, void* dst,
+                cudaStream_t s) {
+  if (n_cols % 32 || ((uintptr_t)dst & 15)) return false;
+  const int64_t nb = n_cols / 32, n = nb * n_rows;
+  const unsigned grid = (unsigned)((n + 255) / 256);
+  uint8_t* out = static_cast<uint8_t*>(dst);
+  if (n == 0) return true;
+  if (type == GGMLType::Q4_0) {
+    repack_kernel<GGMLType::Q4_0><<<grid, 256, 0, s>>>(static_cast<const uint8_t*>(src), row_bytes, nb, n_rows, out,
+                                                     reinterpret_cast<uint16_t*>(out + n * 16));
+  } else if (type == GGMLType::Q8_0) {
+    repack_kernel<GGMLType::Q8_0><<<grid, 256, 0, s>>>(static_cast<const uint8_t*>(src), row_bytes, nb, n_rows, out,
+                                                     reinterpret_cast<uint16_t*>(out + n * 32));
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// ---- activations -------------------------------------------------------------------------------
+
+// Bytes of one token's row of n values in the q8s format.
+__host__ __device__ constexpr int64_t q8s_row_bytes(int64_t n) { return n + n / 4; }
+
+// One warp per block of 32 values (lane l: value l). out_f32 (optional) receives v as given.
+__device__ __forceinline__ void quantize_block(float v, int lane, int8_t* qs, float* dp, int* sp) {
+  float amax = fmaxf(0.0f, fabsf(v));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float d = amax / 127.0f;
+  const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+  const float r = rintf(v * id);
+  const int q = !(r >= -128.0f) ? -128 : (r > 127.0f ? 127 : (int)r);
+  int sum = q;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  qs[lane] = (int8_t)q;
+  if (lane == 0) {
+    *dp = __half2float(__float2half_rn(d));
+    *sp = sum;
+  }
+}
+
+// Token row pointers of the q8s layout: qs at base, d at base + n, sums after the scales.
+struct Q8sRow {
+  int8_t* qs;
+  float* d;
+  int* s;
+  __device__ Q8sRow(uint8_t* base, int64_t n)
+      : qs(reinterpret_cast<int8_t*>(base)), d(reinterpret_cast<float*>(base + n)),
+        s(reinterpret_cast<int*>(base + n + n / 32 * 4)) {}
+};
+
+__global__ void quantize_q8s_kernel(const float* __restrict__ x, int64_t n, int64_t n_tok, uint8_t* __restrict__ xq) {
+  const int lane = threadIdx.x & 31;
+  const int64_t nb = n / 32;
+  const int64_t blk = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (blk >= nb * n_tok) return;
+  const int64_t t = blk / nb, b = blk % nb;
+  Q8sRow row(xq + t * q8s_row_bytes(n), n);
+  quantize_block(x[t * n + b * 32 + lane], lane, row.qs + b * 32, row.d + b, row.s + b);
+}
+
+bool quantize_q8s(const float* x, int64_t n, int64_t n_tok, void* xq, cudaStream_t s) {
+  if (n % 128 || ((uintptr_t)xq & 15)) return false;  // n % 128: each token row stays 16-byte aligned
+  const int64_t blocks = n / 32 * n_tok;
+  if (blocks == 0) return true;
+  quantize_q8s_kernel<<<(unsigned)((blocks + 7) / 8), 256, 0, s>>>(x, n, n_tok, static_cast<uint8_t*>(xq));
+  return true;
+}
+
+// out[t] = x[t] / sqrt(mean(x[t]²) + eps) * w, and out[t] quantized to q8s: one CTA per token
+// (squares summed in double, as the CPU and norm.cu do).
+__global__ void __launch_bounds__(256) rms_norm_q8s_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                                         float* out, int64_t n, float eps, uint8_t* __restrict__ xq) {
+  const int64_t t = blockIdx.x;
+  const float* xr = x + t * n;
+  double ss = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += (double)(xr[i] * xr[i]);
+  __shared__ double part[8];
+  __shared__ float scale_s;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double tot = 0;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++) tot += part[i];
+    const float mean = (float)(tot / (double)n);
+    scale_s = 1.0f / sqrtf(mean + eps);
+  }
+  __syncthreads();
+  const float scale = scale_s;
+  const int lane = threadIdx.x & 31;
+  Q8sRow row(xq + t * q8s_row_bytes(n), n);
+  for (int64_t b = threadIdx.x >> 5; b < n / 32; b += blockDim.x >> 5) {
+    const int64_t i = b * 32 + lane;
+    const float v = xr[i] * scale * w[i];
+    out[t * n + i] = v;
+    quantize_block(v, lane, row.qs + b * 32, row.d + b, row.s + b);
+  }
+}
+
+bool rms_norm_q8s(const float* x, const float* w, float* out, int64_t n, int64_t n_tok, float eps, void* xq,
+                  cudaStream_t s) {
+  if (n % 128 || ((uintptr_t)xq & 15) || n_tok <= 0) return n_tok == 0;
+  rms_norm_q8s_kernel<<<(unsigned)n_tok, 256, 0, s>>>(x, w, out, n, eps, static_cast<uint8_t*>(xq));
+  return true;
+}
+
+// ---- the product -------------------------------------------------------------------------------
+
+struct Job {
+  const uint8_t* qs;   // the matrix's qs plane
+  const __half* d;     // its d plane
+  float* y;
+  int64_t n_rows, ldy;
+  int row0;            // first global row of this job in the grid
+};
+struct Jobs {
+  Job j[3];
+  int n;
+};
+
+// Σ over one block of (weight quants) x (activation quants) in integers; wq: the block's quant
+// words (4 for Q4_0, 8 for Q8_0), aq: the activation's 8 words.
+template <GGMLType T>
+__device__ __forceinline__ int block_dot(const uint32_t* wq, const int* aq);
+template <>
+__device__ __forceinline__ int block_dot<GGMLType::Q4_0>(const uint32_t* wq, const int* aq) {
+  int s = 0;
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    s = dp4a((int)(wq[k] & 0x0f0f0f0fu), aq[k], s);
+    s = dp4a((int)((wq[k] >> 4) & 0x0f0f0f0fu), aq[k + 4], s);
+  }
+  return s;
+}
+template <>
+__device__ __forceinline__ int block_dot<GGMLType::Q8_0>(const uint32_t* wq, const int* aq) {
+  int s = 0;
+#pragma unroll
+  for (int k = 0; k < 8; k++) s = dp4a((int)wq[k], aq[k], s);
+  return s;
+}
+
+template <GGMLType T>
+__device__ __forceinline__ void load_w(const uint8_t* qs, int64_t blk, uint32_t* wq) {
+  const uint4* p = reinterpret_cast<const uint4*>(qs + blk * Fmt<T>::QB);
+  const uint4 a = __ldcs(p);  // streamed: read once
+  wq[0] = a.x, wq[1] = a.y, wq[2] = a.z, wq[3] = a.w;
+  if constexpr (Fmt<T>::QB == 32) {
+    const uint4 b = __ldcs(p + 1);
+    wq[4] = b.x, wq[5] = b.y, wq[6] = b.z, wq[7] = b.w;
+  }
+}
+
+// Row r's dot with NT tokens' activations (tokens >= n_tok are skipped), the warp's lanes on
+// blocks lane, lane + 32, ...; result in lane 0 of acc[t].
+template <GGMLType T, int NT>
+__device__ __forceinline__ void row_dot(const Job& J, int64_t r, int64_t nb, const uint8_t* __restrict__ xq,
+                                        int64_t xq_row, int n_tok, int lane, float* acc) {
+  const uint8_t* qs = J.qs + r * nb * Fmt<T>::QB;
+  const __half* d = J.d + r * nb;
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+  const int64_t n = nb * 32;
+  for (int64_t b0 = lane; b0 < nb; b0 += 32 * kUnroll) {
+    uint32_t wq[kUnroll][Fmt<T>::QB / 4];
+    float dw[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+      const int64_t b = b0 + 32 * u;
+      if (b < nb) {
+        load_w<T>(qs, b, wq[u]);
+        dw[u] = __half2float(d[b]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+      const int64_t b = b0 + 32 * u;
+      if (b >= nb) break;
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        if (t >= n_tok) break;
+        const uint8_t* row = xq + t * xq_row;
+        const int4* aq4 = reinterpret_cast<const int4*>(row + b * 32);
+        const int4 a0 = __ldg(aq4), a1 = __ldg(aq4 + 1);
+        const int aq[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        const float da = __ldg(reinterpret_cast<const float*>(row + n) + b);
+        int s = block_dot<T>(wq[u], aq);
+        if constexpr (T == GGMLType::Q4_0) s -= 8 * __ldg(reinterpret_cast<const int*>(row + n + n / 32 * 4) + b);
+        acc[t] += dw[u] * da * (float)s;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; t++) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+  }
+}
+
+template <GGMLType T, int NT>
+__global__ void __launch_bounds__(32 * kWarps)
+    mul_mat_vec_soa_kernel(Jobs jobs, int64_t nb, const uint8_t* __restrict__ xq, int n_tok, bool accumulate,
+                           bool swiglu) {
+  const int lane = threadIdx.x & 31;
+  const int g = blockIdx.x * kWarps + (threadIdx.x >> 5);  // global row over the jobs
+  const int64_t xq_row = nb * 32 + nb * 8;
+  float acc[NT];
+  if (swiglu) {  // jobs 0 and 1: gate and up rows r; y0[r] = silu(gate) * up
+    const Job& G = jobs.j[0];
+    if (g >= G.n_rows) return;
+    float up[NT];
+    row_dot<T, NT>(G, g, nb, xq, xq_row, n_tok, lane, acc);
+    row_dot<T, NT>(jobs.j[1], g, nb, xq, xq_row, n_tok, lane, up);
+    if (lane == 0)
+      for (int t = 0; t < n_tok && t < NT; t++) {
+        const float v = acc[t];
+        G.y[t * G.ldy + g] = v / (1.0f + expf(-v)) * up[t];
+      }
+    return;
+  }
+  int k = 0;
+  while (k + 1 < jobs.n && g >= jobs.j[k + 1].row0) k++;
+  const Job& J = jobs.j[k];
+  const int64_t r = g - J.row0;
+  if (r >= J.n_rows) return;
+  row_dot<T, NT>(J, r, nb, xq, xq_row, n_tok, lane, acc);
+  if (lane == 0)
+    for (int t = 0; t < n_tok && t < NT; t++) {
+      float* y = J.y + t * J.ldy + r;
+      *y = accumulate ? *y + acc[t] : acc[t];
+    }
+}
+
+template <GGMLType T, int NT>
+void launch(const Jobs& jobs, int64_t nb, const uint8_t* xq, int n_tok, bool acc, bool swiglu, int rows,
+            cudaStream_t s) {
+  mul_mat_vec_soa_kernel<T, NT><<<(rows + kWarps - 1) / kWarps, 32 * kWarps, 0, s>>>(jobs, nb, xq, n_tok, acc, swiglu);
+}
+
+template <GGMLType T>
+void launch_nt(const Jobs& jobs, int64_t nb, const uint8_t* xq, int n_tok, bool acc, bool swiglu, int rows,
+               cudaStream_t s) {
+  if (n_tok == 1) launch<T, 1>(jobs, nb, xq, n_tok, acc, swiglu, rows, s);
+  else if (n_tok <= 2) launch<T, 2>(jobs, nb, xq, n_tok, acc, swiglu, rows, s);
+  else if (n_tok <= 4) launch<T, 4>(jobs, nb, xq, n_tok, acc, swiglu, rows, s);
+  else launch<T, 8>(jobs, nb, xq, n_tok, acc, swiglu, rows, s);
+}
+
+bool mul_mat_vec_soa(GGMLType type, const SoaJob* js, int n_jobs, int64_t n_cols, const void* xq, int n_tok,
+                     bool accumulate, bool swiglu, cudaStream_t s) {
+  if (n_jobs < 1 || n_jobs > 3 || n_tok < 1 || n_tok > 8 || n_cols % 128 || (swiglu && n_jobs != 2)) return false;
+  Jobs jobs{};
+  jobs.n = n_jobs;
+  int64_t rows = 0;
+  for (int i = 0; i < n_jobs; i++) {
+    const int64_t nb = n_cols / 32;
+    const uint8_t* base = static_cast<const uint8_t*>(js[i].w);
+    if ((uintptr_t)base & 15) return false;
+    jobs.j[i].qs = base;
+    jobs.j[i].d = reinterpret_cast<const __half*>(base + js[i].n_rows * nb * (type == GGMLType::Q4_0 ? 16 : 32));
+    jobs.j[i].y = js[i].y;
+    jobs.j[i].n_rows = js[i].n_rows;
+    jobs.j[i].ldy = js[i].ldy;
+    jobs.j[i].row0 = (int)rows;
+    rows += js[i].n_rows;
+  }
+  if (swiglu) {
+    if (js[0].n_rows != js[1].n_rows) return false;
+    rows = js[0].n_rows;
+  }
+  if (rows > (1 << 30)) return false;
+  if (type == GGMLType::Q4_0) launch_nt<GGMLType::Q4_0>(jobs, n_cols / 32, static_cast<const uint8_t*>(xq), n_tok, accumulate, swiglu, (int)rows, s);
+  else if (type == GGMLType::Q8_0) launch_nt<GGMLType::Q8_0>(jobs, n_cols / 32, static_cast<const uint8_t*>(xq), n_tok, accumulate, swiglu, (int)rows, s);
+  else return false;
+  return true;
+}
+
+// ---- dequantization of the repacked layout (prefill tiles, embedding rows) ---------------------
+
+template <GGMLType T, typename Out>
+__global__ void dequant_soa_kernel(const uint8_t* __restrict__ qs, const __half* __restrict__ d, int64_t nb,
+                                   int64_t r0, int64_t n_rows, const int32_t* ids, int64_t n_all_rows, Out* out) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;  // one thread per block of 32
+  if (i >= n_rows * nb) return;
+  const int64_t rr = i / nb, b = i % nb;
+  Out* o = out + rr * nb * 32 + b * 32;
+  int64_t r = r0 + rr;
+  if (ids) {
+    r = ids[rr];
+    if (r < 0 || r >= n_all_rows) {
+      for (int j = 0; j < 32; j++) o[j] = (Out)0.0f;
+      return;
+    }
+  }
+  const float dd = __half2float(d[r * nb + b]);
+  const uint8_t* q = qs + (r * nb + b) * Fmt<T>::QB;
+  for (int j = 0; j < 32; j++) {
+    float v;
+    if constexpr (T == GGMLType::Q4_0) v = dd * (float)((j < 16 ? (q[j] & 15) : (q[j - 16] >> 4)) - 8);
+    else v = dd * (float)(int8_t)q[j];
+    if constexpr (sizeof(Out) == 2) o[j] = __float2half_rn(v);
+    else o[j] = v;
+  }
+}
+
+template <typename Out>
+bool dequant_soa(GGMLType type, const void* w, int64_t n_cols, int64_t n_all_rows, int64_t r0, int64_t n_rows,
+                 const int32_t* ids, Out* out, cudaStream_t s) {
+  if (n_cols % 32) return false;
+  const int64_t nb = n_cols / 32, n = n_rows * nb;
+  if (n == 0) return true;
+  const uint8_t* base = static_cast<const uint8_t*>(w);
+  const unsigned grid = (unsigned)((n + 127) / 128);
+  if (type == GGMLType::Q4_0)
+    dequant_soa_kernel<GGMLType::Q4_0, Out><<<grid, 128, 0, s>>>(
+        base, reinterpret_cast<const __half*>(base + n_all_rows * nb * 16), nb, r0, n_rows, ids, n_all_rows, out);
+  else if (type == GGMLType::Q8_0)
+    dequant_soa_kernel<GGMLType::Q8_0, Out><<<grid, 128, 0, s>>>(
+        base, reinterpret_cast<const __half*>(base + n_all_rows * nb * 32), nb, r0, n_rows, ids, n_all_rows, out);
+  else
+    return false;
+  return true;
+}
+
+bool dequantize_soa_f16(GGMLType type, const void* w, int64_t n_cols, int64_t n_all_rows, int64_t r0, int64_t n_rows,
+                        void* dst, cudaStream_t s) {
+  return dequant_soa<__half>(type, w, n_cols, n_all_rows, r0, n_rows, nullptr, static_cast<__half*>(dst), s);
+}
+
+bool get_rows_soa(GGMLType type, const void* w, int64_t n_cols, int64_t n_all_rows, const int32_t* ids, int n,
+                  float* out, cudaStream_t s) {
+  return dequant_soa<float>(type, w, n_cols, n_all_rows, 0, n, ids, out, s);
+}
+
+}  // namespace
+
+void register_matvec_soa(CudaKernels& t) {
+  t.repack_soa = repack_soa;
+  t.quantize_q8s = quantize_q8s;
+  t.rms_norm_q8s = rms_norm_q8s;
+  t.mul_mat_vec_soa = mul_mat_vec_soa;
+  t.dequantize_soa_f16 = dequantize_soa_f16;
+  t.get_rows_soa = get_rows_soa;
+}
+
+}  // namespace eoq::cuda
