@@ -83,6 +83,9 @@ struct Scratch {
 };
 
 bool is_float_type(GGMLType t) { return t == GGMLType::F32 || t == GGMLType::F16 || t == GGMLType::BF16; }
+bool is_legacy_quant(GGMLType t) {
+  return t == GGMLType::Q4_0 || t == GGMLType::Q4_1 || t == GGMLType::Q5_0 || t == GGMLType::Q5_1 || t == GGMLType::Q8_0;
+}
 
 class CudaBackend final : public cuda::CudaBackendApi {
  public:
@@ -307,14 +310,23 @@ class CudaBackend final : public cuda::CudaBackendApi {
       return;
     }
     // Prefill: activations to f16 once, each weight in f16 row slices through the GEMM.
-    act16_.reserve(sizeof(uint16_t) * (size_t)n_tok * K);
-    launched(k_.convert_f32_f16(x.f32(), act16_.p, n_tok * K, stream_), "convert_f32_f16");
+    // Activations of the legacy formats' products are first rounded to the Q8 grid the CPU's
+    // products use (act_q8_grid_f16); the others are plain f16.
+    bool plain_done = false, grid_done = false;
     for (int i = 0; i < n; i++) {
       const Tensor& w = *ps[i].w;
       const int64_t N = w.ne[1];
       float* y = ps[i].y->f32();
+      const bool grid = is_legacy_quant(w.type);
+      Scratch& a16 = grid ? act16q_ : act16_;
+      if (!(grid ? grid_done : plain_done)) {
+        a16.reserve(sizeof(uint16_t) * (size_t)n_tok * K);
+        if (grid) launched(k_.act_q8_grid_f16(x.f32(), n_tok * K, a16.p, stream_), "act_q8_grid_f16");
+        else launched(k_.convert_f32_f16(x.f32(), a16.p, n_tok * K, stream_), "convert_f32_f16");
+        (grid ? grid_done : plain_done) = true;
+      }
       if (w.type == GGMLType::F16) {
-        launched(k_.gemm_f16(act16_.p, w.data, y, n_tok, N, K, N, ps[i].add_to_y, stream_), "gemm_f16");
+        launched(k_.gemm_f16(a16.p, w.data, y, n_tok, N, K, N, ps[i].add_to_y, stream_), "gemm_f16");
         continue;
       }
       const int64_t slice = std::max<int64_t>(128, (int64_t)(kDequantSliceBytes / (sizeof(uint16_t) * K)) / 128 * 128);
@@ -325,7 +337,7 @@ class CudaBackend final : public cuda::CudaBackendApi {
           launched(k_.dequantize_soa_f16(w.type, w.data, K, N, r0, m, w16_.p, stream_), "dequantize_soa_f16");
         else
           launched(k_.dequantize_f16(w.type, w.data, w.nb1, K, r0, m, w16_.p, stream_), "dequantize_f16");
-        launched(k_.gemm_f16(act16_.p, w16_.p, y + r0, n_tok, m, K, N, ps[i].add_to_y, stream_), "gemm_f16");
+        launched(k_.gemm_f16(a16.p, w16_.p, y + r0, n_tok, m, K, N, ps[i].add_to_y, stream_), "gemm_f16");
       }
     }
   }
@@ -400,7 +412,7 @@ class CudaBackend final : public cuda::CudaBackendApi {
   std::set<Key> warm_;  // shapes that ran once without capture
   std::vector<std::unique_ptr<Buffer>> weights_;
   size_t weights_used_ = 0;
-  Scratch q8_, q8s_, act16_, w16_;
+  Scratch q8_, q8s_, act16_, act16q_, w16_;
   bool repack_ = true, soa_used_ = false;
   const void* q8s_src_ = nullptr;
   int64_t q8s_rows_ = 0;

@@ -105,6 +105,9 @@ struct CudaKernels {
                              int64_t n_rows, void* dst_f16, cudaStream_t s) = nullptr;
   bool (*get_rows_soa)(GGMLType type, const void* w, int64_t n_cols, int64_t n_all_rows, const int32_t* ids, int n,
                        float* out, cudaStream_t s) = nullptr;
+  // dst[i] = f16 of x[i] rounded to the Q8_0 grid of its block of 32 (the CPU's activation
+  // rounding for the legacy formats), i < n, n % 32 == 0: the prefill GEMM's input for them.
+  bool (*act_q8_grid_f16)(const float* x, int64_t n, void* dst_f16, cudaStream_t s) = nullptr;
 
   // ---- the f16 KV cache (kv_f16.cu, attention_decode.cu, attention_prefill.cu) -------------
   // One layer's cache: K and V each [n_head_kv][n_ctx][head_dim] f16 (head g's rows contiguous).

@@ -29,12 +29,18 @@ struct RowTile {  // input bytes of 128 units: 128 legacy blocks or 16 super-blo
 
 // Output row o of the launch reads source row ids[o] (get_rows) or r0 + o (dequantize_f16).
 // grid = (n_out_rows, ceil(n_units / 128)), block 128. OutT: uint16_t (f16 bits) or float.
+// The output tile in shared memory has one padded row per unit (kRow bytes: 16 more than the
+// unit's values, so that both the 16-byte stores of a unit's values and the 16-byte loads of the
+// contiguous copy-out are free of bank conflicts).
 template <class F, class OutT>
 __global__ void __launch_bounds__(kUnitsPerCta)
     dequantize_rows_q(const uint8_t* __restrict__ w, size_t row_bytes, int n_units, int64_t n_src_rows, int64_t r0,
                       const int32_t* __restrict__ ids, OutT* __restrict__ out, int vec_out) {
+  constexpr int kVecs = 32 * (int)sizeof(OutT) / 16;  // 16-byte vectors per unit
+  constexpr int kRow = 16 * kVecs + 16;
+  constexpr int kPer = 16 / (int)sizeof(OutT);       // values per vector
   __shared__ __align__(16) uint8_t in[RowTile<F>::kSmem];
-  __shared__ __align__(16) OutT tile[kUnitsPerCta * 32];
+  __shared__ __align__(16) uint8_t tile[kUnitsPerCta * kRow];
   const int tid = threadIdx.x;
   const int64_t o = blockIdx.x;
   const int u0 = blockIdx.y * kUnitsPerCta, nu = min(kUnitsPerCta, n_units - u0);
@@ -43,7 +49,7 @@ __global__ void __launch_bounds__(kUnitsPerCta)
   const int64_t src_row = ids ? (int64_t)ids[o] : r0 + o;
   const bool valid = src_row >= 0 && src_row < n_src_rows;  // always true for dequantize_f16
 
-  if (valid) {
+  if (valid) {  // the same for the whole CTA
     const int64_t row_data = (int64_t)(n_units / F::kUnits) * F::kBlockBytes;
     const int len = (nu + F::kUnits - 1) / F::kUnits * F::kBlockBytes;  // u0 is a multiple of kUnits
     const int64_t off = (int64_t)(u0 / F::kUnits) * F::kBlockBytes;
@@ -59,29 +65,33 @@ __global__ void __launch_bounds__(kUnitsPerCta)
       const uint8_t* p = in + ((uintptr_t)src & 15) + (tid / F::kUnits) * F::kBlockBytes;
       Unit un;
       F::template unit<typename F::Loader>(p, tid % F::kUnits, un);
-      OutT* t = tile + tid * 32;
 #pragma unroll
-      for (int i = 0; i < 32; i++) {
-        const float v = unit_value<F>(un, i);
-        if constexpr (sizeof(OutT) == 2)
-          t[i] = f32_to_f16(v);
-        else
-          t[i] = v;
+      for (int v = 0; v < kVecs; v++) {
+        uint32_t b[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          if constexpr (sizeof(OutT) == 2)
+            b[j] = (uint32_t)f32_to_f16(unit_value<F>(un, v * kPer + 2 * j)) |
+                   (uint32_t)f32_to_f16(unit_value<F>(un, v * kPer + 2 * j + 1)) << 16;
+          else
+            b[j] = f32_bits(unit_value<F>(un, v * kPer + j));
+        }
+        *reinterpret_cast<uint4*>(tile + tid * kRow + 16 * v) = make_uint4(b[0], b[1], b[2], b[3]);
       }
     }
-  } else {
-    for (int i = tid; i < nu * 32; i += kUnitsPerCta) tile[i] = OutT(0);
+  } else if (tid < nu) {
+#pragma unroll
+    for (int v = 0; v < kVecs; v++) *reinterpret_cast<uint4*>(tile + tid * kRow + 16 * v) = make_uint4(0, 0, 0, 0);
   }
   __syncthreads();
-  // Contiguous stores: nu * 32 values at dst.
-  const int n_out = nu * 32;
+  // Contiguous stores of the nu * 32 values at dst.
   if (vec_out) {
-    constexpr int kPer = 16 / sizeof(OutT);
-    const uint4* from = reinterpret_cast<const uint4*>(tile);
     uint4* to = reinterpret_cast<uint4*>(dst);
-    for (int i = tid; i < n_out / kPer; i += kUnitsPerCta) to[i] = from[i];
+    for (int i = tid; i < nu * kVecs; i += kUnitsPerCta)
+      to[i] = *reinterpret_cast<const uint4*>(tile + (i / kVecs) * kRow + 16 * (i % kVecs));
   } else {
-    for (int i = tid; i < n_out; i += kUnitsPerCta) dst[i] = tile[i];
+    for (int i = tid; i < nu * 32; i += kUnitsPerCta)
+      dst[i] = *reinterpret_cast<const OutT*>(tile + (i / 32) * kRow + sizeof(OutT) * (i % 32));
   }
 }
 

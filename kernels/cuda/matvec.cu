@@ -125,27 +125,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
   constexpr int kLanesPerTok = 32 / NT, kAPieces = kActStride / 16;
   constexpr int kAIter = (kAPieces + kLanesPerTok - 1) / kLanesPerTok;
   const int wr = lane >> 1, wk0 = lane & 1;
-  const uint8_t* w_row = tile + (size_t)wr * row_bytes;
-  // Valid bytes of the matrix from the start of this row on (rows past n_rows: none).
-  const int64_t w_left = (int64_t)(n_rows - 1 - (r0 + wr)) * (int64_t)row_bytes +
-                         (int64_t)(n_units / F::kUnits) * F::kBlockBytes;
   const int at = lane / kLanesPerTok, ak0 = lane % kLanesPerTok;
-  const uint8_t* x_row = xq + (size_t)at * act_row;
-  const int64_t x_left = (int64_t)(n_tok - at) * (int64_t)act_row;
-
-  // Stage chunk c into the stage at byte offset st (this lane's share; the others do theirs).
-  const SmemBuf buf(stages);
-  auto issue = [&](int c, int st) {
-    const int nu = min(kChunkUnits, n_units - c * kChunkUnits);
-    const int woff = chunk_weight_offset<F>(c);
-    stage_segment<kWIter>(buf, st + wr * TL::kRowStride, w_row + woff, chunk_weight_len<F>(nu), w_left - woff, wk0,
-                          2, w_safe);
-    if (at < n_tok) {
-      const int aoff = c * kChunkUnits * kQ8Bytes;
-      stage_segment<kAIter>(buf, st + TL::kWeightBytes + at * kActStride, x_row + aoff, nu * kQ8Bytes, x_left - aoff,
-                            ak0, kLanesPerTok, x_safe);
-    }
-  };
 
   // Misalignment (address & 15) of this lane's four rows and of each token's activation row; a
   // segment's bytes start at that plus its offset, mod 16, in the stage.
@@ -155,11 +135,35 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 #pragma unroll
   for (int t = 0; t < NT; t++) x_mis[t] = (uint32_t)((uintptr_t)(xq + (size_t)t * act_row) & 15);
 
-  // This warp's chunks: warp, warp + n_warps, ...
+  // This warp's chunks: warp, warp + n_warps, ... Staged in that order, so the copy state below
+  // (this lane's next source segments and the valid bytes from them on: rows past n_rows have
+  // none) advances by a fixed stride per chunk.
   const int my_chunks = warp < n_chunks ? (n_chunks - 1 - warp) / n_warps + 1 : 0;
+  const int w_step = chunk_weight_offset<F>(n_warps), x_step = n_warps * kChunkUnits * kQ8Bytes;
+  const uint8_t* w_src = tile + (size_t)wr * row_bytes + chunk_weight_offset<F>(warp);
+  int64_t w_left = (int64_t)(n_rows - 1 - (r0 + wr)) * (int64_t)row_bytes +
+                   (int64_t)(n_units / F::kUnits) * F::kBlockBytes - chunk_weight_offset<F>(warp);
+  const uint8_t* x_src = xq + (size_t)at * act_row + (size_t)warp * kChunkUnits * kQ8Bytes;
+  int64_t x_left = (int64_t)(n_tok - at) * (int64_t)act_row - (int64_t)warp * kChunkUnits * kQ8Bytes;
+  int next_units = n_units - warp * kChunkUnits;  // units left from the next chunk on
+  const SmemBuf buf(stages);
+  // Stage this warp's next chunk into the stage at byte offset st (this lane's share).
+  auto issue_next = [&](int st) {
+    const int nu = min(kChunkUnits, next_units);
+    stage_segment<kWIter>(buf, st + wr * TL::kRowStride, w_src, chunk_weight_len<F>(nu), w_left, wk0, 2, w_safe);
+    if (at < n_tok)
+      stage_segment<kAIter>(buf, st + TL::kWeightBytes + at * kActStride, x_src, nu * kQ8Bytes, x_left, ak0,
+                            kLanesPerTok, x_safe);
+    w_src += w_step;
+    w_left -= w_step;
+    x_src += x_step;
+    x_left -= x_step;
+    next_units -= n_warps * kChunkUnits;
+  };
+
 #pragma unroll
   for (int s = 0; s < kStages - 1; s++) {
-    if (s < my_chunks) issue(warp + s * n_warps, s * stage_bytes);
+    if (s < my_chunks) issue_next(s * stage_bytes);
     stage_commit();
   }
 
@@ -169,17 +173,20 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[e][t] = 0.0f;
 
+  // Stage of chunk i: i % kStages, the one refilled in iteration i: (i - 1) % kStages.
+  int st_read = 0, st_fill = (kStages - 1) * stage_bytes;
+  const int st_end = kStages * stage_bytes;
   for (int i = 0; i < my_chunks; i++) {
-    {  // refill the stage consumed in iteration i - 1 (every lane is past it: the __syncwarp below)
-      const int j = i + kStages - 1;
-      if (j < my_chunks) issue(warp + j * n_warps, (j % kStages) * stage_bytes);
-      stage_commit();
-    }
+    // Refill the stage consumed in iteration i - 1 (every lane is past it: the __syncwarp below).
+    if (i + kStages - 1 < my_chunks) issue_next(st_fill);
+    stage_commit();
     stage_wait<kStages - 1>();  // this lane's copies of chunk i have landed
     __syncwarp();               // ... and every other lane's
 
     const int c = warp + i * n_warps;
-    const uint8_t* st = stages + (i % kStages) * stage_bytes;
+    const uint8_t* st = stages + st_read;
+    st_read = st_read + stage_bytes == st_end ? 0 : st_read + stage_bytes;
+    st_fill = st_fill + stage_bytes == st_end ? 0 : st_fill + stage_bytes;
     const int nu = min(kChunkUnits, n_units - c * kChunkUnits);
     if (kb < nu) {
       Act a[NT];

@@ -17,6 +17,7 @@
 // piece of Q4_0 or two of Q8_0 per block, kUnroll blocks in flight), up to 3 matrices of the same
 // input in one launch (attention's Q, K, V), and SwiGLU fused for the FFN's gate and up (the warp
 // computes both rows and writes silu(g)·u).
+#include <algorithm>
 #include <cstdint>
 
 #include <cuda_fp16.h>
@@ -131,42 +132,89 @@ bool quantize_q8s(const float* x, int64_t n, int64_t n_tok, void* xq, cudaStream
   return true;
 }
 
-// out[t] = x[t] / sqrt(mean(x[t]²) + eps) * w, and out[t] quantized to q8s: one CTA per token
-// (squares summed in double, as the CPU and norm.cu do).
-__global__ void __launch_bounds__(256) rms_norm_q8s_kernel(const float* __restrict__ x, const float* __restrict__ w,
-                                                         float* out, int64_t n, float eps, uint8_t* __restrict__ xq) {
+// out[t] = x[t] / sqrt(mean(x[t]²) + eps) * w, and out[t] quantized to q8s: one CTA per token,
+// each thread holding kChunks float4 chunks of the row in registers (chunk k = thread + j*blockDim
+// covers values 4k..4k+3, so a block of 32 values is 8 consecutive lanes: its max and quant sum
+// are 3-step shuffles), squares summed in double as the CPU and norm.cu do.
+constexpr int kNormChunks = 4;
+
+__global__ void __launch_bounds__(1024) rms_norm_q8s_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                                          float* out, int64_t n, float eps, uint8_t* __restrict__ xq) {
   const int64_t t = blockIdx.x;
-  const float* xr = x + t * n;
+  const int nc = (int)(n / 4);  // chunks in the row
+  const float4* xr = reinterpret_cast<const float4*>(x + t * n);
+  float4 v[kNormChunks];
   double ss = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += (double)(xr[i] * xr[i]);
-  __shared__ double part[8];
+#pragma unroll
+  for (int j = 0; j < kNormChunks; j++) {
+    const int k = threadIdx.x + j * blockDim.x;
+    v[j] = k < nc ? xr[k] : make_float4(0.f, 0.f, 0.f, 0.f);
+    ss += (double)(v[j].x * v[j].x) + (double)(v[j].y * v[j].y) + (double)(v[j].z * v[j].z) + (double)(v[j].w * v[j].w);
+  }
+  __shared__ double part[32];
   __shared__ float scale_s;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
   __syncthreads();
-  if (threadIdx.x == 0) {
-    double tot = 0;
-    for (int i = 0; i < (int)(blockDim.x >> 5); i++) tot += part[i];
-    const float mean = (float)(tot / (double)n);
-    scale_s = 1.0f / sqrtf(mean + eps);
+  if (threadIdx.x < 32) {
+    double p = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) p += __shfl_xor_sync(0xffffffffu, p, o);
+    if (threadIdx.x == 0) scale_s = 1.0f / sqrtf((float)(p / (double)n) + eps);
   }
   __syncthreads();
   const float scale = scale_s;
-  const int lane = threadIdx.x & 31;
   Q8sRow row(xq + t * q8s_row_bytes(n), n);
-  for (int64_t b = threadIdx.x >> 5; b < n / 32; b += blockDim.x >> 5) {
-    const int64_t i = b * 32 + lane;
-    const float v = xr[i] * scale * w[i];
-    out[t * n + i] = v;
-    quantize_block(v, lane, row.qs + b * 32, row.d + b, row.s + b);
+  const float4* wr = reinterpret_cast<const float4*>(w);
+  float4* outr = reinterpret_cast<float4*>(out + t * n);
+#pragma unroll
+  for (int j = 0; j < kNormChunks; j++) {
+    const int k = threadIdx.x + j * blockDim.x;
+    if (j * (int)blockDim.x >= nc) break;  // uniform across the block
+    float4 y = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (k < nc) {
+      const float4 ww = wr[k];
+      y = make_float4(v[j].x * scale * ww.x, v[j].y * scale * ww.y, v[j].z * scale * ww.z, v[j].w * scale * ww.w);
+      outr[k] = y;
+    }
+    // the block of 32 values: 8 lanes (k / 8); nc is a multiple of 32, so groups are whole
+    float amax = fmaxf(fmaxf(fabsf(y.x), fabsf(y.y)), fmaxf(fabsf(y.z), fabsf(y.w)));
+#pragma unroll
+    for (int o = 4; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f;
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    const float f[4] = {y.x, y.y, y.z, y.w};
+    int q[4], sum = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const float r = rintf(f[i] * id);
+      q[i] = !(r >= -128.0f) ? -128 : (r > 127.0f ? 127 : (int)r);
+      sum += q[i];
+    }
+#pragma unroll
+    for (int o = 4; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (k < nc) {
+      reinterpret_cast<uint32_t*>(row.qs)[k] =
+          (uint32_t)(uint8_t)q[0] | (uint32_t)(uint8_t)q[1] << 8 | (uint32_t)(uint8_t)q[2] << 16 | (uint32_t)(uint8_t)q[3] << 24;
+      if ((k & 7) == 0) {
+        row.d[k / 8] = __half2float(__float2half_rn(d));
+        row.s[k / 8] = sum;
+      }
+    }
   }
 }
 
 bool rms_norm_q8s(const float* x, const float* w, float* out, int64_t n, int64_t n_tok, float eps, void* xq,
                   cudaStream_t s) {
-  if (n % 128 || ((uintptr_t)xq & 15) || n_tok <= 0) return n_tok == 0;
-  rms_norm_q8s_kernel<<<(unsigned)n_tok, 256, 0, s>>>(x, w, out, n, eps, static_cast<uint8_t*>(xq));
+  if (n_tok == 0) return true;
+  // the row in registers: at most kNormChunks float4 per thread of 1024
+  if (n % 128 || n > 4 * 1024 * kNormChunks || ((uintptr_t)xq & 15) || ((uintptr_t)x & 15) || ((uintptr_t)w & 15) ||
+      ((uintptr_t)out & 15) || n_tok < 0)
+    return false;
+  const int nc = (int)(n / 4);
+  const int threads = std::min(1024, (nc + 31) / 32 * 32);  // one chunk a thread up to n = 4096
+  rms_norm_q8s_kernel<<<(unsigned)n_tok, threads, 0, s>>>(x, w, out, n, eps, static_cast<uint8_t*>(xq));
   return true;
 }
 
@@ -343,48 +391,95 @@ bool mul_mat_vec_soa(GGMLType type, const SoaJob* js, int n_jobs, int64_t n_cols
 
 // ---- dequantization of the repacked layout (prefill tiles, embedding rows) ---------------------
 
+// One thread per 8 consecutive values (a quarter of a block): an 8-byte load of quants, one
+// 16-byte (f16) or two 16-byte (float) stores, consecutive threads on consecutive values.
+template <GGMLType T>
+__device__ __forceinline__ void decode8(const uint8_t* qs, int c, float dd, float* v) {
+  if constexpr (T == GGMLType::Q4_0) {
+    const uint2 q = *reinterpret_cast<const uint2*>(qs + 8 * (c & 1));  // bytes 8(c&1) .. +7
+    const uint32_t w[2] = {q.x, q.y};
+    const int shift = c < 2 ? 0 : 4;  // values 0..15: low nibbles, 16..31: high nibbles
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = dd * (float)((int)((w[j / 4] >> (8 * (j % 4) + shift)) & 15) - 8);
+  } else {
+    const uint2 q = *reinterpret_cast<const uint2*>(qs + 8 * c);
+    const uint32_t w[2] = {q.x, q.y};
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = dd * (float)(int8_t)(w[j / 4] >> (8 * (j % 4)));
+  }
+}
+
 template <GGMLType T, typename Out>
 __global__ void dequant_soa_kernel(const uint8_t* __restrict__ qs, const __half* __restrict__ d, int64_t nb,
                                    int64_t r0, int64_t n_rows, const int32_t* ids, int64_t n_all_rows, Out* out) {
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;  // one thread per block of 32
-  if (i >= n_rows * nb) return;
-  const int64_t rr = i / nb, b = i % nb;
-  Out* o = out + rr * nb * 32 + b * 32;
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;  // (row, block, quarter)
+  if (i >= n_rows * nb * 4) return;
+  const int64_t rr = i / (nb * 4), b = (i / 4) % nb;
+  const int c = (int)(i & 3);
+  Out* o = out + rr * nb * 32 + b * 32 + 8 * c;
   int64_t r = r0 + rr;
-  if (ids) {
-    r = ids[rr];
-    if (r < 0 || r >= n_all_rows) {
-      for (int j = 0; j < 32; j++) o[j] = (Out)0.0f;
-      return;
-    }
+  float v[8];
+  if (ids && (ids[rr] < 0 || ids[rr] >= n_all_rows)) {
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = 0.0f;
+  } else {
+    if (ids) r = ids[rr];
+    decode8<T>(qs + (r * nb + b) * Fmt<T>::QB, c, __half2float(d[r * nb + b]), v);
   }
-  const float dd = __half2float(d[r * nb + b]);
-  const uint8_t* q = qs + (r * nb + b) * Fmt<T>::QB;
-  for (int j = 0; j < 32; j++) {
-    float v;
-    if constexpr (T == GGMLType::Q4_0) v = dd * (float)((j < 16 ? (q[j] & 15) : (q[j - 16] >> 4)) - 8);
-    else v = dd * (float)(int8_t)q[j];
-    if constexpr (sizeof(Out) == 2) o[j] = __float2half_rn(v);
-    else o[j] = v;
+  if constexpr (sizeof(Out) == 2) {
+    __align__(16) __half h[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) h[j] = __float2half_rn(v[j]);
+    *reinterpret_cast<uint4*>(o) = *reinterpret_cast<const uint4*>(h);
+  } else {
+    reinterpret_cast<float4*>(o)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(o)[1] = make_float4(v[4], v[5], v[6], v[7]);
   }
 }
 
 template <typename Out>
 bool dequant_soa(GGMLType type, const void* w, int64_t n_cols, int64_t n_all_rows, int64_t r0, int64_t n_rows,
                  const int32_t* ids, Out* out, cudaStream_t s) {
-  if (n_cols % 32) return false;
-  const int64_t nb = n_cols / 32, n = n_rows * nb;
+  if (n_cols % 32 || ((uintptr_t)out & 15)) return false;
+  const int64_t nb = n_cols / 32, n = n_rows * nb * 4;
   if (n == 0) return true;
   const uint8_t* base = static_cast<const uint8_t*>(w);
-  const unsigned grid = (unsigned)((n + 127) / 128);
+  const unsigned grid = (unsigned)((n + 255) / 256);
   if (type == GGMLType::Q4_0)
-    dequant_soa_kernel<GGMLType::Q4_0, Out><<<grid, 128, 0, s>>>(
+    dequant_soa_kernel<GGMLType::Q4_0, Out><<<grid, 256, 0, s>>>(
         base, reinterpret_cast<const __half*>(base + n_all_rows * nb * 16), nb, r0, n_rows, ids, n_all_rows, out);
   else if (type == GGMLType::Q8_0)
-    dequant_soa_kernel<GGMLType::Q8_0, Out><<<grid, 128, 0, s>>>(
+    dequant_soa_kernel<GGMLType::Q8_0, Out><<<grid, 256, 0, s>>>(
         base, reinterpret_cast<const __half*>(base + n_all_rows * nb * 32), nb, r0, n_rows, ids, n_all_rows, out);
   else
     return false;
+  return true;
+}
+
+// Prefill activations for the f16 GEMM, rounded first to the grid the CPU's products use for
+// the legacy formats (Q8_0 / Q8_1: per block of 32, q = round_half_even(x * 127/amax), value
+// f16(amax/127) * q), then to f16: the GPU's prefill then carries the CPU's activation rounding
+// and only f16's on top (2^-12 relative).
+__global__ void act_q8_grid_f16_kernel(const float* __restrict__ x, int64_t n_blocks, __half* __restrict__ out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t b = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (b >= n_blocks) return;
+  const float v = x[b * 32 + lane];
+  float amax = fmaxf(0.0f, fabsf(v));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float d = __half2float(__float2half_rn(amax / 127.0f));
+  const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+  const float r = rintf(v * id);
+  const float q = !(r >= -128.0f) ? -128.0f : (r > 127.0f ? 127.0f : r);
+  out[b * 32 + lane] = __float2half_rn(d * q);
+}
+
+bool act_q8_grid_f16(const float* x, int64_t n, void* dst, cudaStream_t s) {
+  if (n % 32) return false;
+  const int64_t nb = n / 32;
+  if (nb == 0) return true;
+  act_q8_grid_f16_kernel<<<(unsigned)((nb + 7) / 8), 256, 0, s>>>(x, nb, static_cast<__half*>(dst));
   return true;
 }
 
@@ -407,6 +502,7 @@ void register_matvec_soa(CudaKernels& t) {
   t.mul_mat_vec_soa = mul_mat_vec_soa;
   t.dequantize_soa_f16 = dequantize_soa_f16;
   t.get_rows_soa = get_rows_soa;
+  t.act_q8_grid_f16 = act_q8_grid_f16;
 }
 
 }  // namespace eoq::cuda

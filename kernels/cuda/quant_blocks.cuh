@@ -91,6 +91,15 @@ EOQ_HD float bits_to_f32(uint32_t bits) {
   return f;
 #endif
 }
+EOQ_HD uint32_t f32_bits(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(f);
+#else
+  uint32_t b;
+  memcpy(&b, &f, 4);
+  return b;
+#endif
+}
 EOQ_HD float bf16_to_f32(uint16_t h) { return bits_to_f32((uint32_t)h << 16); }
 
 // ---- integer helpers --------------------------------------------------------------------------

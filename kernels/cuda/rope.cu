@@ -20,8 +20,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// One block per token: the n_rot/2 (cos, sin) pairs into shared memory, then every
-// (head, pair) of the token.
+// grid (n_tok, ⌈n_head·n_rot/2 / kThreads⌉): each block computes the token's n_rot/2 (cos, sin)
+// pairs into shared memory, then turns its kThreads (head, pair) items (several blocks per token,
+// so a decode step's single token spreads over SMs instead of queueing in one).
 __global__ void __launch_bounds__(kThreads)
     rope_kernel(float* __restrict__ x, int n_head, int head_dim, int n_rot, const int32_t* __restrict__ d_pos0,
                 float theta_scale, float freq_scale, const float* __restrict__ ff) {
@@ -40,7 +41,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   float* xt = x + (int64_t)t * n_head * head_dim;
-  for (int k = threadIdx.x; k < n_head * half; k += kThreads) {
+  for (int k = blockIdx.y * kThreads + threadIdx.x; k < n_head * half; k += kThreads * gridDim.y) {
     const int h = k / half, i = k - h * half;
     float* p = xt + (int64_t)h * head_dim + 2 * i;
     const float c = cs[i], s = cs[half + i];
@@ -56,7 +57,8 @@ bool rope(float* x, int n_tok, int n_head, int head_dim, int n_rot, const int32_
   if ((int64_t)n_head * head_dim > INT32_MAX || n_rot > 8192) return false;  // shared table: n_rot floats
   if (n_tok == 0 || n_rot == 0) return true;
   if (!x || !d_pos0) return false;
-  rope_kernel<<<n_tok, kThreads, (size_t)n_rot * sizeof(float), s>>>(x, n_head, head_dim, n_rot, d_pos0,
+  const dim3 grid((unsigned)n_tok, (unsigned)((n_head * (n_rot / 2) + kThreads - 1) / kThreads));
+  rope_kernel<<<grid, kThreads, (size_t)n_rot * sizeof(float), s>>>(x, n_head, head_dim, n_rot, d_pos0,
                                                                      theta_scale, freq_scale, freq_factors);
   return true;
 }
