@@ -144,24 +144,56 @@ def _smollm2():
     return p
 
 
+def _greedy(core, toks, n):
+    core.reset()
+    core.eval(toks)
+    out = []
+    for _ in range(n):
+        t = int(np.argmax(core.logits()))
+        out.append(t)
+        core.eval([t])
+    return out
+
+
 @gpu
-def test_smollm2_greedy_text_gpu_equals_cpu():
+def test_smollm2_greedy_text_gpu_vs_cpu():
+    # Greedy decoding amplifies any float difference once two candidates are close: on this CPU the
+    # f16 and f32 caches of the full SmolLM2 already part within 32 tokens on 7 of these 8 prompts
+    # (on the 10-block cut, 1 of 8), at CPU logit margins up to 0.36. The GPU differs from the CPU's
+    # f16 cache by about as much (float attention accumulators where the CPU keeps ggml's f16 ones,
+    # another summation order). So the strict checks are teacher-forced: fed the CPU's greedy
+    # tokens, the GPU picks the same next token at >= 95% of the steps (measured on the H200: 254 of
+    # 256); and the free-running greedy texts are equal on most prompts (measured: 6 of 8; printed
+    # with where they part).
     path = _smollm2()
     prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
-               "The three laws of thermodynamics are"]
-    same, report = 0, []
+               "The three laws of thermodynamics are", "1, 2, 3, 4, 5,", "Dear Sir or Madam, I am writing to",
+               "The quick brown fox", "In 1492, Columbus"]
+    cpu = _core.Engine(path, n_ctx=512, n_threads=2, kv="f16", device="cpu")
+    gpu_e = _core.Engine(path, n_ctx=512, n_threads=2, kv="f16", device="cuda")
+    same, agree, steps, report = 0, 0, 0, []
     for p in prompts:
-        outs = []
-        for dev in ("cpu", "cuda"):
-            with Engine(path, n_ctx=512, device=dev) as e:
-                outs.append(e.generate(p, max_tokens=32, temperature=0))
-        a, b = outs[0].tokens, outs[1].tokens
-        common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        same += a == b
-        report.append(f"{p!r}: {common} common tokens; cpu {outs[0].text!r} / cuda {outs[1].text!r}")
-        assert common >= 4, report[-1]  # the first tokens are far from any tie
+        toks = cpu.tokenize(p)
+        a, b = _greedy(cpu, toks, 32), _greedy(gpu_e, toks, 32)
+        gpu_e.reset()
+        gpu_e.eval(toks)
+        for t in a:  # teacher forcing: the CPU's tokens
+            agree += int(np.argmax(gpu_e.logits())) == t
+            steps += 1
+            gpu_e.eval([t])
+        if a == b:
+            same += 1
+            report.append(f"{p!r}: equal")
+            continue
+        i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), 32)
+        cpu.reset()
+        cpu.eval(toks + a[:i])
+        lg = cpu.logits()
+        report.append(f"{p!r}: parted at token {i}, CPU logit margin {float(lg[a[i]] - lg[b[i]]):.4f}")
+    print(f"\ngreedy equal on {same} of {len(prompts)}; teacher-forced top-1 agreement {agree}/{steps}")
     print("\n".join(report))
-    assert same >= 3, f"greedy GPU text equals the CPU's on {same} of {len(prompts)} prompts:\n" + "\n".join(report)
+    assert agree >= 0.95 * steps, (agree, steps, report)
+    assert same * 2 > len(prompts), report
 
 
 @gpu
@@ -179,6 +211,7 @@ def test_smollm2_logits_gpu_vs_cpu():
     lq = q - q.max(1, keepdims=True)
     lq -= np.log(np.exp(lq).sum(1, keepdims=True))
     kld = float(np.mean(np.sum(np.exp(lp) * (lp - lq), 1)))
+    print(f"\nSmolLM2 prompt logits, GPU vs CPU: mean KLD {kld:.2e}, same top {np.mean(p.argmax(1) == q.argmax(1)):.3f}")
     assert kld < 2e-3, kld
     assert np.mean(p.argmax(1) == q.argmax(1)) > 0.9
 
