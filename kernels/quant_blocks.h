@@ -66,6 +66,15 @@ struct block_q8_1 {
 };
 static_assert(sizeof(block_q8_1) == 36, "Q8_1 block is 36 bytes");
 
+// Q8_K (activations of the K-quants on the CPU): x = d * q, d in float32; bsums[j] = the sum of
+// qs[16j .. 16j+16).
+struct block_q8_K {
+  float d;
+  int8_t qs[QK_K];
+  int16_t bsums[QK_K / 16];
+};
+static_assert(sizeof(block_q8_K) == 292, "Q8_K block is 292 bytes");
+
 // Q2_K: 16 sub-blocks of 16. scales[s]: low nibble = scale, high nibble = min of sub-block s;
 // x = (d * scale) * q - (dmin * min), q 2 bits. Two halves of 128 values; in half h, value
 // h*128 + k*32 + l (k = 0..3, l = 0..31) is bits 2k..2k+1 of qs[h*32 + l].

@@ -30,32 +30,15 @@
 #include <cstdint>
 
 #include "base/ggml_type.h"
+#include "kernels/quant_blocks.h"
 
 namespace eoq {
 
 constexpr int kQ8Block = 32;    // values per Q8_0 / Q8_1 block
 constexpr int kQ8KBlock = 256;  // values per Q8_K block
 
-// GGML's block layouts, byte for byte (little-endian; fp16 fields are IEEE half bit patterns).
-struct block_q8_0 {
-  uint16_t d;  // fp16 scale: x ≈ d * q
-  int8_t qs[kQ8Block];
-};
-static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
-
-struct block_q8_1 {
-  uint16_t d;  // fp16 scale
-  uint16_t s;  // fp16 of d * Σ qs (d in float32), lets Q4_1/Q5_1 apply their minimum per block
-  int8_t qs[kQ8Block];
-};
-static_assert(sizeof(block_q8_1) == 36, "Q8_1 block is 36 bytes");
-
-struct block_q8_K {
-  float d;  // float32 scale
-  int8_t qs[kQ8KBlock];
-  int16_t bsums[kQ8KBlock / 16];  // sums of each 16 consecutive qs
-};
-static_assert(sizeof(block_q8_K) == 292, "Q8_K block is 292 bytes");
+// The activation blocks (block_q8_0, block_q8_1, block_q8_K) are GGML's layouts, defined once for
+// the CPU and CUDA code in kernels/quant_blocks.h.
 
 // The activation format a weight type's dot products take (table above). Types this engine
 // cannot dot (type_info(w).supported == false) throw Error(unsupported).

@@ -40,8 +40,6 @@ namespace eoq {
 
 namespace {
 
-constexpr int QK = kQ8Block;
-constexpr int QK_K = kQ8KBlock;
 
 // Fully unroll the loops over a tile's rows and tokens, so that the accumulator arrays become
 // registers (GCC keeps arrays indexed by loop counters in memory otherwise).

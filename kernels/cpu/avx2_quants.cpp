@@ -26,14 +26,12 @@
 
 #include "kernels/cpu/avx2.h"
 #include "base/fp16.h"
+#include "kernels/quant_blocks.h"
 #include "kernels/quants.h"
 
 namespace eoq {
 
 namespace {
-
-constexpr int QK = 32;
-constexpr int QK_K = 256;
 
 inline uint16_t rd16(const uint8_t* p) {
   uint16_t v;

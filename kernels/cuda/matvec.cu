@@ -13,8 +13,9 @@
 //    once per chunk into registers and applies it to rows rg, rg+4, rg+8, rg+12, decoding each
 //    weight unit once for all tokens (quant_blocks.cuh: Unit and its dot formula);
 //  * the 8 lanes of a row group are summed with shuffles, the warps through shared memory.
-// Weight floats (F32/F16/BF16) read x directly: 16-byte loads, a warp per R rows, each lane a
-// strided slice of the columns, one shuffle reduction per (row, token) at the end.
+// Float weights (F32/F16/BF16) read x directly, float FMAs: 16-byte loads when the rows and x are
+// 16-byte aligned, a warp per R rows, each lane a strided slice of the columns, two vectors per
+// row in flight, one shuffle reduction per (row, token) at the end; element loads otherwise.
 #include <algorithm>
 #include <atomic>
 #include <climits>

@@ -24,8 +24,6 @@ namespace eoq {
 
 namespace {
 
-constexpr int QK = kQ8Block;
-constexpr int QK_K = kQ8KBlock;
 
 uint16_t rd16(const uint8_t* p) {
   uint16_t v;
