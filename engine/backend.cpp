@@ -56,7 +56,8 @@ void Backend::check_fits(size_t bytes, const std::string& what) const {
   if (bytes > free)
     fail(ErrorCode::invalid_arg, what + " needs " + std::to_string(bytes) + " bytes (" +
                                      std::to_string(bytes >> 20) + " MiB) on " + device().name() + ", which has " +
-                                     std::to_string(free) + " bytes (" + std::to_string(free >> 20) + " MiB) free");
+                                     std::to_string(free) + " bytes (" + std::to_string(free >> 20) + " MiB) " +
+                                     (device().type == DeviceType::cpu ? "of memory" : "free"));
 }
 
 Tensor Backend::alloc_f32(int64_t n_cols, int64_t n_rows, const std::string& what, std::unique_ptr<Buffer>* owner) {

@@ -2,6 +2,7 @@
 // behind the Backend interface. Weights stay in the mapped GGUF file; every op computes what the
 // forward pass computed before the seam, in the same order, so the bits are unchanged.
 #include <cstring>
+#include <unistd.h>
 #include <limits>
 #include <new>
 #include <vector>
@@ -40,9 +41,20 @@ class CpuBackend final : public Backend {
     return std::string("cpu (") + k_.isa + ", " + std::to_string(pool_.size()) + " threads)";
   }
   int n_threads() const override { return pool_.size(); }
-  // Host allocations are checked where they are made (a failed one is a clear error), not
-  // planned against a figure for free memory: large ones are mapped lazily.
-  size_t free_memory() const override { return std::numeric_limits<size_t>::max(); }
+  // The machine's physical memory: what a plan (the cache's fixed storage, the scratch) can never
+  // exceed. Weights are mapped from the file and not counted against it (Engine). Host
+  // allocations are also checked where they are made (a failed one is a clear error).
+  size_t free_memory() const override {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : std::numeric_limits<size_t>::max();
+  }
+  size_t kv_cache_reserve_bytes(const KVCacheParams& params, const KVCacheShape& s) const override {
+    // the exact caches allocate [n_layer][n_head_kv][n_ctx][head_dim] for K and V up front
+    const size_t per = (size_t)s.n_layer * s.n_head_kv * (size_t)s.n_ctx * s.head_dim;
+    if (params.mode == "f16") return 2 * per * sizeof(uint16_t);
+    if (params.mode == "f32") return 2 * per * sizeof(float);
+    return 0;  // the compressed caches grow with the tokens
+  }
   std::unique_ptr<Buffer> alloc(size_t bytes, const std::string& what) override {
     return std::make_unique<HostBuffer>(bytes, what);
   }

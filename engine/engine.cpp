@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <chrono>
+#include <new>
 
 #include "base/error.h"
 #include "engine/gguf.h"
@@ -36,11 +37,18 @@ Engine::Engine(const EngineParams& p) {
   const size_t batch = (size_t)std::min(n_batch_, n_ctx_);
   const size_t scratch = batch * sizeof(float) * (2 * (size_t)c.n_embd + 2 * q_dim + 2 * kv_dim + 2 * (size_t)c.n_ff) +
                          (size_t)c.n_vocab * sizeof(float);
-  backend_->check_fits(model_weight_bytes(*file_) + backend_->kv_cache_reserve_bytes(p.kv, shape) + scratch,
+  // (On the CPU the weights stay mapped from the file: not counted against memory.)
+  const size_t weights = p.device.type == DeviceType::cpu ? 0 : model_weight_bytes(*file_);
+  backend_->check_fits(weights + backend_->kv_cache_reserve_bytes(p.kv, shape) + scratch,
                        "the model with a " + p.kv.mode + " cache of " + std::to_string(n_ctx_) + " tokens");
-  model_ = load_model(*file_, *backend_);
-  model_->set_max_batch((int)batch);
-  kv_ = backend_->make_kv_cache(p.kv, shape);
+  try {
+    model_ = load_model(*file_, *backend_);
+    model_->set_max_batch((int)batch);
+    kv_ = backend_->make_kv_cache(p.kv, shape);
+  } catch (const std::bad_alloc&) {
+    fail(ErrorCode::invalid_arg, "out of memory loading the model with a " + p.kv.mode + " cache of " +
+                                     std::to_string(n_ctx_) + " tokens: lower n_ctx (-c) or n_batch (-b)");
+  }
   logits_.assign(c.n_vocab, 0.0f);
   load_ms_ = ms_since(t0);
 }

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <new>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -31,8 +33,11 @@ class ExactKVCache final : public HostKVCache {
     const size_t per = (size_t)s.n_layer * s.n_head_kv * s.n_ctx * s.head_dim;
     // Default-initialised (not zeroed): large allocations come from mmap, so pages become
     // resident only as tokens are written and the reported bytes match what is really used.
-    k_.reset(new T[per]);
-    v_.reset(new T[per]);
+    k_.reset(new (std::nothrow) T[per]);
+    v_.reset(new (std::nothrow) T[per]);
+    if (!k_ || !v_)
+      fail(ErrorCode::invalid_arg, std::string("the ") + name + " KV cache of " + std::to_string(s.n_ctx) + " tokens needs " +
+                                       std::to_string(2 * per * sizeof(T)) + " bytes, which cannot be allocated: lower n_ctx (-c)");
     n_.assign(s.n_layer, 0);
   }
 

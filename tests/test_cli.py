@@ -218,3 +218,16 @@ def test_gpu_request_without_gpu_is_one_line(smollm2_path):
     r = run_cli("-m", smollm2_path, "-p", PROMPT, "-n", "4", "-ngl", "99")
     line = _one_error_line(r)
     assert "cuda" in line and reason in line
+
+
+def test_context_that_cannot_fit_is_one_line(smollm2_path):
+    # eoq-run -c 100000000 used to die with a Python MemoryError traceback.
+    r = run_cli("-m", smollm2_path, "-p", PROMPT, "-n", "2", "-c", "100000000")
+    line = _one_error_line(r)
+    assert "needs" in line and "bytes" in line and "of memory" in line
+
+
+def test_context_past_training_warns(smollm2_path):
+    r = run_cli("-m", smollm2_path, "-p", PROMPT, "-n", "1", "-c", "9000", "--temp", "0")
+    assert r.returncode == 0
+    assert "training context 8192" in r.stderr.decode()

@@ -315,3 +315,14 @@ def test_default_model(smollm2_path, tmp_path, monkeypatch):
     with Engine(n_ctx=32, n_threads=1) as e:
         assert e.model_path.endswith(DEFAULT_MODEL_FILE)
         assert e.n_vocab == 49152
+
+
+def test_allocation_that_cannot_succeed_is_a_clear_error(tmp_path):
+    # A cache larger than the machine's memory is refused before loading (not std::bad_alloc).
+    from tiny_models import write_tiny_llama
+    from eoq import EoqError, _core
+
+    path = tmp_path / "tiny.gguf"
+    write_tiny_llama(path, "F32")
+    with pytest.raises(EoqError, match=r"needs \d+ bytes .* of memory"):
+        _core.Engine(str(path), n_ctx=2_000_000_000, kv="f32")

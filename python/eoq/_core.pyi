@@ -14,7 +14,16 @@ class Engine:
     """One loaded GGUF model, its tokenizer and KV cache. Compute releases the GIL."""
 
     def __init__(self, path: str, n_ctx: int = 0, n_threads: int = 0, kv: str = "f16",
-                 n_batch: int = 512) -> None: ...
+                 n_batch: int = 512, kv_options: Dict[str, Any] = ..., device: str = "cpu") -> None: ...
+    @property
+    def device(self) -> str:
+        """'cpu' or 'cuda:N'."""
+    @property
+    def backend(self) -> str:
+        """Where it runs, e.g. 'cpu (avx512vnni, 2 threads)' or 'cuda:0 (NVIDIA H200, ...)'."""
+    @property
+    def weight_bytes_per_token(self) -> int:
+        """Weight bytes one decode step reads (every matrix once, one embedding row)."""
     @property
     def n_ctx(self) -> int: ...
     @property
@@ -81,4 +90,18 @@ class Utf8Stream:
 
 # GGUF reader, tokenizer and kernel test hooks are bound too (bindings/bind_gguf.cpp,
 # bind_tokenizer.cpp, bind_kernels.cpp); they are internal and not typed here.
+class _Cuda:
+    """eoq._core.cuda: whether the CUDA backend can run, the roofline's bandwidth, and the CUDA
+    kernels' test hooks (bindings/bind_cuda_*.cpp; present in CUDA builds only)."""
+
+    def built(self) -> bool: ...
+    def unavailable_reason(self, index: int = 0) -> str:
+        """'' when cuda:index can run here, else the one-line reason."""
+    def copy_bandwidth(self, index: int = 0) -> float:
+        """Bytes read + written per second by a 1 GiB device-to-device copy (CUDA builds)."""
+    def __getattr__(self, name: str) -> Any: ...
+
+
+cuda: _Cuda
+
 def __getattr__(name: str) -> Any: ...

@@ -276,6 +276,12 @@ class Engine:
                                   n_batch=n_batch, kv_options=self.kv_options, device=device)
         self.device = self._core.device
         self.load_ms = (time.perf_counter() - t0) * 1e3
+        if self._core.n_ctx > self._core.n_ctx_train:
+            import warnings
+
+            warnings.warn(f"n_ctx {self._core.n_ctx} exceeds the model's training context "
+                          f"{self._core.n_ctx_train}: positions past it are outside what the model learned",
+                          RuntimeWarning, stacklevel=2)
         if self.verbose:
             info = self._core.kv_info()
             print(f"eoq: loaded {self.name or path.name} ({self.arch}) in {self.load_ms:.0f} ms: "
