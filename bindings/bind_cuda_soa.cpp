@@ -26,7 +26,9 @@ py::array_t<float> mul_mat_vec_soa(int type, u8 w, int64_t n_cols, f32 x, py::ob
   if (x.ndim() != 2 || x.shape(1) != n_cols) throw eoq::Error(eoq::ErrorCode::invalid_arg, "x must be [n_tok][n_cols]");
   DeviceBuf dw(w), dx(x), ws((size_t)w.size()), y((size_t)(n_rows * n_tok * 4)), xq((size_t)(n_cols + n_cols / 4) * n_tok),
       xn((size_t)x.size() * 4);
-  launched(k.repack_soa(t, dw.p, (size_t)w.shape(1), n_cols, n_rows, ws.p, nullptr), "repack_soa");
+  // Q4_K is read in its GGUF layout; the block formats are repacked first
+  if (t == eoq::GGMLType::Q4_K) cuda_check(cudaMemcpy(ws.p, dw.p, (size_t)w.size(), cudaMemcpyDeviceToDevice), "copy");
+  else launched(k.repack_soa(t, dw.p, (size_t)w.shape(1), n_cols, n_rows, ws.p, nullptr), "repack_soa");
   if (!norm_w.is_none()) {
     f32 nw = norm_w.cast<f32>();
     DeviceBuf dn(nw);
@@ -38,7 +40,8 @@ py::array_t<float> mul_mat_vec_soa(int type, u8 w, int64_t n_cols, f32 x, py::ob
   if (!w2.is_none()) {
     u8 wu = w2.cast<u8>();
     DeviceBuf du(wu), us((size_t)wu.size()), yu((size_t)(n_rows * n_tok * 4));
-    launched(k.repack_soa(t, du.p, (size_t)wu.shape(1), n_cols, n_rows, us.p, nullptr), "repack_soa");
+    if (t == eoq::GGMLType::Q4_K) cuda_check(cudaMemcpy(us.p, du.p, (size_t)wu.size(), cudaMemcpyDeviceToDevice), "copy");
+    else launched(k.repack_soa(t, du.p, (size_t)wu.shape(1), n_cols, n_rows, us.p, nullptr), "repack_soa");
     const eoq::cuda::SoaJob js[2] = {{ws.p, n_rows, y.as<float>(), n_rows}, {us.p, n_rows, yu.as<float>(), n_rows}};
     launched(k.mul_mat_vec_soa(t, js, 2, n_cols, xq.p, (int)n_tok, false, true, nullptr), "mul_mat_vec_soa");
   } else {

@@ -10,12 +10,18 @@ from eoq import _core
 gguf = pytest.importorskip("gguf")
 REASON = _core.cuda.unavailable_reason(0)
 pytestmark = pytest.mark.skipif(bool(REASON), reason=f"no usable GPU: {REASON}")
-QT = {"Q4_0": gguf.GGMLQuantizationType.Q4_0, "Q8_0": gguf.GGMLQuantizationType.Q8_0}
+QT = {"Q4_0": gguf.GGMLQuantizationType.Q4_0, "Q8_0": gguf.GGMLQuantizationType.Q8_0,
+      "Q4_K": gguf.GGMLQuantizationType.Q4_K}
 
 
 def weights(rng, name, n_rows, n_cols):
-    w = (rng.standard_normal((n_rows, n_cols)) * 0.05).astype(np.float32)
-    q = gguf.quants.quantize(w, QT[name])
+    if name == "Q4_K":  # gguf cannot quantize K-quants: valid random super-blocks
+        from test_cuda_matvec import random_weights
+
+        q = random_weights(rng, name, n_rows, n_cols)
+    else:
+        w = (rng.standard_normal((n_rows, n_cols)) * 0.05).astype(np.float32)
+        q = gguf.quants.quantize(w, QT[name])
     return q, gguf.quants.dequantize(q, QT[name]).reshape(n_rows, n_cols).astype(np.float64)
 
 
@@ -34,8 +40,8 @@ def nerr(a, b):
     return float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-30))
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q8_0"])
-@pytest.mark.parametrize("n_rows,n_cols", [(96, 4096), (577, 256), (1536, 640)])
+@pytest.mark.parametrize("name", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("n_rows,n_cols", [(96, 4096), (577, 256), (1536, 768)])
 @pytest.mark.parametrize("n_tok", [1, 3, 8])
 def test_mul_mat_vec_soa(name, n_rows, n_cols, n_tok):
     rng = np.random.default_rng([n_rows, n_cols, n_tok])
@@ -48,7 +54,7 @@ def test_mul_mat_vec_soa(name, n_rows, n_cols, n_tok):
     assert nerr(got, x.astype(np.float64) @ wf.T) < 2e-2  # and close to the unrounded product
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q8_0"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q8_0", "Q4_K"])
 def test_fused_rms_norm_and_swiglu(name):
     rng = np.random.default_rng(7)
     n_rows, n_cols, n_tok = 300, 512, 2

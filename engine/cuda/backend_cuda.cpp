@@ -152,7 +152,7 @@ class CudaBackend final : public cuda::CudaBackendApi {
     } else {
       check(cudaMemcpy(dst, host, bytes, cudaMemcpyHostToDevice), "copying weights to the GPU");
     }
-    soa_used_ |= soa;
+    soa_used_ |= soa || q4k_direct(type, n_cols, row_bytes, dst);
     Tensor t;
     t.layout = soa ? kLayoutSoa : 0;
     t.type = type;
@@ -261,7 +261,7 @@ class CudaBackend final : public cuda::CudaBackendApi {
   }
 
   void matmul_swiglu(const Tensor& wg, const Tensor& wu, const Tensor& x, Tensor& gate, Tensor& up) override {
-    if (x.ne[1] <= kMatVecTokens && wg.layout == kLayoutSoa && wu.layout == kLayoutSoa && wg.type == wu.type) {
+    if (x.ne[1] <= kMatVecTokens && q8s_path(wg) && q8s_path(wu) && wg.type == wu.type && wg.layout == wu.layout) {
       wrote(gate);
       ensure_q8s(x);
       const cuda::SoaJob js[2] = {{wg.data, wg.ne[1], gate.f32(), wg.ne[1]}, {wu.data, wu.ne[1], up.f32(), wu.ne[1]}};
@@ -279,14 +279,14 @@ class CudaBackend final : public cuda::CudaBackendApi {
       std::vector<int> other;
       for (int i = 0; i < n;) {
         const Projection& p0 = ps[i];
-        if (p0.w->layout != kLayoutSoa) {
+        if (!q8s_path(*p0.w)) {
           other.push_back(i++);
           continue;
         }
         ensure_q8s(x);
         cuda::SoaJob js[3];
         int m = 0;
-        while (i < n && m < 3 && ps[i].w->layout == kLayoutSoa && ps[i].w->type == p0.w->type &&
+        while (i < n && m < 3 && q8s_path(*ps[i].w) && ps[i].w->type == p0.w->type &&
                ps[i].add_to_y == p0.add_to_y) {
           js[m++] = cuda::SoaJob{ps[i].w->data, ps[i].w->ne[1], ps[i].y->f32(), ps[i].w->ne[1]};
           i++;
@@ -383,6 +383,16 @@ class CudaBackend final : public cuda::CudaBackendApi {
 
   static constexpr int64_t kMaxQ8Cols = 1 << 17;  // widest activation row of the mat-vec path
   static constexpr int kLayoutSoa = 1;             // Tensor::layout of repacked Q4_0 / Q8_0
+
+  // Q4_K matrices in their GGUF layout go through the q8s mat-vec as they are (16-byte aligned
+  // 144-byte super-blocks); EOQ_CUDA_REPACK=0 leaves them to the general kernel too.
+  bool q4k_direct(GGMLType type, int64_t n_cols, size_t row_bytes, const void* data) const {
+    return repack_ && type == GGMLType::Q4_K && n_cols % 256 == 0 && row_bytes % 16 == 0 && ((uintptr_t)data & 15) == 0;
+  }
+  // The weights the q8s mat-vec (matvec_soa.cu) reads: repacked Q4_0 / Q8_0, and Q4_K.
+  bool q8s_path(const Tensor& w) const {
+    return w.layout == kLayoutSoa || q4k_direct(w.type, w.ne[0], w.nb1, w.data);
+  }
 
   // q8s_ holds the q8s rows of the activation tensor at q8s_src_ (set by the fused RMSNorm or a
   // quantization; cleared by any op that writes that tensor and at each step's start).

@@ -44,6 +44,7 @@ struct Fmt<GGMLType::Q8_0> {
   static constexpr int kGguf = 34;   // f16 d, 32 int8
 };
 
+
 __device__ __forceinline__ int dp4a(int a, int b, int c) { return __dp4a(a, b, c); }
 
 // ---- repacking -------------------------------------------------------------------------------
@@ -267,9 +268,109 @@ __device__ __forceinline__ void load_w(const uint8_t* qs, int64_t blk, uint32_t*
 
 // Row r's dot with NT tokens' activations (tokens >= n_tok are skipped), the warp's lanes on
 // blocks lane, lane + 32, ...; result in lane 0 of acc[t].
+// Q4_K in its GGUF layout (super-block: f16 d, f16 dmin, 12 bytes of 6-bit sub-block scales and
+// mins, 128 bytes of nibbles; x = d·sc_s·q − dmin·m_s for sub-block s of 32), rows of whole,
+// 16-byte aligned super-blocks. Eight lanes per super-block (four super-blocks per warp step):
+// lane j holds quant bytes 16j..16j+15 = values 16(j%2)..+15 of sub-blocks 2(j/2) (low nibbles)
+// and 2(j/2)+1 (high nibbles), and dots them with the same halves of the activation blocks; the
+// minimum terms dmin·m_s·d_a·Σq_a use the q8s block sums, counted by the lanes of even j.
+// Byte k (0..11) of the scales, held in the header's words y, z, w (registers, not memory).
+__device__ __forceinline__ int q4k_byte(const uint4& hdr, int k) {
+  const uint32_t wd = k < 4 ? hdr.y : (k < 8 ? hdr.z : hdr.w);
+  return (int)((wd >> (8 * (k & 3))) & 0xff);
+}
+
+// Sub-block s's 6-bit scale and min (GGML's get_scale_min_k4).
+__device__ __forceinline__ void q4k_scale_min(const uint4& hdr, int s, int& scale, int& mn) {
+  if (s < 4) {
+    scale = q4k_byte(hdr, s) & 63;
+    mn = q4k_byte(hdr, s + 4) & 63;
+  } else {
+    scale = (q4k_byte(hdr, s + 4) & 15) | ((q4k_byte(hdr, s - 4) >> 6) << 4);
+    mn = (q4k_byte(hdr, s + 4) >> 4) | ((q4k_byte(hdr, s) >> 6) << 4);
+  }
+}
+
+template <int NT>
+__device__ __forceinline__ void row_dot_q4k(const Job& J, int64_t r, int64_t nsb, const uint8_t* __restrict__ xq,
+                                            int64_t xq_row, int n_tok, int lane, float* acc) {
+  constexpr int U = 2;  // super-block steps in flight
+  const uint8_t* row = J.qs + r * nsb * 144;
+  const int j = lane & 7, p = j >> 1, h = j & 1;
+  const int64_t n = nsb * 256;
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+  for (int64_t sb0 = lane >> 3; sb0 < nsb; sb0 += 4 * U) {
+    uint4 hdr[U], q[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int64_t sb = sb0 + 4 * u;
+      if (sb < nsb) {
+        hdr[u] = __ldg(reinterpret_cast<const uint4*>(row + sb * 144));  // d, dmin, scales[12]
+        q[u] = __ldcs(reinterpret_cast<const uint4*>(row + sb * 144 + 16) + j);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int64_t sb = sb0 + 4 * u;
+      if (sb >= nsb) break;
+      const uint32_t h0 = hdr[u].x;
+      const float d = __half2float(__ushort_as_half((unsigned short)(h0 & 0xffff)));
+      const float dmin = __half2float(__ushort_as_half((unsigned short)(h0 >> 16)));
+      int sc_lo, m_lo, sc_hi, m_hi;
+      q4k_scale_min(hdr[u], 2 * p, sc_lo, m_lo);
+      q4k_scale_min(hdr[u], 2 * p + 1, sc_hi, m_hi);
+      const uint32_t w[4] = {q[u].x, q[u].y, q[u].z, q[u].w};
+      const int64_t b_lo = sb * 8 + 2 * p, b_hi = b_lo + 1;  // activation blocks of 32
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        if (t >= n_tok) break;
+        const uint8_t* a = xq + t * xq_row;
+        const int4 al = __ldg(reinterpret_cast<const int4*>(a + b_lo * 32 + 16 * h));
+        const int4 ah = __ldg(reinterpret_cast<const int4*>(a + b_hi * 32 + 16 * h));
+        const int alw[4] = {al.x, al.y, al.z, al.w}, ahw[4] = {ah.x, ah.y, ah.z, ah.w};
+        int dl = 0, dh = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+          dl = dp4a((int)(w[k] & 0x0f0f0f0fu), alw[k], dl);
+          dh = dp4a((int)((w[k] >> 4) & 0x0f0f0f0fu), ahw[k], dh);
+        }
+        const float* da = reinterpret_cast<const float*>(a + n);
+        const float da_lo = __ldg(da + b_lo), da_hi = __ldg(da + b_hi);
+        float v = d * (da_lo * (float)(sc_lo * dl) + da_hi * (float)(sc_hi * dh));
+        if (h == 0) {
+          const int* sa = reinterpret_cast<const int*>(a + n + n / 32 * 4);
+          v -= dmin * (da_lo * (float)(m_lo * __ldg(sa + b_lo)) + da_hi * (float)(m_hi * __ldg(sa + b_hi)));
+        }
+        acc[t] += v;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; t++) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+  }
+}
+
+template <GGMLType T, int NT>
+__device__ __forceinline__ void row_dot_blocks(const Job& J, int64_t r, int64_t nb, const uint8_t* __restrict__ xq,
+                                               int64_t xq_row, int n_tok, int lane, float* acc);
+
 template <GGMLType T, int NT>
 __device__ __forceinline__ void row_dot(const Job& J, int64_t r, int64_t nb, const uint8_t* __restrict__ xq,
                                         int64_t xq_row, int n_tok, int lane, float* acc) {
+  if constexpr (T == GGMLType::Q4_K) {
+    row_dot_q4k<NT>(J, r, nb / 8, xq, xq_row, n_tok, lane, acc);
+    return;
+  } else {
+    row_dot_blocks<T, NT>(J, r, nb, xq, xq_row, n_tok, lane, acc);
+  }
+}
+
+template <GGMLType T, int NT>
+__device__ __forceinline__ void row_dot_blocks(const Job& J, int64_t r, int64_t nb, const uint8_t* __restrict__ xq,
+                                               int64_t xq_row, int n_tok, int lane, float* acc) {
   const uint8_t* qs = J.qs + r * nb * Fmt<T>::QB;
   const __half* d = J.d + r * nb;
 #pragma unroll
@@ -371,7 +472,8 @@ bool mul_mat_vec_soa(GGMLType type, const SoaJob* js, int n_jobs, int64_t n_cols
     const uint8_t* base = static_cast<const uint8_t*>(js[i].w);
     if ((uintptr_t)base & 15) return false;
     jobs.j[i].qs = base;
-    jobs.j[i].d = reinterpret_cast<const __half*>(base + js[i].n_rows * nb * (type == GGMLType::Q4_0 ? 16 : 32));
+    jobs.j[i].d = type == GGMLType::Q4_K ? nullptr  // Q4_K: its GGUF rows, scales inside the super-blocks
+                                         : reinterpret_cast<const __half*>(base + js[i].n_rows * nb * (type == GGMLType::Q4_0 ? 16 : 32));
     jobs.j[i].y = js[i].y;
     jobs.j[i].n_rows = js[i].n_rows;
     jobs.j[i].ldy = js[i].ldy;
@@ -385,6 +487,8 @@ bool mul_mat_vec_soa(GGMLType type, const SoaJob* js, int n_jobs, int64_t n_cols
   if (rows > (1 << 30)) return false;
   if (type == GGMLType::Q4_0) launch_nt<GGMLType::Q4_0>(jobs, n_cols / 32, static_cast<const uint8_t*>(xq), n_tok, accumulate, swiglu, (int)rows, s);
   else if (type == GGMLType::Q8_0) launch_nt<GGMLType::Q8_0>(jobs, n_cols / 32, static_cast<const uint8_t*>(xq), n_tok, accumulate, swiglu, (int)rows, s);
+  else if (type == GGMLType::Q4_K && n_cols % 256 == 0)
+    launch_nt<GGMLType::Q4_K>(jobs, n_cols / 32, static_cast<const uint8_t*>(xq), n_tok, accumulate, swiglu, (int)rows, s);
   else return false;
   return true;
 }
