@@ -1,4 +1,4 @@
-"""The repacked Q4_0 / Q8_0 decode products (kernels/cuda/matvec_soa.cu) against NumPy: the
+"""The q8s decode products (repacked Q4_0 / Q8_0 / Q6_K, Q4_K as it is) (kernels/cuda/matvec_soa.cu) against NumPy: the
 activations quantized as the kernel's q8s format specifies (the CPU's Q8_0 rounding), the dots
 in float64 over the dequantized weights; the fused RMSNorm + quantization and the fused SwiGLU;
 and the repacked layout's f16 dequantization (prefill tiles) bit for bit."""
@@ -11,11 +11,11 @@ gguf = pytest.importorskip("gguf")
 REASON = _core.cuda.unavailable_reason(0)
 pytestmark = pytest.mark.skipif(bool(REASON), reason=f"no usable GPU: {REASON}")
 QT = {"Q4_0": gguf.GGMLQuantizationType.Q4_0, "Q8_0": gguf.GGMLQuantizationType.Q8_0,
-      "Q4_K": gguf.GGMLQuantizationType.Q4_K}
+      "Q4_K": gguf.GGMLQuantizationType.Q4_K, "Q6_K": gguf.GGMLQuantizationType.Q6_K}
 
 
 def weights(rng, name, n_rows, n_cols):
-    if name == "Q4_K":  # gguf cannot quantize K-quants: valid random super-blocks
+    if name in ("Q4_K", "Q6_K"):  # gguf cannot quantize K-quants: valid random super-blocks
         from test_cuda_matvec import random_weights
 
         q = random_weights(rng, name, n_rows, n_cols)
@@ -40,7 +40,7 @@ def nerr(a, b):
     return float(np.linalg.norm(a - b) / (np.linalg.norm(b) + 1e-30))
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
 @pytest.mark.parametrize("n_rows,n_cols", [(96, 4096), (577, 256), (1536, 768)])
 @pytest.mark.parametrize("n_tok", [1, 3, 8])
 def test_mul_mat_vec_soa(name, n_rows, n_cols, n_tok):
@@ -54,7 +54,7 @@ def test_mul_mat_vec_soa(name, n_rows, n_cols, n_tok):
     assert nerr(got, x.astype(np.float64) @ wf.T) < 2e-2  # and close to the unrounded product
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q8_0", "Q4_K", "Q6_K"])
 def test_fused_rms_norm_and_swiglu(name):
     rng = np.random.default_rng(7)
     n_rows, n_cols, n_tok = 300, 512, 2
@@ -74,10 +74,13 @@ def test_fused_rms_norm_and_swiglu(name):
     assert nerr(got, ref) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q8_0"])
+@pytest.mark.parametrize("name", ["Q4_0", "Q8_0", "Q6_K"])
 def test_dequantize_soa_bits(name):
     rng = np.random.default_rng(3)
-    q, wf = weights(rng, name, 40, 384)
-    got = _core.cuda.dequantize_soa(int(QT[name]), q, 384, 5, 30)
+    q, wf = weights(rng, name, 40, 512)
+    got = _core.cuda.dequantize_soa(int(QT[name]), q, 512, 5, 30)
     want = wf[5:35].astype(np.float32).astype(np.float16).astype(np.float32)
-    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    if name == "Q6_K":  # d·sc·q: the float product's order may differ from gguf's by an ulp
+        np.testing.assert_allclose(got, want, rtol=2 ** -10, atol=0)
+    else:
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))

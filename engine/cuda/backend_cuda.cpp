@@ -140,9 +140,11 @@ class CudaBackend final : public cuda::CudaBackendApi {
     }
     uint8_t* dst = static_cast<uint8_t*>(weights_.back()->data()) + weights_used_;
     weights_used_ += need;
-    // Q4_0 / Q8_0 matrices are repacked into quant and scale planes (matvec_soa.cu) for the
-    // decode products' aligned loads; EOQ_CUDA_REPACK=0 keeps the GGUF rows.
-    const bool soa = repack_ && (type == GGMLType::Q4_0 || type == GGMLType::Q8_0) && n_cols % 128 == 0 && n_rows > 1;
+    // Q4_0 / Q8_0 / Q6_K matrices are repacked into quant and scale planes (matvec_soa.cu) for
+    // the decode products' aligned loads; EOQ_CUDA_REPACK=0 keeps the GGUF rows.
+    const bool soa = repack_ && n_rows > 1 &&
+                     (((type == GGMLType::Q4_0 || type == GGMLType::Q8_0) && n_cols % 128 == 0) ||
+                      (type == GGMLType::Q6_K && n_cols % 256 == 0));
     if (soa) {
       Scratch raw;
       raw.reserve(bytes);
@@ -382,14 +384,14 @@ class CudaBackend final : public cuda::CudaBackendApi {
   static constexpr int kMaxStageTokens = 4096;
 
   static constexpr int64_t kMaxQ8Cols = 1 << 17;  // widest activation row of the mat-vec path
-  static constexpr int kLayoutSoa = 1;             // Tensor::layout of repacked Q4_0 / Q8_0
+  static constexpr int kLayoutSoa = 1;             // Tensor::layout of repacked Q4_0 / Q8_0 / Q6_K
 
   // Q4_K matrices in their GGUF layout go through the q8s mat-vec as they are (16-byte aligned
   // 144-byte super-blocks); EOQ_CUDA_REPACK=0 leaves them to the general kernel too.
   bool q4k_direct(GGMLType type, int64_t n_cols, size_t row_bytes, const void* data) const {
     return repack_ && type == GGMLType::Q4_K && n_cols % 256 == 0 && row_bytes % 16 == 0 && ((uintptr_t)data & 15) == 0;
   }
-  // The weights the q8s mat-vec (matvec_soa.cu) reads: repacked Q4_0 / Q8_0, and Q4_K.
+  // The weights the q8s mat-vec (matvec_soa.cu) reads: repacked Q4_0 / Q8_0 / Q6_K, and Q4_K.
   bool q8s_path(const Tensor& w) const {
     return w.layout == kLayoutSoa || q4k_direct(w.type, w.ne[0], w.nb1, w.data);
   }

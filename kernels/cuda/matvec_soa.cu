@@ -62,9 +62,32 @@ __global__ void repack_kernel(const uint8_t* __restrict__ src, size_t row_bytes,
   for (int j = 0; j < Fmt<T>::QB; j++) q[j] = blk[2 + j];
 }
 
+// Q6_K (210-byte super-blocks, 2-byte aligned in a row) in four planes over the N = n_rows·n_cols/256
+// super-blocks of the matrix: ql [N][128], qh [N][64], scales [N][16] (int8), d [N] (f16); each
+// plane 16-byte aligned, the whole the GGUF size. One thread per super-block.
+__global__ void repack_q6k_kernel(const uint8_t* __restrict__ src, size_t row_bytes, int64_t nsb, int64_t n_rows,
+                                  uint8_t* __restrict__ dst) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t N = nsb * n_rows;
+  if (i >= N) return;
+  const uint8_t* blk = src + (i / nsb) * row_bytes + (i % nsb) * 210;
+  for (int k = 0; k < 128; k++) dst[i * 128 + k] = blk[k];
+  for (int k = 0; k < 64; k++) dst[N * 128 + i * 64 + k] = blk[128 + k];
+  for (int k = 0; k < 16; k++) dst[N * 192 + i * 16 + k] = blk[192 + k];
+  dst[N * 208 + i * 2] = blk[208];
+  dst[N * 208 + i * 2 + 1] = blk[209];
+}
+
 bool repack_soa(GGMLType type, const void* src, size_t row_bytes, int64_t n_cols, int64_t n_rows, void* dst,
                 cudaStream_t s) {
   if (n_cols % 32 || ((uintptr_t)dst & 15)) return false;
+  if (type == GGMLType::Q6_K) {
+    if (n_cols % 256) return false;
+    const int64_t N = n_cols / 256 * n_rows;
+    if (N) repack_q6k_kernel<<<(unsigned)((N + 127) / 128), 128, 0, s>>>(static_cast<const uint8_t*>(src), row_bytes,
+                                                                     n_cols / 256, n_rows, static_cast<uint8_t*>(dst));
+    return true;
+  }
   const int64_t nb = n_cols / 32, n = nb * n_rows;
   const unsigned grid = (unsigned)((n + 255) / 256);
   uint8_t* out = static_cast<uint8_t*>(dst);
@@ -353,6 +376,86 @@ __device__ __forceinline__ void row_dot_q4k(const Job& J, int64_t r, int64_t nsb
   }
 }
 
+// Q6_K repacked (repack_q6k_kernel's planes): x = d·sc_s·(q − 32), q = 4 low bits from ql and 2
+// high bits from qh, sub-blocks of 16 (GGML's layout: in half hf of 128 values, value l of quarter
+// k (32 values) takes ql[64hf + l + 32(k&1)] (low nibble for k < 2, high for k >= 2), bits 2k of
+// qh[32hf + l] and scale sc[8hf + l/16 + 2k]). Eight lanes per super-block: lane j holds ql bytes
+// 64hf + 16(j%4) .. +15 (hf = j/4) = 16 values of two quarters A (k = 0 or 1) and A + 2, with the
+// matching 16 qh bytes; the 6-bit quants minus 32 become signed bytes for signed dp4a dots.
+__device__ __forceinline__ int sbyte(const uint4& v, int k) {  // signed byte k (0..15) of v
+  const uint32_t wd = k < 4 ? v.x : (k < 8 ? v.y : (k < 12 ? v.z : v.w));
+  return (int)(int8_t)((wd >> (8 * (k & 3))) & 0xff);
+}
+
+template <int NT>
+__device__ __forceinline__ void row_dot_q6k(const Job& J, int64_t r, int64_t nsb, const uint8_t* __restrict__ xq,
+                                            int64_t xq_row, int n_tok, int lane, float* acc) {
+  constexpr int U = 2;
+  const int64_t N = J.n_rows * nsb;
+  const uint8_t* ql = J.qs;
+  const uint8_t* qh = ql + N * 128;
+  const uint8_t* scp = ql + N * 192;
+  const __half* dp = reinterpret_cast<const __half*>(ql + N * 208);
+  const int j = lane & 7, hf = j >> 2, l0 = 16 * (j & 3), A = (j & 3) >> 1, lm = l0 & 31, shA = 2 * A;
+  const int sA = 8 * hf + lm / 16 + 2 * A;  // scales of quarters A and A + 2: sA, sA + 4
+  const int64_t n = nsb * 256;
+#pragma unroll
+  for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+  for (int64_t sb0 = lane >> 3; sb0 < nsb; sb0 += 4 * U) {
+    uint4 qlv[U], qhv[U], scv[U];
+    float d[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int64_t sb = sb0 + 4 * u;
+      if (sb < nsb) {
+        const int64_t i = r * nsb + sb;
+        qlv[u] = __ldcs(reinterpret_cast<const uint4*>(ql + i * 128 + 64 * hf + l0));
+        qhv[u] = __ldcs(reinterpret_cast<const uint4*>(qh + i * 64 + 32 * hf + lm));
+        scv[u] = __ldg(reinterpret_cast<const uint4*>(scp + i * 16));
+        d[u] = __half2float(dp[i]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int64_t sb = sb0 + 4 * u;
+      if (sb >= nsb) break;
+      const uint32_t lw[4] = {qlv[u].x, qlv[u].y, qlv[u].z, qlv[u].w};
+      const uint32_t hw[4] = {qhv[u].x, qhv[u].y, qhv[u].z, qhv[u].w};
+      int wa[4], wb[4];
+#pragma unroll
+      for (int k = 0; k < 4; k++) {
+        const uint32_t a = (lw[k] & 0x0f0f0f0fu) | (((hw[k] >> shA) & 0x03030303u) << 4);
+        const uint32_t b = ((lw[k] >> 4) & 0x0f0f0f0fu) | (((hw[k] >> (shA + 4)) & 0x03030303u) << 4);
+        wa[k] = (int)__vsub4(a, 0x20202020u);
+        wb[k] = (int)__vsub4(b, 0x20202020u);
+      }
+      const float scA = (float)sbyte(scv[u], sA), scB = (float)sbyte(scv[u], sA + 4);
+      const int64_t bA = sb * 8 + 4 * hf + A, bB = bA + 2;  // activation blocks of 32
+#pragma unroll
+      for (int t = 0; t < NT; t++) {
+        if (t >= n_tok) break;
+        const uint8_t* a = xq + t * xq_row;
+        const int4 aa = __ldg(reinterpret_cast<const int4*>(a + bA * 32 + lm));
+        const int4 ab = __ldg(reinterpret_cast<const int4*>(a + bB * 32 + lm));
+        const int aw[4] = {aa.x, aa.y, aa.z, aa.w}, bw[4] = {ab.x, ab.y, ab.z, ab.w};
+        int dA = 0, dB = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+          dA = dp4a(wa[k], aw[k], dA);
+          dB = dp4a(wb[k], bw[k], dB);
+        }
+        const float* da = reinterpret_cast<const float*>(a + n);
+        acc[t] += d[u] * (scA * __ldg(da + bA) * (float)dA + scB * __ldg(da + bB) * (float)dB);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; t++) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+  }
+}
+
 template <GGMLType T, int NT>
 __device__ __forceinline__ void row_dot_blocks(const Job& J, int64_t r, int64_t nb, const uint8_t* __restrict__ xq,
                                                int64_t xq_row, int n_tok, int lane, float* acc);
@@ -362,6 +465,9 @@ __device__ __forceinline__ void row_dot(const Job& J, int64_t r, int64_t nb, con
                                         int64_t xq_row, int n_tok, int lane, float* acc) {
   if constexpr (T == GGMLType::Q4_K) {
     row_dot_q4k<NT>(J, r, nb / 8, xq, xq_row, n_tok, lane, acc);
+    return;
+  } else if constexpr (T == GGMLType::Q6_K) {
+    row_dot_q6k<NT>(J, r, nb / 8, xq, xq_row, n_tok, lane, acc);
     return;
   } else {
     row_dot_blocks<T, NT>(J, r, nb, xq, xq_row, n_tok, lane, acc);
@@ -472,7 +578,8 @@ bool mul_mat_vec_soa(GGMLType type, const SoaJob* js, int n_jobs, int64_t n_cols
     const uint8_t* base = static_cast<const uint8_t*>(js[i].w);
     if ((uintptr_t)base & 15) return false;
     jobs.j[i].qs = base;
-    jobs.j[i].d = type == GGMLType::Q4_K ? nullptr  // Q4_K: its GGUF rows, scales inside the super-blocks
+    jobs.j[i].d = type == GGMLType::Q4_K || type == GGMLType::Q6_K
+                      ? nullptr  // the K-quants' scales sit inside their super-blocks / planes
                                          : reinterpret_cast<const __half*>(base + js[i].n_rows * nb * (type == GGMLType::Q4_0 ? 16 : 32));
     jobs.j[i].y = js[i].y;
     jobs.j[i].n_rows = js[i].n_rows;
@@ -489,6 +596,8 @@ bool mul_mat_vec_soa(GGMLType type, const SoaJob* js, int n_jobs, int64_t n_cols
   else if (type == GGMLType::Q8_0) launch_nt<GGMLType::Q8_0>(jobs, n_cols / 32, static_cast<const uint8_t*>(xq), n_tok, accumulate, swiglu, (int)rows, s);
   else if (type == GGMLType::Q4_K && n_cols % 256 == 0)
     launch_nt<GGMLType::Q4_K>(jobs, n_cols / 32, static_cast<const uint8_t*>(xq), n_tok, accumulate, swiglu, (int)rows, s);
+  else if (type == GGMLType::Q6_K && n_cols % 256 == 0)
+    launch_nt<GGMLType::Q6_K>(jobs, n_cols / 32, static_cast<const uint8_t*>(xq), n_tok, accumulate, swiglu, (int)rows, s);
   else return false;
   return true;
 }
@@ -541,10 +650,55 @@ __global__ void dequant_soa_kernel(const uint8_t* __restrict__ qs, const __half*
   }
 }
 
+// Q6_K planes -> values, one thread per 8 consecutive values (same quarter, same scale).
+template <typename Out>
+__global__ void dequant_q6k_kernel(const uint8_t* __restrict__ base, int64_t nsb, int64_t n_all_rows, int64_t r0,
+                                   int64_t n_rows, const int32_t* ids, Out* out) {
+  const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;  // (row, super-block, eighth of 32)
+  if (e >= n_rows * nsb * 32) return;
+  const int64_t rr = e / (nsb * 32), sb = (e / 32) % nsb;
+  const int v0 = (int)(e & 31) * 8;  // first value in the super-block
+  Out* o = out + rr * nsb * 256 + sb * 256 + v0;
+  int64_t r = r0 + rr;
+  float v[8];
+  if (ids && (ids[rr] < 0 || ids[rr] >= n_all_rows)) {
+    for (int k = 0; k < 8; k++) v[k] = 0.0f;
+  } else {
+    if (ids) r = ids[rr];
+    const int64_t N = n_all_rows * nsb, i = r * nsb + sb;
+    const uint8_t* ql = base + i * 128;
+    const uint8_t* qh = base + N * 128 + i * 64;
+    const int8_t* sc = reinterpret_cast<const int8_t*>(base + N * 192 + i * 16);
+    const float d = __half2float(reinterpret_cast<const __half*>(base + N * 208)[i]);
+    const int hf = v0 / 128, k = (v0 % 128) / 32, l = v0 % 32;
+    const float ds = d * (float)sc[8 * hf + l / 16 + 2 * k];
+    for (int m = 0; m < 8; m++) {
+      const uint8_t b = ql[64 * hf + l + m + 32 * (k & 1)];
+      const int q = ((k < 2 ? b & 15 : b >> 4) | (((qh[32 * hf + l + m] >> (2 * k)) & 3) << 4)) - 32;
+      v[m] = ds * (float)q;
+    }
+  }
+  if constexpr (sizeof(Out) == 2) {
+    __align__(16) __half h[8];
+    for (int m = 0; m < 8; m++) h[m] = __float2half_rn(v[m]);
+    *reinterpret_cast<uint4*>(o) = *reinterpret_cast<const uint4*>(h);
+  } else {
+    reinterpret_cast<float4*>(o)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(o)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  }
+}
+
 template <typename Out>
 bool dequant_soa(GGMLType type, const void* w, int64_t n_cols, int64_t n_all_rows, int64_t r0, int64_t n_rows,
                  const int32_t* ids, Out* out, cudaStream_t s) {
   if (n_cols % 32 || ((uintptr_t)out & 15)) return false;
+  if (type == GGMLType::Q6_K) {
+    if (n_cols % 256) return false;
+    const int64_t m = n_rows * (n_cols / 256) * 32;
+    if (m) dequant_q6k_kernel<Out><<<(unsigned)((m + 255) / 256), 256, 0, s>>>(static_cast<const uint8_t*>(w), n_cols / 256,
+                                                                            n_all_rows, r0, n_rows, ids, out);
+    return true;
+  }
   const int64_t nb = n_cols / 32, n = n_rows * nb * 4;
   if (n == 0) return true;
   const uint8_t* base = static_cast<const uint8_t*>(w);
