@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from eoq import _core
-from test_kernels import DQ_TYPES, misaligned, random_row, rng
+from test_kernels import DQ_TYPES, assert_same_bits, misaligned, random_fp16_bits, random_row, rng
 
 # SIMD tables this build can have; a CPU without one skips its tests with the reason.
 SIMD_ISAS = ["avx2", "avx512vnni"]
@@ -269,3 +269,83 @@ def test_simd_vec_dot_matches_scalar(isa, type_name):
             for t, i in [(0, 0), (nt - 1, nr - 1), (nt // 2, nr // 2)]:
                 one = _core.k_vec_dot(isa, type_name, w[i], 1, a[t], 1, n)
                 assert one.view(np.uint32)[0, 0] == got.view(np.uint32)[t, i], (n, nr, nt, t, i)
+
+
+# ---- (d) the AVX512-VNNI K-quant kernels (kernels/cpu/avx512vnni_dot.cpp) ----
+#
+# Q4_K, Q5_K and Q6_K run a whole super-block per row in four zmm (vpmaddubsw + vpdpwssd with the
+# sub-block scales in integers), two rows per float accumulator register; the file claims the
+# AVX2 table's bits for every nr, nt and alignment. Q2_K/Q3_K compute the reference's integers
+# with AVX-512 and its float steps in its order: the scalar table's bits, which the AVX2 table
+# (the scalar reference for these two) also has.
+
+K_QUANTS = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+K_ROW_COUNTS = [1, 2, 3, 4, 5, 7, 13, 33]
+
+
+def extreme_row(r, type_name, n):
+    """A row whose quant and scale bytes are all 0x00, 0xff, 0x80 or 0x7f (the largest 4/5/6-bit
+    quants, 6-bit scales and mins 63, Q6_K scales -128 and 127), with finite fp16 scale fields."""
+    bs, size, fields = DQ_TYPES[type_name]
+    nb = n // bs
+    raw = r.choice(np.array([0x00, 0xFF, 0x80, 0x7F], np.uint8), (nb, size))
+    raw[r.random((nb, size)) < 0.5] = 0xFF
+    for off in fields:
+        raw[:, off:off + 2] = random_fp16_bits(r, nb).view(np.uint8).reshape(nb, 2)
+    return raw.reshape(-1)
+
+
+def extreme_act(r, n):
+    """A Q8_K row of quants ±127 (and some -128: the kernels take any int8), consistent bsums."""
+    out = []
+    for _ in range(n // 256):
+        q = r.choice(np.array([127, -127, -128, 127], np.int8), 256)
+        d = np.float32(r.uniform(0.5, 2.0) * 10.0 ** r.uniform(-3, 3))
+        out += [d.tobytes(), q.tobytes(), q.reshape(16, 16).astype(np.int64).sum(1).astype("<i2").tobytes()]
+    return b"".join(out)
+
+
+def check_k_call(isa, type_name, w, a, n):
+    nr, nt = len(w), len(a)
+    wb, ab = np.concatenate(w), np.frombuffer(b"".join(a), np.uint8)
+    want = _core.k_vec_dot("scalar", type_name, wb, nr, ab, nt, n)
+    got = _core.k_vec_dot(isa, type_name, misaligned(wb), nr, misaligned(ab), nt, n)
+    assert got.shape == (nt, nr)
+    if "avx2" in _core.available_isas():  # the AVX2 table's bits
+        ref2 = _core.k_vec_dot("avx2", type_name, wb, nr, ab, nt, n)
+        assert_same_bits(got, ref2, f"{isa} vs avx2 {type_name} n={n} nr={nr} nt={nt}")
+    for t in range(nt):
+        for i in range(nr):
+            _, mag = expected_dot(type_name, w[i], "Q8_K", a[t], n)
+            assert abs(float(got[t, i]) - float(want[t, i])) <= 4e-6 * mag + 1e-30, (type_name, n, nr, nt, t, i)
+    # each entry is the 1 x 1 call's bits (the tile, the pairing of an odd row, the token group
+    # do not matter)
+    for t in range(nt):
+        for i in sorted({0, nr // 2, nr - 1}):
+            one = _core.k_vec_dot(isa, type_name, misaligned(w[i]), 1, misaligned(np.frombuffer(a[t], np.uint8)), 1, n)
+            assert one.view(np.uint32)[0, 0] == got.view(np.uint32)[t, i], (type_name, n, nr, nt, t, i)
+
+
+@pytest.mark.parametrize("type_name", K_QUANTS)
+def test_vnni_k_quants_match_avx2_bits_and_scalar(type_name):
+    need("avx512vnni")
+    r = rng()
+    for n in [256, 768, 2048]:
+        for nr in K_ROW_COUNTS:
+            for nt in range(1, 6):
+                w = [random_row(r, type_name, n) for _ in range(nr)]
+                a = [_core.k_quantize_act("scalar", "Q8_K", random_activations(r, n)) for _ in range(nt)]
+                check_k_call("avx512vnni", type_name, w, a, n)
+
+
+@pytest.mark.parametrize("type_name", K_QUANTS)
+def test_vnni_k_quants_extreme_integers(type_name):
+    # the largest quants, scales and mins against ±127/-128 activations: the int16 pair sums and
+    # int32 block sums must stay exact (no saturation) on every path
+    need("avx512vnni")
+    r = rng()
+    for n in [256, 1024]:
+        for nr, nt in [(1, 1), (4, 1), (7, 1), (5, 3), (9, 5)]:
+            w = [extreme_row(r, type_name, n) for _ in range(nr)]
+            a = [extreme_act(r, n) for _ in range(nt)]
+            check_k_call("avx512vnni", type_name, w, a, n)
