@@ -1,6 +1,7 @@
 // The CPU backend: today's kernel table (kernels/kernels.h, chosen from CPUID) and thread pool
 // behind the Backend interface. Weights stay in the mapped GGUF file; every op computes what the
 // forward pass computed before the seam, in the same order, so the bits are unchanged.
+#include <algorithm>
 #include <cstring>
 #include <unistd.h>
 #include <limits>
@@ -91,8 +92,13 @@ class CpuBackend final : public Backend {
   void matmul(const Projection* ps, int n, const Tensor& x) override {
     // Products that add to y go through a scratch row block, then y += it: the order of the
     // forward pass before the seam (and of ggml's mul_mat + add).
-    std::vector<WeightView> ws(n);
-    std::vector<MatmulJob> jobs(n);
+    constexpr int kMax = 8;  // the forward pass groups at most 3
+    if (n > kMax) {
+      for (int i = 0; i < n; i += kMax) matmul(ps + i, std::min(kMax, n - i), x);
+      return;
+    }
+    WeightView ws[kMax];
+    MatmulJob jobs[kMax];
     size_t tmp_floats = 0;
     for (int i = 0; i < n; i++)
       if (ps[i].add_to_y) tmp_floats += (size_t)ps[i].y->ne[0] * x.ne[1];
@@ -107,7 +113,7 @@ class CpuBackend final : public Backend {
       }
       jobs[i] = MatmulJob{&ws[i], y, 0};
     }
-    matmul_group(jobs.data(), n, x.f32(), x.ne[1], pool_);
+    matmul_group(jobs, n, x.f32(), x.ne[1], pool_);
     for (int i = 0; i < n; i++)
       if (ps[i].add_to_y) {
         const size_t m = (size_t)ps[i].y->ne[0] * x.ne[1];
