@@ -68,6 +68,16 @@ int main(int argc, char** argv) {
   eoq_model* bad2 = NULL;
   if (eoq_model_load(argv[1], &p, &bad2) != EOQ_ERR_INVALID_ARG || bad2 != NULL) return 19;
   fprintf(stderr, "bad kv: %s\n", eoq_last_error());
+
+  /* the device field: a bad name is invalid_arg; cuda where it cannot run is unsupported */
+  p.kv = "f16";
+  p.device = "tpu";
+  if (eoq_model_load(argv[1], &p, &bad2) != EOQ_ERR_INVALID_ARG || bad2 != NULL) return 20;
+  fprintf(stderr, "bad device: %s\n", eoq_last_error());
+  p.device = "cuda:63";
+  eoq_status sc = eoq_model_load(argv[1], &p, &bad2);
+  if (sc != EOQ_ERR_UNSUPPORTED || bad2 != NULL) return 21;
+  fprintf(stderr, "cuda:63: %s\n", eoq_last_error());
   return 0;
 }
 """
@@ -112,3 +122,5 @@ def test_c_program_generates_text(c_program, smollm2_path):
     assert "top_p" in err
     assert "eoq2 generated " in err
     assert "bad kv: " in err and "'ring'" in err and "key=value" in err
+    assert "bad device: device 'tpu' is not one of cpu, cuda, cuda:N" in err
+    assert "cuda:63: " in err and "not available" in err
