@@ -50,10 +50,8 @@ class CpuBackend final : public Backend {
     return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : std::numeric_limits<size_t>::max();
   }
   size_t kv_cache_reserve_bytes(const KVCacheParams& params, const KVCacheShape& s) const override {
-    // the exact caches allocate [n_layer][n_head_kv][n_ctx][head_dim] for K and V up front
-    const size_t per = (size_t)s.n_layer * s.n_head_kv * (size_t)s.n_ctx * s.head_dim;
-    if (params.mode == "f16") return 2 * per * sizeof(uint16_t);
-    if (params.mode == "f32") return 2 * per * sizeof(float);
+    if (params.mode == "f16") return exact_kv_cache_bytes(s, sizeof(uint16_t));
+    if (params.mode == "f32") return exact_kv_cache_bytes(s, sizeof(float));
     return 0;  // the compressed caches grow with the tokens
   }
   std::unique_ptr<Buffer> alloc(size_t bytes, const std::string& what) override {

@@ -42,7 +42,7 @@ Engine::Engine(const EngineParams& p) {
   backend_->check_fits(weights + backend_->kv_cache_reserve_bytes(p.kv, shape) + scratch,
                        "the model with a " + p.kv.mode + " cache of " + std::to_string(n_ctx_) + " tokens");
   try {
-    model_ = load_model(*file_, *backend_);
+    model_ = load_model(*file_, c, *backend_);
     model_->set_max_batch((int)batch);
     kv_ = backend_->make_kv_cache(p.kv, shape);
   } catch (const std::bad_alloc&) {

@@ -97,6 +97,12 @@ class KVCache {
   static uint64_t next_serial();
 };
 
+// Bytes of an exact cache's K and V storage, [n_layer][n_head_kv][n_ctx][head_dim] each, allocated
+// up front (value_bytes: 2 for f16, 4 for f32).
+inline size_t exact_kv_cache_bytes(const KVCacheShape& s, size_t value_bytes) {
+  return 2 * (size_t)s.n_layer * s.n_head_kv * (size_t)s.n_ctx * s.head_dim * value_bytes;
+}
+
 // A cache over host memory, computing on a thread pool (the CPU backend's caches). The same
 // contracts as KVCache, on host rows: k, v [n][n_head_kv][head_dim], q, out [n][n_head][head_dim].
 class HostKVCache : public KVCache {

@@ -37,7 +37,7 @@ class ExactKVCache final : public HostKVCache {
     v_.reset(new (std::nothrow) T[per]);
     if (!k_ || !v_)
       fail(ErrorCode::invalid_arg, std::string("the ") + name + " KV cache of " + std::to_string(s.n_ctx) + " tokens needs " +
-                                       std::to_string(2 * per * sizeof(T)) + " bytes, which cannot be allocated: lower n_ctx (-c)");
+                                       std::to_string(exact_kv_cache_bytes(s, sizeof(T))) + " bytes, which cannot be allocated: lower n_ctx (-c)");
     n_.assign(s.n_layer, 0);
   }
 

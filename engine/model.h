@@ -69,8 +69,9 @@ class Model {
 ModelConfig read_model_config(const GGUFFile& f);
 // Bytes the weights take on a backend's device (what load_model will place there).
 size_t model_weight_bytes(const GGUFFile& f);
-// The model of `f`'s architecture with its weights on `be` (checks every tensor's presence,
-// shape and type first; unsupported types name the tensor). f and be must outlive the model.
-std::unique_ptr<Model> load_model(const GGUFFile& f, Backend& be);
+// The model of `f`'s architecture (cfg: read_model_config(f)) with its weights on `be` (checks
+// every tensor's presence, shape and type first; unsupported types name the tensor). f and be
+// must outlive the model.
+std::unique_ptr<Model> load_model(const GGUFFile& f, const ModelConfig& cfg, Backend& be);
 
 }  // namespace eoq

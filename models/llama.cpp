@@ -96,9 +96,11 @@ size_t model_weight_bytes(const GGUFFile& f) {
   return n;
 }
 
-std::unique_ptr<Model> load_model(const GGUFFile& f, Backend& be) { return std::make_unique<LlamaModel>(f, be); }
+std::unique_ptr<Model> load_model(const GGUFFile& f, const ModelConfig& cfg, Backend& be) {
+  return std::make_unique<LlamaModel>(f, cfg, be);
+}
 
-LlamaModel::LlamaModel(const GGUFFile& f, Backend& be) : be_(be), cfg_(llama_config_from_gguf(f)) {
+LlamaModel::LlamaModel(const GGUFFile& f, const LlamaConfig& cfg, Backend& be) : be_(be), cfg_(cfg) {
   const LlamaConfig& c = cfg_;
   const int64_t q_dim = (int64_t)c.n_head * c.head_dim, kv_dim = (int64_t)c.n_head_kv * c.head_dim;
   // Every tensor is checked before any is placed on the device.

@@ -29,7 +29,8 @@ struct LlamaLayer {
 
 class LlamaModel final : public Model {
  public:
-  LlamaModel(const GGUFFile& f, Backend& be);
+  // cfg: llama_config_from_gguf(f), read once by the caller
+  LlamaModel(const GGUFFile& f, const LlamaConfig& cfg, Backend& be);
 
   const LlamaConfig& config() const override { return cfg_; }
   void forward(const int32_t* tokens, int n, int pos0, KVCache& kv, float* logits, bool all_logits) override;

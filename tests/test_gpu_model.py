@@ -159,7 +159,8 @@ def _greedy(core, toks, n):
 def test_smollm2_greedy_text_gpu_vs_cpu():
     # Greedy decoding amplifies any float difference once two candidates are close: on this CPU the
     # f16 and f32 caches of the full SmolLM2 already part within 32 tokens on 7 of these 8 prompts
-    # (on the 10-block cut, 1 of 8), at CPU logit margins up to 0.36. The GPU differs from the CPU's
+    # (on the 10-block cut, 1 of 8), at CPU logit margins up to 0.36 (tools/greedy_agreement.py
+    # --a cpu:f16 --b cpu:f32 reproduces it). The GPU differs from the CPU's
     # f16 cache by about as much (float attention accumulators where the CPU keeps ggml's f16 ones,
     # another summation order). So the strict checks are teacher-forced: fed the CPU's greedy
     # tokens, the GPU picks the same next token at >= 95% of the steps (measured on the H200: 254 of
