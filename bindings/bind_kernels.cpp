@@ -7,6 +7,7 @@
 #include "base/error.h"
 #include "base/ggml_type.h"
 #include "kernels/kernels.h"
+#include "kernels/turboquant.h"
 #include "kernels/quant_dot.h"
 
 namespace py = pybind11;
@@ -207,6 +208,13 @@ void bind_kernels(py::module_& m) {
     if (tab.size() != (py::ssize_t)1 << bits) bad("table must hold 2^bits values");
     py::array_t<float> out(n);
     table(isa).decode_codes(codes.data(), n, bits, tab.data(), out.mutable_data());
+    return out;
+  });
+  // out[t] = the f16 bits of 8-bit log-domain norm codes[t] under shift (kernels.h decode_log_norms)
+  m.def("k_decode_log_norms", [](const std::string& isa, u8 codes, int shift) {
+    if (shift < eoq::kLogNormMinShift || shift > eoq::kLogNormMaxShift) bad("shift must be in [-6, 15]");
+    py::array_t<uint16_t> out(codes.size());
+    table(isa).decode_log_norms(codes.data(), codes.size(), shift, out.mutable_data());
     return out;
   });
   m.def("k_max_f32", [](const std::string& isa, f32 x) { return table(isa).max_f32(x.data(), x.size()); });

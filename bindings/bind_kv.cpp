@@ -131,8 +131,8 @@ py::dict seal_to_dict(const float* X, int n, int d, const eoq::SealParams& sp) {
   if (blk.kind == eoq::SealedBlock::compressed) {
     const eoq::TurboRowCodec codec(d, blk.bits);
     for (int t = 0; t < n; t++) {
-      codec.decode(blk.codes.data() + t * blk.code_bytes(), blk.norms[t], &res[(size_t)t * d]);
-      norms[t] = eoq::fp16_to_fp32(blk.norms[t]);
+      codec.decode(blk.codes.data() + t * blk.code_bytes(), blk.norm_f16((int)t), &res[(size_t)t * d]);
+      norms[t] = eoq::fp16_to_fp32(blk.norm_f16((int)t));
       for (int j = 0; j < d; j++) codes[(size_t)t * d + j] = (float)eoq::get_bits(blk.codes.data() + t * blk.code_bytes(), j, blk.bits);
     }
     if (blk.rank > 0) {
@@ -162,7 +162,9 @@ py::dict seal_to_dict(const float* X, int n, int d, const eoq::SealParams& sp) {
   py::array_t<uint8_t> c({(py::ssize_t)n, (py::ssize_t)d});
   for (size_t i = 0; i < nd; i++) c.mutable_data()[i] = (uint8_t)codes[i];
   out["codes"] = c;
-  out["norms"] = norms;
+  out["norms"] = norms;  // decoded f16 values, whichever way they are stored
+  out["norm_codes"] = std::vector<int>(blk.norm_codes.begin(), blk.norm_codes.end());  // norm_bits 8 (else empty)
+  out["norm_shift"] = blk.norm_shift;
   out["bytes"] = blk.bytes();
   out["bits"] = blk.bytes() * 8;
   out["bits_per_entry"] = blk.bytes() * 8.0 / (double)nd;
@@ -266,9 +268,10 @@ void bind_kv(py::module_& m) {
       py::arg("lam"), py::arg("p"), py::arg("N"));
   m.def(
       "seal_block",
-      [](f32 X, int bits, int rank_cap, int factor_bits, bool shrink, bool norm_correction) {
+      [](f32 X, int bits, int rank_cap, int factor_bits, bool shrink, bool norm_correction, int norm_bits) {
         if (X.ndim() != 2) bad("seal_block: X must be [n, d]");
         eoq::SealParams sp;
+        sp.norm_bits = norm_bits;
         sp.bits = bits;
         sp.rank_cap = rank_cap;
         sp.factor_bits = factor_bits;
@@ -277,7 +280,7 @@ void bind_kv(py::module_& m) {
         return seal_to_dict(X.data(), (int)X.shape(0), (int)X.shape(1), sp);
       },
       py::arg("X"), py::arg("bits") = 2, py::arg("rank_cap") = 3, py::arg("factor_bits") = 4, py::arg("shrink") = true,
-      py::arg("norm_correction") = true);
+      py::arg("norm_correction") = true, py::arg("norm_bits") = 16);
 
   py::class_<KVCacheTester>(m, "KVCacheTester")
       .def(py::init<const py::dict&, int, int, int, int, int>(), py::arg("params"), py::arg("n_layer"), py::arg("n_head_kv"),

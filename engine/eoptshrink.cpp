@@ -461,8 +461,18 @@ const char* seal_fallback_name(SealFallback f) {
 }
 
 size_t SealedBlock::bytes() const {
-  return kHeaderBytes + coef_codes.size() + basis_codes.size() +
+  return kHeaderBytes + coef_codes.size() + basis_codes.size() + norm_codes.size() +
          2 * (coef_scale.size() + basis_scale.size() + gains.size() + norms.size() + exact_f16.size()) + codes.size();
+}
+
+uint16_t SealedBlock::norm_f16(int t) const {
+  return norm_codes.empty() ? norms[t] : log_norm_f16(norm_codes[t], norm_shift);
+}
+
+const uint16_t* SealedBlock::norms_f16(int a, int m, uint16_t* scratch) const {
+  if (norm_codes.empty()) return norms.data() + a;
+  cpu_kernels().decode_log_norms(norm_codes.data() + a, m, norm_shift, scratch);
+  return scratch;
 }
 
 void SealedBlock::factors(float* coef, float* basis) const {
@@ -513,7 +523,7 @@ void SealedBlock::dequantize(float* out) const {
   }
   const TurboRowCodec codec(d, bits);
   const size_t cb = code_bytes();
-  for (int t = 0; t < n; t++) codec.decode(codes.data() + t * cb, norms[t], out + (size_t)t * d);
+  for (int t = 0; t < n; t++) codec.decode(codes.data() + t * cb, norm_f16(t), out + (size_t)t * d);
   if (rank == 0) return;
   std::vector<float> coef((size_t)n * rank), basis((size_t)rank * d);
   factors(coef.data(), basis.data());
@@ -542,6 +552,8 @@ void make_exact(const float* X, int n, int d, SealedBlock& out) {
   out.gains.clear();
   out.codes.clear();
   out.norms.clear();
+  out.norm_codes.clear();
+  out.norm_shift = 0;
   out.exact_f16.resize((size_t)n * d);
   for (size_t i = 0; i < (size_t)n * d; i++) out.exact_f16[i] = clamp_f16(X[i]);
 }
@@ -615,6 +627,7 @@ void gram(const float* X, int n, int d, SealWork& sw) {
 void seal_block(const float* X, int n, int d, const SealParams& p, SealedBlock& out, SealInfo& info) {
   if (n <= 0 || d <= 0) fail(ErrorCode::invalid_arg, "seal_block: empty block");
   if (p.bits < 1 || p.bits > 8) fail(ErrorCode::invalid_arg, "seal_block: residual bits must be in 1..8");
+  if (p.norm_bits != 8 && p.norm_bits != 16) fail(ErrorCode::invalid_arg, "seal_block: norm_bits must be 8 or 16");
   if (p.rank_cap < 0) fail(ErrorCode::invalid_arg, "seal_block: rank_cap must be >= 0");
   if (p.rank_cap > 0 && (p.factor_bits < 2 || p.factor_bits > 8))
     fail(ErrorCode::invalid_arg, "seal_block: factor_bits must be in 2..8");
@@ -778,28 +791,40 @@ void seal_block(const float* X, int n, int d, const SealParams& p, SealedBlock& 
   const size_t cb = codec.code_bytes();
   out.codes.assign((size_t)n * cb, 0);
   out.norms.resize(n);
+  out.norm_codes.clear();
+  out.norm_shift = 0;
   std::vector<float>& R = sw.R;
   std::vector<float>& Rh = sw.Rh;
   R.resize(d);
   Rh.resize(d);
   double e2s[4] = {0, 0, 0, 0};  // partial sums of the squared error (fixed order)
   bool overflow = false;
-  for (int t = 0; t < n; t++) {
+  float max_norm = 0;
+  for (int t = 0; t < n && !overflow; t++) {  // pass 1: codes and f16 norms
     const float* x = X + (size_t)t * d;
     const float* l = Lq.data() + (size_t)t * d;
     for (int j = 0; j < d; j++) R[j] = x[j] - l[j];
     out.norms[t] = codec.encode(R.data(), out.codes.data() + t * cb, p.norm_correction);
-    if (!std::isfinite(fp16_to_fp32(out.norms[t]))) {
-      make_exact(X, n, d, out);
-      info.fallback = SealFallback::exact_overflow;
-      info.rank = 0;
-      info.sigma.clear();
-      info.phi.clear();
-      info.gains.clear();
-      overflow = true;
-      break;
-    }
-    codec.decode(out.codes.data() + t * cb, out.norms[t], Rh.data());
+    const float nf = fp16_to_fp32(out.norms[t]);
+    overflow = !std::isfinite(nf);
+    max_norm = std::max(max_norm, nf);
+  }
+  if (overflow) {
+    make_exact(X, n, d, out);
+    info.fallback = SealFallback::exact_overflow;
+    info.rank = 0;
+    info.sigma.clear();
+    info.phi.clear();
+    info.gains.clear();
+  } else if (p.norm_bits == 8 && log_norm_shift(max_norm, out.norm_shift)) {  // the norms as bytes
+    out.norm_codes.resize(n);
+    for (int t = 0; t < n; t++) out.norm_codes[t] = log_norm_encode(fp16_to_fp32(out.norms[t]), out.norm_shift);
+    out.norms.clear();
+  }
+  for (int t = 0; t < n && !overflow; t++) {  // pass 2: the error of the stored form
+    const float* x = X + (size_t)t * d;
+    const float* l = Lq.data() + (size_t)t * d;
+    codec.decode(out.codes.data() + t * cb, out.norm_f16(t), Rh.data());
     if (r > 0)
       for (int j = 0; j < d; j++) Rh[j] += l[j];
     for (int j = 0; j < d; j++) {

@@ -80,6 +80,9 @@ struct SealParams {
   int factor_bits = 4;   // bits of coefficient and basis codes (2..8), symmetric levels ±(2^(b-1)-1)
   bool shrink = true;    // eOptShrink gains φ/σ (true) or 1 (truncation)
   bool norm_correction = true;
+  // Row norms stored as f16 (16) or as 8-bit log-domain codes with one exponent per block (8:
+  // kernels/turboquant.h log_norm_*; a block whose largest norm exceeds 2^15 keeps f16 norms).
+  int norm_bits = 16;
   // The caller already replaced non-finite input by 0 (the KV cache does so at append): store
   // the block as an exact copy all the same, as for non-finite input (counted as such).
   bool nonfinite_input = false;
@@ -94,7 +97,9 @@ struct SealParams {
 //    codes row-major, both packed
 //    factor_bits-bit fields holding code + qmax; coef_scale[i] per column, basis_scale[i] per row
 //    (f16); gains[i] f16 (stored for statistics and counted, the factors already include them).
-//    Residual: per token, packed bits-bit Lloyd–Max indices (code_bytes per row) and an f16 norm.
+//    Residual: per token, packed bits-bit Lloyd–Max indices (code_bytes per row) and a norm: f16
+//    (norms) or, with norm_bits 8, a log-domain byte (norm_codes) under the block's norm_shift
+//    (kept in the header's flags).
 //  kind exact: f16 copy (the fallback for non-finite input or overflowing norms).
 struct SealedBlock {
   enum Kind : uint8_t { compressed = 0, exact = 1 };
@@ -104,9 +109,15 @@ struct SealedBlock {
   std::vector<uint8_t> coef_codes, basis_codes;
   std::vector<uint16_t> coef_scale, basis_scale, gains;
   std::vector<uint8_t> codes;
-  std::vector<uint16_t> norms;
+  std::vector<uint16_t> norms;      // [n] f16, or empty when norm_codes holds them
+  std::vector<uint8_t> norm_codes;  // [n] 8-bit log-domain norms (norm_bits 8)
+  int norm_shift = 0;
   std::vector<uint16_t> exact_f16;
   size_t code_bytes() const { return ((size_t)d * bits + 7) / 8; }
+  // Row t's norm as f16 bits, whichever way it is stored.
+  uint16_t norm_f16(int t) const;
+  // The f16 norms of rows [a, a + m): a pointer into `norms`, or decoded into scratch[m].
+  const uint16_t* norms_f16(int a, int m, uint16_t* scratch) const;
   size_t bytes() const;  // every buffer above plus the header
   // Dequantized factors: coef[n*r] (row-major), basis[r*d] (row-major).
   void factors(float* coef, float* basis) const;

@@ -40,6 +40,12 @@ struct KVCacheParams {
   int boundary_layers = 0;   // first and last n layers at higher precision:
   int boundary_bits = 0;     //   0: stored f16; 1..8: sealed like the others with this many residual bits
   bool norm_correction = true;
+  int norm_bits = -1;        // turbo/eoq sealed blocks' row norms: 16 (f16, the default) or 8
+                             //   (log-domain bytes, one exponent per block)
+  int tail_bits = -1;        // turbo/eoq tokens not yet sealed: 0 (the default) exact f16; 1..8
+                             //   TurboQuant codes of that many bits (f16 norm) per token, the
+                             //   `window` most recent exact as well; blocks seal from the codes
+  int window = -1;           // with tail_bits: recent tokens read exact (default 16)
   bool exact_scores = false; // true: sealed-block scores in float (kernels.h scores_codes), not
                              // through int8 q and centroids where the CPU does that faster
   uint64_t seed = 0x5eed;    // rotation seeds derive from (seed, layer, kv head)

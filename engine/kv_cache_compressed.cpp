@@ -100,6 +100,14 @@ struct Stream {
   std::vector<uint16_t> ring;     // [ring_n][d] f16
   std::vector<uint8_t> ring_bad;  // [ring_n] 1 if the token had non-finite values (zeroed)
   std::vector<uint8_t> qrows;     // q modes: [n][row_bytes]
+  // Tail codes (tail_bits > 0): tokens after the sinks, from index tail_base on (indices count
+  // after the sinks), as TurboQuant codes [rows][tail code bytes] and f16 norms: every token not
+  // sealed, and those of the blocks the latest append sealed (its earlier queries read them as
+  // tail). `ring` then holds exact rows from index ring_base on only: the window of the latest
+  // append's queries (and of the next one). `sealed` = tokens in blocks.
+  std::vector<uint8_t> tcodes;
+  std::vector<uint16_t> tnorms;
+  int64_t tail_base = 0, ring_base = 0, sealed = 0;
   // Exact f16 rows of the blocks sealed by the latest append(), [recent_n][d], from block
   // recent_first on: a batch's queries attend to them as the decode step at their position
   // would (where those blocks were not sealed yet). Dropped at the next append().
@@ -111,7 +119,8 @@ struct Stream {
 
 struct HeadStore {
   Rotation rot;
-  Stream s[2];  // 0 = K, 1 = V
+  bool tail = false;  // its layer keeps unsealed tokens as tail codes
+  Stream s[2];        // 0 = K, 1 = V
 };
 
 std::string jnum(double x) {
@@ -163,10 +172,14 @@ class CompressedKVCache final : public HostKVCache {
     if (p.boundary_layers < 0) bad("boundary_layers must be >= 0");
     if (p.boundary_bits < 0 || p.boundary_bits > 8) bad("boundary_bits must be in 0..8 (0: f16)");
     if (p.v_rank_cap < -1) bad("v_rank_cap must be >= 0 (or -1: rank_cap)");
+    if (p.norm_bits != -1 && p.norm_bits != 8 && p.norm_bits != 16) bad("norm_bits must be 8 or 16 (or -1: 16)");
+    if (p.tail_bits != -1 && (p.tail_bits < 0 || p.tail_bits > 8)) bad("tail_bits must be in 0..8 (0: f16; or -1)");
+    if (p.window < -1) bad("window must be >= 0 (or -1 for the default)");
     if (fam_ == Family::qblock) {
       if (d % QK != 0) bad("head_dim " + std::to_string(d) + " is not a multiple of 32");
-      if (p.k_bits != -1 || p.v_bits != -1 || p.rank_cap > 0 || p.v_rank_cap > 0 || p.boundary_bits != 0)
-        bad("k_bits, v_bits, rank_cap, v_rank_cap and boundary_bits apply to turbo/eoq modes");
+      if (p.k_bits != -1 || p.v_bits != -1 || p.rank_cap > 0 || p.v_rank_cap > 0 || p.boundary_bits != 0 ||
+          p.norm_bits != -1 || p.tail_bits > 0 || p.window != -1)
+        bad("k_bits, v_bits, rank_cap, v_rank_cap, boundary_bits, norm_bits, tail_bits and window apply to turbo/eoq modes");
       row_bytes_ = (size_t)(d / QK) * (q4_ ? 18 : 34);
     } else {
       if (d < 2) bad("head_dim must be >= 2");
@@ -182,13 +195,20 @@ class CompressedKVCache final : public HostKVCache {
     block_ = p.block > 0 ? p.block : (d < 128 ? 256 : 128);
     ring_ = p.ring >= 0 ? p.ring : block_;
     sinks_ = p.sinks;
+    norm_bits_ = p.norm_bits > 0 ? p.norm_bits : 16;
+    tail_bits_ = p.tail_bits > 0 ? p.tail_bits : 0;
+    window_ = p.window >= 0 ? p.window : 16;
+    if (tail_bits_ > 0) tail_codec_ = TurboRowCodec(d, tail_bits_);
     if (fam_ != Family::qblock) {  // build the codebooks now, not inside an attention step
-      for (int b : {k_bits_, v_bits_, p.boundary_bits})
+      for (int b : {k_bits_, v_bits_, p.boundary_bits, tail_bits_})
         if (b > 0) cb_[b] = &lloyd_max_codebook(d, b);
     }
     heads_.resize((size_t)s.n_layer * s.n_head_kv);
     for (int il = 0; il < s.n_layer; il++)
-      for (int g = 0; g < s.n_head_kv; g++) head(il, g).rot = Rotation(d, mix_seed(p.seed, (uint64_t)il, (uint64_t)g));
+      for (int g = 0; g < s.n_head_kv; g++) {
+        head(il, g).rot = Rotation(d, mix_seed(p.seed, (uint64_t)il, (uint64_t)g));
+        head(il, g).tail = tail_layer(il);
+      }
     n_.assign(s.n_layer, 0);
     last_pos0_.assign(s.n_layer, 0);
   }
@@ -210,6 +230,8 @@ class CompressedKVCache final : public HostKVCache {
   }
   // Boundary layers kept f16 (boundary_bits 0) are exact; otherwise they are sealed with more bits.
   bool exact_layer(int il) const { return boundary_layer(il) && p_.boundary_bits == 0; }
+  // Layers whose unsealed tokens are kept as tail codes (exact layers keep every token f16).
+  bool tail_layer(int il) const { return tail_bits_ > 0 && fam_ != Family::qblock && !exact_layer(il); }
 
   void append_rows(int il, int pos0, int n, const float* k, const float* v, ThreadPool& pool) override {
     const KVCacheShape& s = shape_;
@@ -218,6 +240,8 @@ class CompressedKVCache final : public HostKVCache {
       fail(ErrorCode::internal, "KV cache: out-of-order or overflowing append");
     const int d = s.head_dim;
     const bool exact = exact_layer(il);
+    const bool tail = tail_layer(il);
+    const size_t tcb = tail ? tail_codec_.code_bytes() : 0;
     // One work item per (KV head, K or V) stream: streams share nothing but the read-only
     // rotation, so sealing runs in parallel.
     pool.parallel_for(2 * s.n_head_kv, [&](int64_t i0, int64_t i1, int) {
@@ -230,6 +254,15 @@ class CompressedKVCache final : public HostKVCache {
         const float* src = kv == 0 ? k : v;
         std::vector<uint16_t>().swap(st.recent);  // free: only a batch that seals refills it
         st.recent_first = st.blocks.size();
+        if (tail) {  // drop what no query of this append (nor the dequantized view) reads
+          const int64_t n_u = st.sealed + (int64_t)st.ring_bad.size();
+          const int64_t ring_base = std::max(st.sealed, n_u - window_);
+          st.ring.erase(st.ring.begin(), st.ring.begin() + (size_t)(ring_base - st.ring_base) * d);
+          st.ring_base = ring_base;
+          st.tcodes.erase(st.tcodes.begin(), st.tcodes.begin() + (size_t)(st.sealed - st.tail_base) * tcb);
+          st.tnorms.erase(st.tnorms.begin(), st.tnorms.begin() + (size_t)(st.sealed - st.tail_base));
+          st.tail_base = st.sealed;
+        }
         for (int t = 0; t < n; t++) {
           const float* x = src + ((size_t)t * s.n_head_kv + g) * d;
           bool badrow = false;
@@ -250,13 +283,17 @@ class CompressedKVCache final : public HostKVCache {
             else quantize_row_q8_0_ref(row.data(), st.qrows.data() + off, d);
           } else {
             std::vector<uint16_t>& dst = pos < sinks_ ? st.sinks : st.ring;
+            if (pos >= sinks_ && tail) {  // the code first: to_f16_row clamps the row in place
+              st.tcodes.resize(st.tcodes.size() + tcb, 0);
+              st.tnorms.push_back(tail_codec_.encode(row.data(), st.tcodes.data() + st.tcodes.size() - tcb, p_.norm_correction));
+            }
             dst.resize(dst.size() + d);
             to_f16_row(row.data(), dst.data() + dst.size() - d, d);
             if (pos >= sinks_) st.ring_bad.push_back(badrow ? 1 : 0);
           }
+          if (fam_ != Family::qblock && !exact)
+            while ((int)st.ring_bad.size() >= ring_ + block_) tail ? seal_oldest_tail(st, kv, il) : seal_oldest(st, kv, il);
         }
-        if (fam_ != Family::qblock && !exact)
-          while ((int)st.ring_bad.size() >= ring_ + block_) seal_oldest(st, kv, il);
       }
     }
     });
@@ -288,7 +325,7 @@ class CompressedKVCache final : public HostKVCache {
             const size_t off = ((size_t)t * n_head + (size_t)g * G) * d;
             const HeadStore& hs = head(il, g);
             begin_group(w, hs, G, q + off);
-            attend_range(w, hs, G, 0, pos0 + t + 1, sealed_at(il, pos0 + t), call);
+            attend_range(w, hs, G, 0, pos0 + t + 1, pos0 + t, sealed_at(il, pos0 + t), call);
             finish_group(w, hs, G, out + off);
           }
         }
@@ -312,7 +349,7 @@ class CompressedKVCache final : public HostKVCache {
           const int n_vis = pos0 + t + 1;
           const HeadStore& hs = head(il, g);
           begin_group(w, hs, G, q + ((size_t)t * n_head + (size_t)g * G) * d);
-          attend_range(w, hs, G, (int)((int64_t)n_vis * p / P), (int)((int64_t)n_vis * (p + 1) / P),
+          attend_range(w, hs, G, (int)((int64_t)n_vis * p / P), (int)((int64_t)n_vis * (p + 1) / P), pos0 + t,
                        sealed_at(il, pos0 + t), call);
           float* st = &parts[(size_t)i * stride];
           std::copy(w.mx.begin(), w.mx.end(), st);
@@ -348,7 +385,7 @@ class CompressedKVCache final : public HostKVCache {
   size_t bytes() const override {
     size_t b = 0;
     for (const auto& h : heads_)
-      for (const auto& st : h.s) b += stream_bytes(st).total();
+      for (const auto& st : h.s) b += stream_bytes(st, h.tail).total();
     return b;
   }
 
@@ -370,7 +407,7 @@ class CompressedKVCache final : public HostKVCache {
     for (int g = 0; g < s.n_head_kv; g++) {
       const HeadStore& hs = head(il, g);
       for (int kv = 0; kv < 2; kv++) {
-        decode_stream(hs.s[kv], rows);
+        decode_stream(hs.s[kv], hs.tail, rows);
         if ((int)(rows.size() / d) != n) fail(ErrorCode::internal, "KV cache: token count mismatch");
         std::vector<float>& o = kv == 0 ? kout : vout;
         for (int t = 0; t < n; t++) {
@@ -384,7 +421,8 @@ class CompressedKVCache final : public HostKVCache {
  private:
   struct Bytes {
     size_t codes = 0, factors = 0, norms = 0, exact = 0, header = 0, qblocks = 0;
-    size_t total() const { return codes + factors + norms + exact + header + qblocks; }
+    size_t tail = 0;  // tail codes and their f16 norms (tail_bits > 0)
+    size_t total() const { return codes + factors + norms + exact + header + qblocks + tail; }
   };
 
   // x[0..d) (finite) -> f16, saturated to ±65504 (no infinities in the exact rows), through the
@@ -397,14 +435,20 @@ class CompressedKVCache final : public HostKVCache {
   HeadStore& head(int il, int g) { return heads_[(size_t)il * shape_.n_head_kv + g]; }
   const HeadStore& head(int il, int g) const { return heads_[(size_t)il * shape_.n_head_kv + g]; }
 
-  Bytes stream_bytes(const Stream& st) const {
+  Bytes stream_bytes(const Stream& st, bool tail) const {
     Bytes b;
     b.exact = 2 * (st.sinks.size() + st.ring.size());
     b.qblocks = st.qrows.size();
+    if (tail) {  // tail codes: what stays between appends
+      const int d = shape_.head_dim;
+      const int64_t unsealed = (int64_t)st.ring_bad.size();
+      b.exact = 2 * (st.sinks.size() + (size_t)std::min<int64_t>(window_, unsealed) * d);
+      b.tail = (size_t)unsealed * (tail_codec_.code_bytes() + 2);
+    }
     for (const SealedBlock& blk : st.blocks) {
       b.header += SealedBlock::kHeaderBytes;
       b.codes += blk.codes.size();
-      b.norms += 2 * blk.norms.size();
+      b.norms += 2 * blk.norms.size() + blk.norm_codes.size();
       b.factors += blk.coef_codes.size() + blk.basis_codes.size() +
                    2 * (blk.coef_scale.size() + blk.basis_scale.size() + blk.gains.size());
       b.exact += 2 * blk.exact_f16.size();
@@ -412,10 +456,36 @@ class CompressedKVCache final : public HostKVCache {
     return b;
   }
 
+  // f16 tail: the oldest block_ ring rows are sealed and move to `recent` for this append's
+  // queries.
   void seal_oldest(Stream& st, int kv, int il) {
     const int d = shape_.head_dim;
     std::vector<float> X((size_t)block_ * d);
     cpu_kernels().dequantize_row(GGMLType::F16, st.ring.data(), X.data(), (int64_t)X.size());
+    seal_rows(st, kv, il, X.data());
+    st.recent.insert(st.recent.end(), st.ring.begin(), st.ring.begin() + (size_t)block_ * d);
+    st.ring.erase(st.ring.begin(), st.ring.begin() + (size_t)block_ * d);
+    st.ring_bad.erase(st.ring_bad.begin(), st.ring_bad.begin() + block_);
+    st.sealed += block_;
+  }
+
+  // Tail codes: the oldest block_ unsealed tokens are sealed from their decoded codes (what the
+  // cache kept); their codes and exact rows stay until the next append.
+  void seal_oldest_tail(Stream& st, int kv, int il) {
+    const int d = shape_.head_dim;
+    const size_t tcb = tail_codec_.code_bytes();
+    std::vector<float> X((size_t)block_ * d);
+    const int64_t first = st.sealed - st.tail_base;
+    for (int t = 0; t < block_; t++)
+      tail_codec_.decode(st.tcodes.data() + (size_t)(first + t) * tcb, st.tnorms[(size_t)(first + t)], &X[(size_t)t * d]);
+    seal_rows(st, kv, il, X.data());
+    st.ring_bad.erase(st.ring_bad.begin(), st.ring_bad.begin() + block_);
+    st.sealed += block_;
+  }
+
+  // Seals X [block_][d] (the stream's oldest unsealed tokens) as its next block.
+  void seal_rows(Stream& st, int kv, int il, const float* X) {
+    const int d = shape_.head_dim;
     bool had_bad = false;
     for (int t = 0; t < block_; t++) had_bad |= st.ring_bad[t] != 0;
     SealParams sp;
@@ -424,13 +494,14 @@ class CompressedKVCache final : public HostKVCache {
     sp.factor_bits = p_.factor_bits;
     sp.shrink = p_.shrink;
     sp.norm_correction = p_.norm_correction;
+    sp.norm_bits = norm_bits_;
     // Tokens whose non-finite values were zeroed at append: the block keeps an exact copy
     // (spec: degenerate blocks fall back to exact f16) and the stats count it.
     sp.nonfinite_input = had_bad;
     const auto t0 = std::chrono::steady_clock::now();
     st.blocks.emplace_back();
     SealInfo info;
-    seal_block(X.data(), block_, d, sp, st.blocks.back(), info);
+    seal_block(X, block_, d, sp, st.blocks.back(), info);
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     BlockStat bs;
     bs.rank_raw = info.rank_raw;
@@ -441,13 +512,13 @@ class CompressedKVCache final : public HostKVCache {
     bs.fallback = info.fallback;
     for (double gn : info.gains) bs.gains.push_back((float)gn);
     st.bstats.push_back(std::move(bs));
-    st.recent.insert(st.recent.end(), st.ring.begin(), st.ring.begin() + (size_t)block_ * d);
-    st.ring.erase(st.ring.begin(), st.ring.begin() + (size_t)block_ * d);
-    st.ring_bad.erase(st.ring_bad.begin(), st.ring_bad.begin() + block_);
+    (void)d;
   }
 
   // All rows of a stream, decoded, in token order, rotated basis.
-  void decode_stream(const Stream& st, std::vector<float>& rows) const {
+  // With tail codes: the unsealed tokens as the next decode step's query would read them but
+  // for the newest, which it adds (the last window_ exact, older ones from their codes).
+  void decode_stream(const Stream& st, bool tail, std::vector<float>& rows) const {
     const int d = shape_.head_dim;
     rows.clear();
     for (uint16_t h : st.sinks) rows.push_back(fp16_to_fp32(h));
@@ -456,6 +527,20 @@ class CompressedKVCache final : public HostKVCache {
       buf.resize((size_t)blk.n * d);
       blk.dequantize(buf.data());
       rows.insert(rows.end(), buf.begin(), buf.end());
+    }
+    if (tail) {
+      const int64_t n_u = st.sealed + (int64_t)st.ring_bad.size();
+      const size_t tcb = tail_codec_.code_bytes();
+      buf.resize(d);
+      for (int64_t u = st.sealed; u < n_u; u++) {
+        if (u >= n_u - window_) {
+          for (int j = 0; j < d; j++) rows.push_back(fp16_to_fp32(st.ring[(size_t)(u - st.ring_base) * d + j]));
+        } else {
+          tail_codec_.decode(st.tcodes.data() + (size_t)(u - st.tail_base) * tcb, st.tnorms[(size_t)(u - st.tail_base)], buf.data());
+          rows.insert(rows.end(), buf.begin(), buf.end());
+        }
+      }
+      return;
     }
     for (uint16_t h : st.ring) rows.push_back(fp16_to_fp32(h));
     if (!st.qrows.empty()) {
@@ -469,6 +554,7 @@ class CompressedKVCache final : public HostKVCache {
   // Online-softmax state of the G query heads of one KV group for one query, and scratch.
   struct Scratch {
     std::vector<float> qt, acc, mx, sum, sc, basis;
+    std::vector<uint16_t> nrm;  // a block's 8-bit norms decoded to f16
   };
 
   // A new id per attend() call with several queries: per-thread caches of decoded factors are
@@ -589,7 +675,8 @@ class CompressedKVCache final : public HostKVCache {
     }
     const LloydMaxCodebook& cb = *cb_[kb.bits];
     const auto scan = p_.exact_scores ? kern.scores_codes : kern.scores_codes_q8;
-    scan(kb.codes.data() + (size_t)a * kb.code_bytes(), m, d, kb.bits, cb.centroids.data(), kb.norms.data() + a,
+    w.nrm.resize(m);
+    scan(kb.codes.data() + (size_t)a * kb.code_bytes(), m, d, kb.bits, cb.centroids.data(), kb.norms_f16(a, m, w.nrm.data()),
          1.0f / std::sqrt((float)d), w.qt.data(), G, w.sc.data());
     const int r = kb.rank;
     if (r == 0) return;
@@ -622,8 +709,23 @@ class CompressedKVCache final : public HostKVCache {
         }
     }
     const LloydMaxCodebook& cb = *cb_[vb.bits];
+    w.nrm.resize(m);
     kern.values_codes(vb.codes.data() + (size_t)a * vb.code_bytes(), m, d, vb.bits, cb.centroids.data(),
-                      vb.norms.data() + a, 1.0f / std::sqrt((float)d), w.sc.data(), G, w.acc.data());
+                      vb.norms_f16(a, m, w.nrm.data()), 1.0f / std::sqrt((float)d), w.sc.data(), G, w.acc.data());
+  }
+
+  // m tokens of tail codes (K codes kc / norms kn, V codes vc / norms vn; tail_bits each).
+  void tail_segment(Scratch& w, int G, int m, const uint8_t* kc, const uint16_t* kn, const uint8_t* vc,
+                    const uint16_t* vn) const {
+    const int d = shape_.head_dim;
+    const CpuKernels& kern = cpu_kernels();
+    const float* cent = cb_[tail_bits_]->centroids.data();
+    const float scale = 1.0f / std::sqrt((float)d);
+    w.sc.resize((size_t)G * m);
+    (p_.exact_scores ? kern.scores_codes : kern.scores_codes_q8)(kc, m, d, tail_bits_, cent, kn, scale, w.qt.data(), G,
+                                                                 w.sc.data());
+    absorb(w, G, m, d);
+    kern.values_codes(vc, m, d, tail_bits_, cent, vn, scale, w.sc.data(), G, w.acc.data());
   }
 
   // One q8_0 / q4_0 row decoded into row[d] (on the fly, one token at a time; nothing kept).
@@ -680,7 +782,13 @@ class CompressedKVCache final : public HostKVCache {
   // into the online-softmax state w of its G query heads. Blocks from index n_sealed on are
   // read from their exact rows while those are still held (Stream::recent), so that a query of
   // a batch sees what its own decode step would.
-  void attend_range(Scratch& w, const HeadStore& hs, int G, int lo, int hi, int n_sealed, uint64_t call) const {
+  //
+  // Tail codes (hs.tail): the blocks from n_sealed on are still tail for the query at position
+  // qpos, read as its decode step would: the window_ newest tokens (qpos's own included) exact,
+  // older ones from their codes. (A query before the latest append, n_sealed = max, sees every
+  // block sealed and exact rows only where they are still held.)
+  void attend_range(Scratch& w, const HeadStore& hs, int G, int lo, int hi, int qpos, int n_sealed,
+                    uint64_t call) const {
     const int d = shape_.head_dim;
     const Stream& K = hs.s[0];
     const Stream& V = hs.s[1];
@@ -713,7 +821,8 @@ class CompressedKVCache final : public HostKVCache {
       prefetch_block(K.blocks[i]);
       prefetch_block(V.blocks[i]);
     }
-    for (size_t i = i0; i < nb && start < hi; i++) {
+    const size_t nb_read = hs.tail ? std::min(nb, (size_t)std::max(n_sealed, 0)) : nb;  // as sealed blocks
+    for (size_t i = i0; i < nb_read && start < hi; i++) {
       if (i + kPrefetchBlocks < i1) {
         prefetch_block(K.blocks[i + kPrefetchBlocks]);
         prefetch_block(V.blocks[i + kPrefetchBlocks]);
@@ -732,6 +841,24 @@ class CompressedKVCache final : public HostKVCache {
       }
       start += K.blocks[i].n;
     }
+    if (hs.tail) {
+      // Tokens [start, end) are tail for this query (token index u = position − sinks).
+      const int ns_tok = ns;
+      start = ns_tok + (int)nb_read * block_;
+      const int end = ns_tok + (int)(K.sealed + (int64_t)K.ring_bad.size());
+      const int ex = (int)std::max<int64_t>({(int64_t)start, (int64_t)qpos - window_ + 1, ns_tok + K.ring_base});
+      const size_t tcb = tail_codec_.code_bytes();
+      if (clip(start, std::min(ex, end) - start)) {
+        const size_t r0 = (size_t)(start + a - ns_tok - K.tail_base);
+        tail_segment(w, G, b - a, K.tcodes.data() + r0 * tcb, K.tnorms.data() + r0, V.tcodes.data() + r0 * tcb,
+                     V.tnorms.data() + r0);
+      }
+      if (ex < end && clip(ex, end - ex)) {
+        const size_t r0 = (size_t)(ex + a - ns_tok - K.ring_base);
+        exact_segment(w, G, b - a, K.ring.data() + r0 * d, V.ring.data() + r0 * d);
+      }
+      return;
+    }
     const int nr = (int)K.ring_bad.size();
     if (clip(start, nr)) exact_segment(w, G, b - a, K.ring.data() + (size_t)a * d, V.ring.data() + (size_t)a * d);
   }
@@ -741,6 +868,8 @@ class CompressedKVCache final : public HostKVCache {
   bool q4_ = false;
   size_t row_bytes_ = 0;
   int k_bits_ = 0, v_bits_ = 0, block_ = 0, ring_ = 0, sinks_ = 0;
+  int norm_bits_ = 16, tail_bits_ = 0, window_ = 16;
+  TurboRowCodec tail_codec_;  // tail_bits_ > 0
   int rank_cap_[2] = {0, 0};  // K, V
   const LloydMaxCodebook* cb_[9] = {};  // residual codebooks by bits (those in use: K, V, boundary)
   std::vector<HeadStore> heads_;  // [n_layer][n_head_kv]
@@ -764,6 +893,7 @@ std::string CompressedKVCache::stats_json() const {
     << ", \"block\": " << block_ << ", \"ring\": " << ring_ << ", \"sinks\": " << sinks_
     << ", \"boundary_layers\": " << p_.boundary_layers
     << ", \"boundary_bits\": " << p_.boundary_bits << ", \"norm_correction\": " << (p_.norm_correction ? "true" : "false")
+    << ", \"norm_bits\": " << norm_bits_ << ", \"tail_bits\": " << tail_bits_ << ", \"window\": " << window_
     << ", \"exact_scores\": " << (p_.exact_scores ? "true" : "false")
     << ", \"seed\": " << p_.seed << ", \"head_dim\": " << d << "}";
 
@@ -784,13 +914,14 @@ std::string CompressedKVCache::stats_json() const {
       for (int kv = 0; kv < 2; kv++) {
         const Stream& st = head(il, g).s[kv];
         Sum& S = sum[kv];
-        const Bytes by = stream_bytes(st);
+        const Bytes by = stream_bytes(st, head(il, g).tail);
         S.by.codes += by.codes;
         S.by.factors += by.factors;
         S.by.norms += by.norms;
         S.by.exact += by.exact;
         S.by.header += by.header;
         S.by.qblocks += by.qblocks;
+        S.by.tail += by.tail;
         S.nonfinite += st.nonfinite;
         std::vector<int> hist_raw, hist;
         std::vector<float> rel, ms, energy;
@@ -837,7 +968,8 @@ std::string CompressedKVCache::stats_json() const {
                << ", \"bits_per_entry\": " << jnum(st.sinks.size() + st.ring.size() + st.qrows.size() + sealed
                                                       ? by.total() * 8.0 / ((double)n_[il] * d) : 0.0)
                << ", \"bytes\": {\"codes\": " << by.codes << ", \"factors\": " << by.factors << ", \"norms\": " << by.norms
-               << ", \"exact\": " << by.exact << ", \"headers\": " << by.header << ", \"qblocks\": " << by.qblocks << "}"
+               << ", \"exact\": " << by.exact << ", \"headers\": " << by.header << ", \"qblocks\": " << by.qblocks
+               << ", \"tail\": " << by.tail << "}"
                << ", \"fallbacks\": {";
         for (int i = 0; i < 5; i++) layers << (i ? ", " : "") << "\"" << seal_fallback_name((SealFallback)i) << "\": " << fb[i];
         layers << "}, \"nonfinite_inputs\": " << st.nonfinite << "}";
@@ -865,6 +997,7 @@ std::string CompressedKVCache::stats_json() const {
       << ", \"seal_ms\": " << jnum(S.ms) << ", \"nonfinite_inputs\": " << S.nonfinite
       << ", \"bytes\": {\"codes\": " << S.by.codes << ", \"factors\": " << S.by.factors << ", \"norms\": " << S.by.norms
       << ", \"exact\": " << S.by.exact << ", \"headers\": " << S.by.header << ", \"qblocks\": " << S.by.qblocks
+      << ", \"tail\": " << S.by.tail
       << "}, \"fallbacks\": {";
     for (int i = 0; i < 5; i++) o << (i ? ", " : "") << "\"" << seal_fallback_name((SealFallback)i) << "\": " << S.fallbacks[i];
     o << "}}";

@@ -86,6 +86,9 @@ struct CpuKernels {
   // (kernels/turboquant.h get_bits; bits in 1..8, table[2^bits]): the low-rank factors' codes
   // decoded for attention. Exact on every ISA.
   void (*decode_codes)(const uint8_t* codes, int64_t n, int bits, const float* table, float* out);
+  // out[t] = log_norm_f16(codes[t], shift) for t < m (kernels/turboquant.h): a sealed block's
+  // 8-bit row norms as the f16 norms the code scans take. Exact on every ISA.
+  void (*decode_log_norms)(const uint8_t* codes, int64_t m, int shift, uint16_t* out);
   // scores_codes' fast form: the codebook dot may be computed in integers, q rounded to int8 per
   // query vector (s_q = max_j|q_j|/127, round half to even) and the centroids likewise (s_c =
   // max|c|/127), as llama.cpp dots a quantized K cache with a q8_0 query. Each result is then

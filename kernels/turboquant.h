@@ -89,4 +89,25 @@ struct TurboRowCodec {
   void decode(const uint8_t* codes, uint16_t norm_f16, float* out) const;
 };
 
+// 8-bit log-domain row norms (the norm_bits = 8 form of a sealed block's norms): one exponent
+// `shift` per block and a byte per row. Code c in 0..254 stands for 2^(shift − c/32) rounded to
+// f16, built from its bits without arithmetic: log_norm_mantissa()[c & 31] (the f16 bits of
+// 2^(−(c & 31)/32)) plus (shift − (c >> 5)) in the exponent field; code 255 stands for 0.
+// Eight octaves below 2^shift at steps of 2^(1/32) (≤ 1.1% relative error); shift in
+// [kLogNormMinShift, kLogNormMaxShift] keeps every code a normal f16. Decoding is exact on every
+// ISA (kernels.h decode_log_norms).
+constexpr int kLogNormZero = 255, kLogNormMinShift = -6, kLogNormMaxShift = 15;
+const uint16_t* log_norm_mantissa();  // [32]
+inline uint16_t log_norm_f16(uint8_t c, int shift) {
+  if (c == kLogNormZero) return 0;
+  return (uint16_t)(log_norm_mantissa()[c & 31] + (shift - (c >> 5)) * 1024);
+}
+// The smallest shift with 2^shift >= max_norm (at least kLogNormMinShift); false when max_norm
+// exceeds 2^kLogNormMaxShift or is not finite (the block then keeps f16 norms).
+bool log_norm_shift(float max_norm, int& shift);
+// The code whose value is nearest to x (>= 0, <= 2^shift) in the log domain: codes c and c + 1
+// split at sqrt(v_c · v_{c+1}) (compared as x² against the exact product in double, so the
+// choice needs no transcendental function); 255 (zero) when x is below half the smallest value.
+uint8_t log_norm_encode(float x, int shift);
+
 }  // namespace eoq

@@ -282,6 +282,51 @@ def _turbo_encode_rows(R, bits, norm_correction):
     return codes, norms
 
 
+# 8-bit log-domain norms (ENGINE CHOICE, kernels/turboquant.h): code c in 0..254 is the f16 of
+# 2^(shift − c/32) built from bits, mantissa table M[c & 31] = f16 bits of 2^(−k/32) (double →
+# float32 → f16) plus (shift − c>>5) in the exponent field; 255 is 0; shift in [−6, 15].
+LOG_NORM_ZERO, LOG_NORM_MIN_SHIFT, LOG_NORM_MAX_SHIFT = 255, -6, 15
+
+
+def log_norm_mantissa():
+    return np.array([np.float16(np.float32(2.0 ** (-k / 32))).view(np.uint16) for k in range(32)], np.int64)
+
+
+def log_norm_values(shift):
+    """Decoded f16 values (as float64) of codes 0..254 for one shift."""
+    c = np.arange(255)
+    bits = (log_norm_mantissa()[c & 31] + (shift - (c >> 5)) * 1024).astype(np.uint16)
+    return bits.view(np.float16).astype(np.float64)
+
+
+def log_norm_shift(max_norm):
+    """The smallest shift >= −6 with 2^shift >= max_norm; None above 2^15 (f16 norms kept)."""
+    if not (max_norm <= 2.0 ** LOG_NORM_MAX_SHIFT):
+        return None
+    e = LOG_NORM_MIN_SHIFT
+    while 2.0 ** e < max_norm:
+        e += 1
+    return e
+
+
+def log_norm_encode(x, shift):
+    """Nearest code in the log domain: codes c, c+1 split at sqrt(v_c v_{c+1}) (compared as x²
+    against the product in float64); below half the smallest value: 255 (zero)."""
+    v = log_norm_values(shift)
+    x = np.asarray(x, np.float64)
+    codes = np.zeros(x.shape, np.int64)
+    x2 = x * x
+    split = v[:-1] * v[1:]  # decreasing
+    for i, q in enumerate(x2.ravel()):
+        codes.flat[i] = LOG_NORM_ZERO if 4 * q < v[254] ** 2 else int(np.argmax(np.append(q >= split, True)))
+    return codes
+
+
+def log_norm_decode(codes, shift):
+    v = np.append(log_norm_values(shift), 0.0)
+    return v[np.asarray(codes, np.int64)].astype(np.float32)
+
+
 def _residual_decode_f32(codes, norms, bits, d):
     """ENGINE CHOICE (float32 decode): s = ρ_f16 / sqrt(float(d)) in float32, x̂_j = s·c[code_j]."""
     cent, _ = codebook_f32(d, bits)
@@ -301,13 +346,14 @@ def lowrank_from_codes(Cq, Cs, Bq, Bs):
     return coef, basis, L
 
 
-def seal_block(X, bits=2, rank_cap=3, factor_bits=4, shrink=True, norm_correction=True, R=None):
+def seal_block(X, bits=2, rank_cap=3, factor_bits=4, shrink=True, norm_correction=True, R=None, norm_bits=16):
     """Seal X [n, d] (the rotated basis; or the original basis with R given, rotated here as the
     cache does at append).  Returns a dict:
       kind ("compressed" | "exact"), fallback, n, d, bits, factor_bits,
       rank, rank_raw, sigma, phi, gains (per stored component, stored order),
       C_codes [n, r] and C_scales [r] (per column), B_codes [r, d] and B_scales [r] (per row),
-      codes [n, d] residual Lloyd–Max indices, norms [n] (stored, f16 values),
+      codes [n, d] residual Lloyd–Max indices, norms [n] (stored, f16 values; with norm_bits 8 the
+      decoded log-domain values, their bytes in norm_codes and the exponent in norm_shift),
       lowrank, residual, recon [n, d] float32 (as the engine forms them), rel_err, X (sealed input).
 
     ENGINE CHOICES:
@@ -405,6 +451,12 @@ def seal_block(X, bits=2, rank_cap=3, factor_bits=4, shrink=True, norm_correctio
     codes, norms = _turbo_encode_rows(Rres, bits, norm_correction)
     if not np.all(np.isfinite(norms)):
         return exact("exact_overflow")
+    if norm_bits == 8:
+        shift = log_norm_shift(float(np.max(norms)) if n else 0.0)
+        if shift is not None:
+            nc = log_norm_encode(norms, shift)
+            norms = log_norm_decode(nc, shift)
+            out.update(norm_codes=nc, norm_shift=shift)
     residual = _residual_decode_f32(codes, norms, bits, d)
     recon = residual + lowrank
     out.update(codes=codes, norms=norms, lowrank=lowrank, residual=residual, recon=recon,
@@ -545,22 +597,41 @@ def cache_rotation_seed(seed: int, layer: int, head: int) -> int:
 
 
 def build_cache(k, v, R, *, k_bits=2, v_bits=2, rank_cap=3, factor_bits=4, shrink=True,
-                norm_correction=True, block=256, ring=256, sinks=4):
+                norm_correction=True, block=256, ring=256, sinks=4, norm_bits=16, tail_bits=0, window=16):
     """k, v [n, d] of one KV head in arrival order (original basis).  ENGINE CHOICES: rows are
     rotated in float32 and stored as f16 (sinks: the first `sinks` positions; the rest in the
     ring); whenever the ring holds ring + block tokens its oldest `block` tokens are sealed, from
-    their f16 values.  The final layout does not depend on how the tokens were chunked."""
+    their f16 values.  The final layout does not depend on how the tokens were chunked.
+    tail_bits > 0: every token after the sinks is also coded at arrival (TurboQuant, tail_bits,
+    f16 norm, from its float32 rotated row); blocks seal from those codes, decoded; of the
+    unsealed tokens the last `window` read exact (f16), older ones as their decoded codes — what
+    ring_k/ring_v hold here."""
     n = len(k)
-    kr, vr = f16(rotate_rows(k, R)), f16(rotate_rows(v, R))
+    kr32, vr32 = rotate_rows(k, R), rotate_rows(v, R)
+    kr, vr = f16(kr32), f16(vr32)
     S = min(sinks, n)
     cache = dict(sinks_k=kr[:S], sinks_v=vr[:S], blocks=[])
+    d = kr.shape[1]
+    if tail_bits:
+        src = []
+        for x in (kr32, vr32):
+            codes, norms = _turbo_encode_rows(np.asarray(x[S:], np.float32), tail_bits, norm_correction)
+            src.append(np.concatenate([x[:S], _residual_decode_f32(codes, norms, tail_bits, d)]).astype(np.float32))
+        ks, vs = src
+    else:
+        ks, vs = kr, vr
     pos = S
     while n - pos >= ring + block:
         cache["blocks"].append((
-            seal_block(kr[pos:pos + block], k_bits, rank_cap, factor_bits, shrink, norm_correction),
-            seal_block(vr[pos:pos + block], v_bits, rank_cap, factor_bits, shrink, norm_correction)))
+            seal_block(ks[pos:pos + block], k_bits, rank_cap, factor_bits, shrink, norm_correction, norm_bits=norm_bits),
+            seal_block(vs[pos:pos + block], v_bits, rank_cap, factor_bits, shrink, norm_correction, norm_bits=norm_bits)))
         pos += block
-    cache["ring_k"], cache["ring_v"] = kr[pos:], vr[pos:]
+    if tail_bits:
+        ex = max(pos, n - window)
+        cache["ring_k"] = np.concatenate([ks[pos:ex], kr[ex:]])
+        cache["ring_v"] = np.concatenate([vs[pos:ex], vr[ex:]])
+    else:
+        cache["ring_k"], cache["ring_v"] = kr[pos:], vr[pos:]
     return cache
 
 

@@ -484,6 +484,26 @@ def test_decode_codes(isa):
         _core.k_decode_codes(isa, np.zeros(3, np.uint8), 7, 4, np.zeros(16, np.float32))  # 7 fields take 4 bytes
 
 
+@pytest.mark.parametrize("isa", ["scalar"] + SIMD)
+def test_decode_log_norms(isa):
+    # Against the NumPy reference's decoding (tests/ref_kvcompress.py, from the format's
+    # definition), every code and shift, lengths around the 32-row SIMD step; bit-exact.
+    import ref_kvcompress as rk
+    r = rng()
+    for shift in range(rk.LOG_NORM_MIN_SHIFT, rk.LOG_NORM_MAX_SHIFT + 1):
+        for n in (0, 1, 31, 32, 33, 255, 256, 300):
+            codes = r.integers(0, 256, n, dtype=np.uint8)
+            codes[: min(n, 2)] = [255, 0][: min(n, 2)]
+            want = rk.log_norm_decode(codes, shift).astype(np.float16).view(np.uint16)
+            np.testing.assert_array_equal(_core.k_decode_log_norms(isa, codes, shift), want)
+    # the values are 2^(shift - c/32) to f16 precision, strictly falling with c
+    v = rk.log_norm_values(0)
+    np.testing.assert_allclose(v, 2.0 ** (-np.arange(255) / 32), rtol=2 ** -11)
+    assert np.all(np.diff(v) < 0)
+    with pytest.raises(_core.EoqError):
+        _core.k_decode_log_norms(isa, np.zeros(4, np.uint8), 16)
+
+
 def test_attention_kernels_bad_arguments():
     with pytest.raises(_core.EoqError):
         _core.k_scores_codes("scalar", np.zeros((3, 16), np.uint8), 64, 3, np.zeros(8, np.float32),

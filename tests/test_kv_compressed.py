@@ -355,9 +355,15 @@ def test_attention_from_codes_equals_dequantized_attention(mode):
         dict(mode="q4_0", boundary_layers=1),
         dict(mode="eoq2", block=16, ring=8, sinks=4, boundary_layers=1, boundary_bits=4, v_rank_cap=0),
         dict(mode="turbo2", block=16, ring=0, sinks=2, boundary_layers=1, boundary_bits=3, v_bits=3),
+        dict(mode="eoq2", block=16, ring=0, sinks=4, tail_bits=4, window=5, norm_bits=8),
+        dict(mode="turbo3", block=16, ring=8, sinks=2, tail_bits=3, window=0),
+        dict(mode="eoq3", block=8, ring=5, sinks=1, tail_bits=4, window=20, norm_bits=8, v_rank_cap=0),
+        dict(mode="eoq2", block=16, ring=0, sinks=4, tail_bits=2, window=3, boundary_layers=1),
+        dict(mode="eoq2", block=16, ring=16, sinks=4, norm_bits=8),
     ],
     ids=["no-ring-no-sinks", "asym-bits-truncate", "turbo-odd-sizes", "boundary", "q4_0-boundary",
-         "boundary-bits-eoq", "boundary-bits-turbo"],
+         "boundary-bits-eoq", "boundary-bits-turbo", "tail-codes-norm8", "tail-no-window", "tail-long-window",
+         "tail-boundary", "norm8-f16-tail"],
 )
 def test_attention_from_codes_knobs(params):
     c, worst = drive(params, n_layer=3)
@@ -544,6 +550,49 @@ def test_bits_per_entry_fully_counted():
             assert 0 < st["summary"]["k"]["mean_rank"] <= 3
             bpe = st["summary"]["k"]["bits_per_entry_sealed"]
             assert spec_bits(B, d, bits, 0, 4) < bpe <= spec_bits(B, d, bits, 3, 4) + 1e-9
+
+
+def test_tail_codes_and_8bit_norms_fully_counted():
+    """tail_bits: unsealed tokens held as codes (+ f16 norm) and only the `window` newest exact;
+    norm_bits 8: a byte per sealed row. Every byte is counted; the codes beat the f16 tail."""
+    d, B, n_layer, nkv, W = 64, 256, 2, 2, 16
+    N = 4 + 2 * 256 + 100  # sinks + two sealed blocks + 100 unsealed (ring 0)
+    k, v = structured_kv(np.random.default_rng(5), N, nkv, d)
+    p = dict(mode="eoq2", ring=0, v_rank_cap=0, norm_bits=8, tail_bits=4, window=W)
+    c = _core.KVCacheTester(p, n_layer, nkv, d, N)
+    f = _core.KVCacheTester(dict(p, tail_bits=0), n_layer, nkv, d, N)
+    for il in range(n_layer):
+        c.append(il, k, v)
+        f.append(il, k, v)
+    st = c.stats()
+    assert (st["params"]["tail_bits"], st["params"]["window"], st["params"]["norm_bits"]) == (4, W, 8)
+    for layer in st["layers"]:
+        for h in layer["heads"]:
+            for kv in ("k", "v"):
+                x = h[kv]
+                assert x["tokens_sealed"] == 2 * B
+                b = x["bytes"]
+                assert b["tail"] == 100 * (64 * 4 // 8 + 2)  # codes + an f16 norm per unsealed token
+                assert b["exact"] == (4 + W) * d * 2        # sinks + the window
+                assert b["norms"] == 2 * B                  # a byte per sealed row
+            # values: rank 0, 2-bit codes, 8-bit norms, 8-byte headers
+            assert h["v"]["bits_per_entry_sealed"] == pytest.approx(2 + 8 / d + 64 / (B * d))
+    assert c.bytes * 8 == pytest.approx(sum(x["bits_per_entry"] * N * d for layer in st["layers"]
+                                            for h in layer["heads"] for x in (h["k"], h["v"])))
+    assert c.bytes < f.bytes
+    # What attention reads: sinks and the window exact, older unsealed tokens = their decoded codes.
+    K, _ = c.dequantized(0)
+    Kf, _ = f.dequantized(0)
+    np.testing.assert_array_equal(K[-W:], Kf[-W:])
+    np.testing.assert_array_equal(K[:4], Kf[:4])
+    rel = np.linalg.norm(K[N - 100:N - W] - Kf[N - 100:N - W]) / np.linalg.norm(Kf[N - 100:N - W])
+    assert 0.02 < rel < 0.2, rel  # 4-bit TurboQuant error (~0.1 relative)
+    with pytest.raises(_core.EoqError, match="norm_bits"):
+        _core.KVCacheTester(dict(mode="eoq2", norm_bits=12), 1, 1, 64, 32)
+    with pytest.raises(_core.EoqError, match="tail_bits"):
+        _core.KVCacheTester(dict(mode="turbo2", tail_bits=9), 1, 1, 64, 32)
+    with pytest.raises(_core.EoqError, match="apply to turbo/eoq"):
+        _core.KVCacheTester(dict(mode="q4_0", tail_bits=4), 1, 1, 64, 32)
 
 
 @pytest.mark.parametrize("mode,bpe", [("q8_0", 8.5), ("q4_0", 4.5)])

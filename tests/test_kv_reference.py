@@ -16,7 +16,7 @@ from eoq import _core
 from ref_llama import RefLlama, _blas_threads
 
 FRESH_SEED = int(os.environ.get("EOQ_REF_SEED", int.from_bytes(os.urandom(4), "little")))
-SEEDS = pytest.mark.parametrize("seed", [0, 1, FRESH_SEED], ids=["seed0", "seed1", "fresh"])
+SEEDS = pytest.mark.parametrize("seed", [0, 1, 2, FRESH_SEED], ids=["seed0", "seed1", "seed2", "fresh"])
 
 # Spec section 4 (known answers that do not come from the code under test).
 SPEC_CENTROIDS = {
@@ -117,7 +117,9 @@ def test_reference_eoptshrink_spiked_oracle():
 CONFIGS = [dict(bits=b, rank_cap=3, factor_bits=4, shrink=s, norm_correction=True)
            for b in (2, 3, 4) for s in (True, False)]
 EXTRA_CONFIGS = [dict(bits=3, rank_cap=1, factor_bits=6, shrink=True, norm_correction=False),
-                 dict(bits=2, rank_cap=8, factor_bits=3, shrink=False, norm_correction=True)]
+                 dict(bits=2, rank_cap=8, factor_bits=3, shrink=False, norm_correction=True),
+                 dict(bits=3, rank_cap=3, factor_bits=4, shrink=True, norm_correction=True, norm_bits=8),
+                 dict(bits=2, rank_cap=0, factor_bits=4, shrink=True, norm_correction=True, norm_bits=8)]
 
 
 def pick_blocks(seed, n_layer, n_kv):
@@ -186,6 +188,10 @@ def test_seal_block_matches_reference_on_real_kv(real_kv, seed):
                 tally["norm_same"] += int(np.sum(cn == r["norms"]))
                 tally["norm_all"] += cn.size
                 np.testing.assert_allclose(cn, r["norms"], rtol=2e-3, err_msg=where)  # one f16 step at most
+                if cfg.get("norm_bits") == 8:  # the log-domain bytes, one exponent per block
+                    assert c["norm_shift"] == r["norm_shift"], where
+                    assert np.mean(np.asarray(c["norm_codes"]) == r["norm_codes"]) >= 0.99, where
+                    assert np.array_equal(rk.log_norm_decode(c["norm_codes"], c["norm_shift"]), cn), where
                 # Reconstructions and the reported error.
                 xn = np.linalg.norm(X)
                 dr = np.linalg.norm(c["recon"] - r["recon"]) / xn
@@ -244,10 +250,14 @@ def random_cache_params(rng, seed):
         return dict(mode="eoq2", block=64, ring=32, sinks=4)
     if seed == 1:
         return dict(mode="eoq3", block=96, ring=16, sinks=2, k_bits=4, v_bits=2, shrink=False, seed=1234)
+    if seed == 2:  # the eoq preset's format: 8-bit norms, 4-bit tail codes, an exact window
+        return dict(mode="eoq2", block=64, ring=0, sinks=4, k_bits=3, norm_bits=8, tail_bits=4, window=16)
     p = dict(mode=str(rng.choice(["eoq2", "eoq3", "eoq4", "turbo2", "turbo3"])), block=int(rng.choice([64, 80, 128])),
              ring=int(rng.integers(0, 40)), sinks=int(rng.integers(0, 7)), seed=int(rng.integers(1 << 62)))
     if p["mode"].startswith("eoq"):
         p.update(shrink=bool(rng.integers(2)), rank_cap=int(rng.integers(1, 5)), k_bits=int(rng.integers(2, 5)))
+    if seed > 2:  # the eoq preset's parts: 8-bit norms, tail codes with an exact window
+        p.update(norm_bits=int(rng.choice([8, 16])), tail_bits=int(rng.choice([0, 3, 4])), window=int(rng.integers(0, 24)))
     return p
 
 
@@ -257,7 +267,8 @@ def ref_cache_args(p, d):
     return dict(k_bits=p.get("k_bits", bits), v_bits=p.get("v_bits", bits),
                 rank_cap=(p.get("rank_cap", 3 if d <= 64 else 4) if eoq else 0), factor_bits=p.get("factor_bits", 4),
                 shrink=p.get("shrink", True), norm_correction=p.get("norm_correction", True),
-                block=p["block"], ring=p["ring"], sinks=p["sinks"])
+                block=p["block"], ring=p["ring"], sinks=p["sinks"], norm_bits=p.get("norm_bits", 16),
+                tail_bits=p.get("tail_bits", 0), window=p.get("window", 16))
 
 
 @SEEDS

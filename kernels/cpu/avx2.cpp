@@ -331,6 +331,7 @@ const CpuKernels* cpu_kernels_avx2() {
     t.scores_f32t_chain = scores_f32t_chain_avx2;
     t.soft_max_ggml = soft_max_ggml_avx2;
     t.decode_codes = decode_codes_avx2;
+    t.decode_log_norms = cpu_kernels_scalar().decode_log_norms;  // exact integer bits; a block's norms are a few hundred bytes
     t.scores_codes_q8 = scores_codes_avx2;
     t.values_f32_chain = values_f32_chain_avx2;
     t.rms_norm = cpu_kernels_scalar().rms_norm;  // the double sum: same bits

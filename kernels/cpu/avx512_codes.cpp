@@ -458,6 +458,24 @@ float softmax_exp_avx512(float* x, int64_t n, float mx) {
   return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
+// 32 rows per step: codes widened to 16 bits, vpermw looks the mantissa bits up by the low five
+// (the table is 32 entries of 16 bits, one zmm), the exponent offset subtracted in place.
+void decode_log_norms_avx512(const uint8_t* codes, int64_t m, int shift, uint16_t* out) {
+  const __m512i tab = _mm512_loadu_si512((const void*)log_norm_mantissa());
+  const __m512i sh = _mm512_set1_epi16((short)(shift * 1024));
+  const __m512i zero_code = _mm512_set1_epi16(kLogNormZero);
+  int64_t t = 0;
+  for (; t + 32 <= m; t += 32) {
+    const __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(codes + t)));
+    const __m512i mant = _mm512_permutexvar_epi16(c, tab);
+    const __m512i hi = _mm512_slli_epi16(_mm512_srli_epi16(c, 5), 10);
+    const __m512i v = _mm512_sub_epi16(_mm512_add_epi16(mant, sh), hi);
+    const __mmask32 z = _mm512_cmpeq_epi16_mask(c, zero_code);
+    _mm512_storeu_si512((void*)(out + t), _mm512_maskz_mov_epi16(~z, v));
+  }
+  for (; t < m; t++) out[t] = log_norm_f16(codes[t], shift);
+}
+
 void decode_codes_avx512(const uint8_t* codes, int64_t n, int bits, const float* table, float* out) {
   switch (bits) {
     case 1: return decode_b<1>(codes, n, table, out);

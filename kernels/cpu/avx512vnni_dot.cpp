@@ -30,6 +30,7 @@ void values_f32_chain_avx512(const float* v, int m, int d, const float* w, float
 void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
                          const uint16_t* norms, float scale, const float* w, int nq, float* acc);
 void decode_codes_avx512(const uint8_t* codes, int64_t n, int bits, const float* table, float* out);
+void decode_log_norms_avx512(const uint8_t* codes, int64_t m, int shift, uint16_t* out);
 float softmax_exp_avx512(float* x, int64_t n, float mx);
 
 // GCC 12's AVX-512 headers initialise the undefined upper parts of a broadcast or widening with
@@ -598,6 +599,7 @@ const CpuKernels* cpu_kernels_avx512vnni() {
       t.values_f32_chain = values_f32_chain_avx512;
       t.values_codes = values_codes_avx512;
       t.decode_codes = decode_codes_avx512;
+      t.decode_log_norms = decode_log_norms_avx512;
       t.softmax_exp = softmax_exp_avx512;
     }
     return &t;

@@ -3,6 +3,7 @@
 #include "kernels/turboquant.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -304,6 +305,37 @@ uint16_t TurboRowCodec::encode(const float* x, uint8_t* codes, bool norm_correct
 void TurboRowCodec::decode(const uint8_t* codes, uint16_t norm_f16, float* out) const {
   const float s = fp16_to_fp32(norm_f16) / std::sqrt((float)d);
   for (int j = 0; j < d; j++) out[j] = s * cb->centroids[get_bits(codes, j, bits)];
+}
+
+const uint16_t* log_norm_mantissa() {
+  static const std::array<uint16_t, 32> t = [] {
+    std::array<uint16_t, 32> m{};
+    for (int k = 0; k < 32; k++) m[k] = fp32_to_fp16((float)std::exp2(-k / 32.0));
+    return m;
+  }();
+  return t.data();
+}
+
+bool log_norm_shift(float max_norm, int& shift) {
+  if (!(max_norm <= std::ldexp(1.0f, kLogNormMaxShift))) return false;  // also NaN
+  int e = kLogNormMinShift;
+  while (std::ldexp(1.0f, e) < max_norm) e++;
+  shift = e;
+  return true;
+}
+
+uint8_t log_norm_encode(float x, int shift) {
+  const double x2 = (double)x * x;
+  auto v = [&](int c) { return (double)fp16_to_fp32(log_norm_f16((uint8_t)c, shift)); };
+  if (4 * x2 < v(254) * v(254)) return kLogNormZero;
+  // Values fall with c: the first c whose split point with c + 1 lies at or below x.
+  int lo = 0, hi = 254;  // answer in [lo, hi]
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (x2 >= v(mid) * v(mid + 1)) hi = mid;
+    else lo = mid + 1;
+  }
+  return (uint8_t)lo;
 }
 
 }  // namespace eoq

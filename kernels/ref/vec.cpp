@@ -52,6 +52,10 @@ void values_f16_scalar(const uint16_t* rows, int64_t m, int d, const float* w, i
     for (int h = 0; h < nq; h++) axpy_f16_scalar(w[h * m + t], rows + t * d, acc + (size_t)h * d, d);
 }
 
+void decode_log_norms_scalar(const uint8_t* codes, int64_t m, int shift, uint16_t* out) {
+  for (int64_t t = 0; t < m; t++) out[t] = log_norm_f16(codes[t], shift);
+}
+
 void scores_codes_scalar(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
                          const uint16_t* norms, float scale, const float* q, int nq, float* out) {
   const size_t rb = packed_bytes(d, bits);
@@ -163,6 +167,7 @@ const CpuKernels& cpu_kernels_scalar() {
     t.scores_f32t_chain = scores_f32t_chain_scalar;
     t.soft_max_ggml = soft_max_ggml_scalar;
     t.decode_codes = decode_codes_scalar;
+    t.decode_log_norms = decode_log_norms_scalar;
     t.scores_codes_q8 = scores_codes_scalar;
     t.values_f32_chain = values_f32_chain_scalar;
     t.rms_norm = rms_norm;
