@@ -45,6 +45,7 @@ struct KVCacheParams {
   int tail_bits = -1;        // turbo/eoq tokens not yet sealed: 0 (the default) exact f16; 1..8
                              //   TurboQuant codes of that many bits (f16 norm) per token, the
                              //   `window` most recent exact as well; blocks seal from the codes
+  int v_tail_bits = -1;      // the tail bits of values alone (default: tail_bits)
   int window = -1;           // with tail_bits: recent tokens read exact (default 16)
   bool exact_scores = false; // true: sealed-block scores in float (kernels.h scores_codes), not
                              // through int8 q and centroids where the CPU does that faster

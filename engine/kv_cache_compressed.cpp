@@ -174,12 +174,14 @@ class CompressedKVCache final : public HostKVCache {
     if (p.v_rank_cap < -1) bad("v_rank_cap must be >= 0 (or -1: rank_cap)");
     if (p.norm_bits != -1 && p.norm_bits != 8 && p.norm_bits != 16) bad("norm_bits must be 8 or 16 (or -1: 16)");
     if (p.tail_bits != -1 && (p.tail_bits < 0 || p.tail_bits > 8)) bad("tail_bits must be in 0..8 (0: f16; or -1)");
+    if (p.v_tail_bits != -1 && (p.v_tail_bits < 1 || p.v_tail_bits > 8)) bad("v_tail_bits must be in 1..8 (or -1: tail_bits)");
+    if (p.v_tail_bits > 0 && p.tail_bits <= 0) bad("v_tail_bits needs tail_bits > 0");
     if (p.window < -1) bad("window must be >= 0 (or -1 for the default)");
     if (fam_ == Family::qblock) {
       if (d % QK != 0) bad("head_dim " + std::to_string(d) + " is not a multiple of 32");
       if (p.k_bits != -1 || p.v_bits != -1 || p.rank_cap > 0 || p.v_rank_cap > 0 || p.boundary_bits != 0 ||
-          p.norm_bits != -1 || p.tail_bits > 0 || p.window != -1)
-        bad("k_bits, v_bits, rank_cap, v_rank_cap, boundary_bits, norm_bits, tail_bits and window apply to turbo/eoq modes");
+          p.norm_bits != -1 || p.tail_bits > 0 || p.v_tail_bits != -1 || p.window != -1)
+        bad("k_bits, v_bits, rank_cap, v_rank_cap, boundary_bits, norm_bits, tail_bits, v_tail_bits and window apply to turbo/eoq modes");
       row_bytes_ = (size_t)(d / QK) * (q4_ ? 18 : 34);
     } else {
       if (d < 2) bad("head_dim must be >= 2");
@@ -196,11 +198,13 @@ class CompressedKVCache final : public HostKVCache {
     ring_ = p.ring >= 0 ? p.ring : block_;
     sinks_ = p.sinks;
     norm_bits_ = p.norm_bits > 0 ? p.norm_bits : 16;
-    tail_bits_ = p.tail_bits > 0 ? p.tail_bits : 0;
+    tail_bits_[0] = p.tail_bits > 0 ? p.tail_bits : 0;
+    tail_bits_[1] = tail_bits_[0] > 0 && p.v_tail_bits > 0 ? p.v_tail_bits : tail_bits_[0];
     window_ = p.window >= 0 ? p.window : 16;
-    if (tail_bits_ > 0) tail_codec_ = TurboRowCodec(d, tail_bits_);
+    for (int kv = 0; kv < 2; kv++)
+      if (tail_bits_[kv] > 0) tail_codec_[kv] = TurboRowCodec(d, tail_bits_[kv]);
     if (fam_ != Family::qblock) {  // build the codebooks now, not inside an attention step
-      for (int b : {k_bits_, v_bits_, p.boundary_bits, tail_bits_})
+      for (int b : {k_bits_, v_bits_, p.boundary_bits, tail_bits_[0], tail_bits_[1]})
         if (b > 0) cb_[b] = &lloyd_max_codebook(d, b);
     }
     heads_.resize((size_t)s.n_layer * s.n_head_kv);
@@ -231,7 +235,7 @@ class CompressedKVCache final : public HostKVCache {
   // Boundary layers kept f16 (boundary_bits 0) are exact; otherwise they are sealed with more bits.
   bool exact_layer(int il) const { return boundary_layer(il) && p_.boundary_bits == 0; }
   // Layers whose unsealed tokens are kept as tail codes (exact layers keep every token f16).
-  bool tail_layer(int il) const { return tail_bits_ > 0 && fam_ != Family::qblock && !exact_layer(il); }
+  bool tail_layer(int il) const { return tail_bits_[0] > 0 && fam_ != Family::qblock && !exact_layer(il); }
 
   void append_rows(int il, int pos0, int n, const float* k, const float* v, ThreadPool& pool) override {
     const KVCacheShape& s = shape_;
@@ -241,7 +245,6 @@ class CompressedKVCache final : public HostKVCache {
     const int d = s.head_dim;
     const bool exact = exact_layer(il);
     const bool tail = tail_layer(il);
-    const size_t tcb = tail ? tail_codec_.code_bytes() : 0;
     // One work item per (KV head, K or V) stream: streams share nothing but the read-only
     // rotation, so sealing runs in parallel.
     pool.parallel_for(2 * s.n_head_kv, [&](int64_t i0, int64_t i1, int) {
@@ -254,6 +257,8 @@ class CompressedKVCache final : public HostKVCache {
         const float* src = kv == 0 ? k : v;
         std::vector<uint16_t>().swap(st.recent);  // free: only a batch that seals refills it
         st.recent_first = st.blocks.size();
+        const TurboRowCodec& tcodec = tail_codec_[kv];
+        const size_t tcb = tail ? tcodec.code_bytes() : 0;
         if (tail) {  // drop what no query of this append (nor the dequantized view) reads
           const int64_t n_u = st.sealed + (int64_t)st.ring_bad.size();
           const int64_t ring_base = std::max(st.sealed, n_u - window_);
@@ -285,7 +290,7 @@ class CompressedKVCache final : public HostKVCache {
             std::vector<uint16_t>& dst = pos < sinks_ ? st.sinks : st.ring;
             if (pos >= sinks_ && tail) {  // the code first: to_f16_row clamps the row in place
               st.tcodes.resize(st.tcodes.size() + tcb, 0);
-              st.tnorms.push_back(tail_codec_.encode(row.data(), st.tcodes.data() + st.tcodes.size() - tcb, p_.norm_correction));
+              st.tnorms.push_back(tcodec.encode(row.data(), st.tcodes.data() + st.tcodes.size() - tcb, p_.norm_correction));
             }
             dst.resize(dst.size() + d);
             to_f16_row(row.data(), dst.data() + dst.size() - d, d);
@@ -385,7 +390,7 @@ class CompressedKVCache final : public HostKVCache {
   size_t bytes() const override {
     size_t b = 0;
     for (const auto& h : heads_)
-      for (const auto& st : h.s) b += stream_bytes(st, h.tail).total();
+      for (int kv = 0; kv < 2; kv++) b += stream_bytes(h.s[kv], kv, h.tail).total();
     return b;
   }
 
@@ -407,7 +412,7 @@ class CompressedKVCache final : public HostKVCache {
     for (int g = 0; g < s.n_head_kv; g++) {
       const HeadStore& hs = head(il, g);
       for (int kv = 0; kv < 2; kv++) {
-        decode_stream(hs.s[kv], hs.tail, rows);
+        decode_stream(hs.s[kv], kv, hs.tail, rows);
         if ((int)(rows.size() / d) != n) fail(ErrorCode::internal, "KV cache: token count mismatch");
         std::vector<float>& o = kv == 0 ? kout : vout;
         for (int t = 0; t < n; t++) {
@@ -435,7 +440,7 @@ class CompressedKVCache final : public HostKVCache {
   HeadStore& head(int il, int g) { return heads_[(size_t)il * shape_.n_head_kv + g]; }
   const HeadStore& head(int il, int g) const { return heads_[(size_t)il * shape_.n_head_kv + g]; }
 
-  Bytes stream_bytes(const Stream& st, bool tail) const {
+  Bytes stream_bytes(const Stream& st, int kv, bool tail) const {
     Bytes b;
     b.exact = 2 * (st.sinks.size() + st.ring.size());
     b.qblocks = st.qrows.size();
@@ -443,7 +448,7 @@ class CompressedKVCache final : public HostKVCache {
       const int d = shape_.head_dim;
       const int64_t unsealed = (int64_t)st.ring_bad.size();
       b.exact = 2 * (st.sinks.size() + (size_t)std::min<int64_t>(window_, unsealed) * d);
-      b.tail = (size_t)unsealed * (tail_codec_.code_bytes() + 2);
+      b.tail = (size_t)unsealed * (tail_codec_[kv].code_bytes() + 2);
     }
     for (const SealedBlock& blk : st.blocks) {
       b.header += SealedBlock::kHeaderBytes;
@@ -473,11 +478,12 @@ class CompressedKVCache final : public HostKVCache {
   // cache kept); their codes and exact rows stay until the next append.
   void seal_oldest_tail(Stream& st, int kv, int il) {
     const int d = shape_.head_dim;
-    const size_t tcb = tail_codec_.code_bytes();
+    const TurboRowCodec& tcodec = tail_codec_[kv];
+    const size_t tcb = tcodec.code_bytes();
     std::vector<float> X((size_t)block_ * d);
     const int64_t first = st.sealed - st.tail_base;
     for (int t = 0; t < block_; t++)
-      tail_codec_.decode(st.tcodes.data() + (size_t)(first + t) * tcb, st.tnorms[(size_t)(first + t)], &X[(size_t)t * d]);
+      tcodec.decode(st.tcodes.data() + (size_t)(first + t) * tcb, st.tnorms[(size_t)(first + t)], &X[(size_t)t * d]);
     seal_rows(st, kv, il, X.data());
     st.ring_bad.erase(st.ring_bad.begin(), st.ring_bad.begin() + block_);
     st.sealed += block_;
@@ -518,7 +524,7 @@ class CompressedKVCache final : public HostKVCache {
   // All rows of a stream, decoded, in token order, rotated basis.
   // With tail codes: the unsealed tokens as the next decode step's query would read them but
   // for the newest, which it adds (the last window_ exact, older ones from their codes).
-  void decode_stream(const Stream& st, bool tail, std::vector<float>& rows) const {
+  void decode_stream(const Stream& st, int kv, bool tail, std::vector<float>& rows) const {
     const int d = shape_.head_dim;
     rows.clear();
     for (uint16_t h : st.sinks) rows.push_back(fp16_to_fp32(h));
@@ -530,13 +536,14 @@ class CompressedKVCache final : public HostKVCache {
     }
     if (tail) {
       const int64_t n_u = st.sealed + (int64_t)st.ring_bad.size();
-      const size_t tcb = tail_codec_.code_bytes();
+      const TurboRowCodec& tcodec = tail_codec_[kv];
+      const size_t tcb = tcodec.code_bytes();
       buf.resize(d);
       for (int64_t u = st.sealed; u < n_u; u++) {
         if (u >= n_u - window_) {
           for (int j = 0; j < d; j++) rows.push_back(fp16_to_fp32(st.ring[(size_t)(u - st.ring_base) * d + j]));
         } else {
-          tail_codec_.decode(st.tcodes.data() + (size_t)(u - st.tail_base) * tcb, st.tnorms[(size_t)(u - st.tail_base)], buf.data());
+          tcodec.decode(st.tcodes.data() + (size_t)(u - st.tail_base) * tcb, st.tnorms[(size_t)(u - st.tail_base)], buf.data());
           rows.insert(rows.end(), buf.begin(), buf.end());
         }
       }
@@ -719,13 +726,13 @@ class CompressedKVCache final : public HostKVCache {
                     const uint16_t* vn) const {
     const int d = shape_.head_dim;
     const CpuKernels& kern = cpu_kernels();
-    const float* cent = cb_[tail_bits_]->centroids.data();
     const float scale = 1.0f / std::sqrt((float)d);
     w.sc.resize((size_t)G * m);
-    (p_.exact_scores ? kern.scores_codes : kern.scores_codes_q8)(kc, m, d, tail_bits_, cent, kn, scale, w.qt.data(), G,
-                                                                 w.sc.data());
+    (p_.exact_scores ? kern.scores_codes : kern.scores_codes_q8)(kc, m, d, tail_bits_[0], cb_[tail_bits_[0]]->centroids.data(),
+                                                                 kn, scale, w.qt.data(), G, w.sc.data());
     absorb(w, G, m, d);
-    kern.values_codes(vc, m, d, tail_bits_, cent, vn, scale, w.sc.data(), G, w.acc.data());
+    kern.values_codes(vc, m, d, tail_bits_[1], cb_[tail_bits_[1]]->centroids.data(), vn, scale, w.sc.data(), G,
+                      w.acc.data());
   }
 
   // One q8_0 / q4_0 row decoded into row[d] (on the fly, one token at a time; nothing kept).
@@ -847,11 +854,10 @@ class CompressedKVCache final : public HostKVCache {
       start = ns_tok + (int)nb_read * block_;
       const int end = ns_tok + (int)(K.sealed + (int64_t)K.ring_bad.size());
       const int ex = (int)std::max<int64_t>({(int64_t)start, (int64_t)qpos - window_ + 1, ns_tok + K.ring_base});
-      const size_t tcb = tail_codec_.code_bytes();
       if (clip(start, std::min(ex, end) - start)) {
         const size_t r0 = (size_t)(start + a - ns_tok - K.tail_base);
-        tail_segment(w, G, b - a, K.tcodes.data() + r0 * tcb, K.tnorms.data() + r0, V.tcodes.data() + r0 * tcb,
-                     V.tnorms.data() + r0);
+        tail_segment(w, G, b - a, K.tcodes.data() + r0 * tail_codec_[0].code_bytes(), K.tnorms.data() + r0,
+                     V.tcodes.data() + r0 * tail_codec_[1].code_bytes(), V.tnorms.data() + r0);
       }
       if (ex < end && clip(ex, end - ex)) {
         const size_t r0 = (size_t)(ex + a - ns_tok - K.ring_base);
@@ -868,8 +874,9 @@ class CompressedKVCache final : public HostKVCache {
   bool q4_ = false;
   size_t row_bytes_ = 0;
   int k_bits_ = 0, v_bits_ = 0, block_ = 0, ring_ = 0, sinks_ = 0;
-  int norm_bits_ = 16, tail_bits_ = 0, window_ = 16;
-  TurboRowCodec tail_codec_;  // tail_bits_ > 0
+  int norm_bits_ = 16, window_ = 16;
+  int tail_bits_[2] = {0, 0};    // K, V (0: the f16 tail)
+  TurboRowCodec tail_codec_[2];  // tail_bits_ > 0
   int rank_cap_[2] = {0, 0};  // K, V
   const LloydMaxCodebook* cb_[9] = {};  // residual codebooks by bits (those in use: K, V, boundary)
   std::vector<HeadStore> heads_;  // [n_layer][n_head_kv]
@@ -893,7 +900,8 @@ std::string CompressedKVCache::stats_json() const {
     << ", \"block\": " << block_ << ", \"ring\": " << ring_ << ", \"sinks\": " << sinks_
     << ", \"boundary_layers\": " << p_.boundary_layers
     << ", \"boundary_bits\": " << p_.boundary_bits << ", \"norm_correction\": " << (p_.norm_correction ? "true" : "false")
-    << ", \"norm_bits\": " << norm_bits_ << ", \"tail_bits\": " << tail_bits_ << ", \"window\": " << window_
+    << ", \"norm_bits\": " << norm_bits_ << ", \"tail_bits\": " << tail_bits_[0] << ", \"v_tail_bits\": " << tail_bits_[1]
+    << ", \"window\": " << window_
     << ", \"exact_scores\": " << (p_.exact_scores ? "true" : "false")
     << ", \"seed\": " << p_.seed << ", \"head_dim\": " << d << "}";
 
@@ -914,7 +922,7 @@ std::string CompressedKVCache::stats_json() const {
       for (int kv = 0; kv < 2; kv++) {
         const Stream& st = head(il, g).s[kv];
         Sum& S = sum[kv];
-        const Bytes by = stream_bytes(st, head(il, g).tail);
+        const Bytes by = stream_bytes(st, kv, head(il, g).tail);
         S.by.codes += by.codes;
         S.by.factors += by.factors;
         S.by.norms += by.norms;

@@ -597,12 +597,14 @@ def cache_rotation_seed(seed: int, layer: int, head: int) -> int:
 
 
 def build_cache(k, v, R, *, k_bits=2, v_bits=2, rank_cap=3, factor_bits=4, shrink=True,
-                norm_correction=True, block=256, ring=256, sinks=4, norm_bits=16, tail_bits=0, window=16):
+                norm_correction=True, block=256, ring=256, sinks=4, norm_bits=16, tail_bits=0, window=16,
+                v_tail_bits=None):
     """k, v [n, d] of one KV head in arrival order (original basis).  ENGINE CHOICES: rows are
     rotated in float32 and stored as f16 (sinks: the first `sinks` positions; the rest in the
     ring); whenever the ring holds ring + block tokens its oldest `block` tokens are sealed, from
     their f16 values.  The final layout does not depend on how the tokens were chunked.
-    tail_bits > 0: every token after the sinks is also coded at arrival (TurboQuant, tail_bits,
+    tail_bits > 0: every token after the sinks is also coded at arrival (TurboQuant, tail_bits;
+    values v_tail_bits when given,
     f16 norm, from its float32 rotated row); blocks seal from those codes, decoded; of the
     unsealed tokens the last `window` read exact (f16), older ones as their decoded codes — what
     ring_k/ring_v hold here."""
@@ -614,9 +616,9 @@ def build_cache(k, v, R, *, k_bits=2, v_bits=2, rank_cap=3, factor_bits=4, shrin
     d = kr.shape[1]
     if tail_bits:
         src = []
-        for x in (kr32, vr32):
-            codes, norms = _turbo_encode_rows(np.asarray(x[S:], np.float32), tail_bits, norm_correction)
-            src.append(np.concatenate([x[:S], _residual_decode_f32(codes, norms, tail_bits, d)]).astype(np.float32))
+        for x, tb in ((kr32, tail_bits), (vr32, v_tail_bits or tail_bits)):
+            codes, norms = _turbo_encode_rows(np.asarray(x[S:], np.float32), tb, norm_correction)
+            src.append(np.concatenate([x[:S], _residual_decode_f32(codes, norms, tb, d)]).astype(np.float32))
         ks, vs = src
     else:
         ks, vs = kr, vr
