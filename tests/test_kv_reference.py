@@ -74,6 +74,26 @@ def test_reference_codebook_known_answers():
         np.testing.assert_allclose(rk.lloyd_max(1 << 16, b)[0][2 ** (b - 1):], SPEC_GAUSSIAN[b - 1], atol=2e-4)
 
 
+
+def test_log_norm_codes_are_log_nearest():
+    """The reference's 8-bit norm encoder picks, among the 255 values, the one nearest in the log
+    domain (brute force over all codes here), ties aside; tiny norms go to the zero code."""
+    rng = np.random.default_rng(7)
+    for shift in (-6, 0, 3, 15):
+        v = rk.log_norm_values(shift)
+        x = (2.0 ** (shift - rng.uniform(0, 8.2, 2000))).astype(np.float32)
+        codes = rk.log_norm_encode(x, shift)
+        nz = codes != rk.LOG_NORM_ZERO
+        dist = np.abs(np.log(v)[None, :] - np.log(x[nz].astype(np.float64))[:, None])
+        best = dist.min(axis=1)
+        got = dist[np.arange(nz.sum()), codes[nz]]
+        assert np.all(got <= best + 1e-12)
+        assert np.all(x[~nz] < v[254] / 2)
+        inside = x >= v[254]  # within the eight octaves: ≤ 2^(1/64) − 1 plus the f16 rounding
+        assert np.max(np.abs(rk.log_norm_decode(codes[inside], shift) / x[inside] - 1)) < 0.012
+    assert rk.log_norm_shift(0.0) == -6 and rk.log_norm_shift(1.0) == 0 and rk.log_norm_shift(1.5) == 1
+    assert rk.log_norm_shift(2.0 ** 15 + 1) is None
+
 @pytest.mark.parametrize("d", [64, 128, 48, 96])
 def test_codebook_matches_cpp(d):
     for b in (1, 2, 3, 4):
