@@ -47,6 +47,8 @@ struct KVCacheParams {
                              //   `window` most recent exact as well; blocks seal from the codes
   int v_tail_bits = -1;      // the tail bits of values alone (default: tail_bits)
   int window = -1;           // with tail_bits: recent tokens read exact (default 16)
+  int k_adapt = 0;           // turbo/eoq keys: a block is sealed with k_bits − 1 when that keeps its
+                             //   relative error ‖X − X̂‖/‖X‖ at most k_adapt/1000, else k_bits (0: off)
   bool exact_scores = false; // true: sealed-block scores in float (kernels.h scores_codes), not
                              // through int8 q and centroids where the CPU does that faster
   uint64_t seed = 0x5eed;    // rotation seeds derive from (seed, layer, kv head)

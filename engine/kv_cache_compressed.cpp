@@ -177,11 +177,13 @@ class CompressedKVCache final : public HostKVCache {
     if (p.v_tail_bits != -1 && (p.v_tail_bits < 1 || p.v_tail_bits > 8)) bad("v_tail_bits must be in 1..8 (or -1: tail_bits)");
     if (p.v_tail_bits > 0 && p.tail_bits <= 0) bad("v_tail_bits needs tail_bits > 0");
     if (p.window < -1) bad("window must be >= 0 (or -1 for the default)");
+    if (p.k_adapt < 0 || p.k_adapt > 1000) bad("k_adapt must be in 0..1000 (a relative error in 1/1000; 0: off)");
     if (fam_ == Family::qblock) {
       if (d % QK != 0) bad("head_dim " + std::to_string(d) + " is not a multiple of 32");
       if (p.k_bits != -1 || p.v_bits != -1 || p.rank_cap > 0 || p.v_rank_cap > 0 || p.boundary_bits != 0 ||
-          p.norm_bits != -1 || p.tail_bits > 0 || p.v_tail_bits != -1 || p.window != -1)
-        bad("k_bits, v_bits, rank_cap, v_rank_cap, boundary_bits, norm_bits, tail_bits, v_tail_bits and window apply to turbo/eoq modes");
+          p.norm_bits != -1 || p.tail_bits > 0 || p.v_tail_bits != -1 || p.window != -1 || p.k_adapt != 0)
+        bad("k_bits, v_bits, rank_cap, v_rank_cap, boundary_bits, norm_bits, tail_bits, v_tail_bits, window and "
+            "k_adapt apply to turbo/eoq modes");
       row_bytes_ = (size_t)(d / QK) * (q4_ ? 18 : 34);
     } else {
       if (d < 2) bad("head_dim must be >= 2");
@@ -507,7 +509,15 @@ class CompressedKVCache final : public HostKVCache {
     const auto t0 = std::chrono::steady_clock::now();
     st.blocks.emplace_back();
     SealInfo info;
-    seal_block(X, block_, d, sp, st.blocks.back(), info);
+    // k_adapt: keys first sealed with one bit less, kept if that meets the relative-error target
+    // (blocks the low-rank part explains well), otherwise sealed again at k_bits.
+    const bool adapt = kv == 0 && p_.k_adapt > 0 && sp.bits > 1 && !boundary_layer(il);
+    if (adapt) {
+      sp.bits--;
+      seal_block(X, block_, d, sp, st.blocks.back(), info);
+      sp.bits++;
+    }
+    if (!adapt || info.rel_err > p_.k_adapt / 1000.0) seal_block(X, block_, d, sp, st.blocks.back(), info);
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     BlockStat bs;
     bs.rank_raw = info.rank_raw;
@@ -901,13 +911,13 @@ std::string CompressedKVCache::stats_json() const {
     << ", \"boundary_layers\": " << p_.boundary_layers
     << ", \"boundary_bits\": " << p_.boundary_bits << ", \"norm_correction\": " << (p_.norm_correction ? "true" : "false")
     << ", \"norm_bits\": " << norm_bits_ << ", \"tail_bits\": " << tail_bits_[0] << ", \"v_tail_bits\": " << tail_bits_[1]
-    << ", \"window\": " << window_
+    << ", \"window\": " << window_ << ", \"k_adapt\": " << p_.k_adapt
     << ", \"exact_scores\": " << (p_.exact_scores ? "true" : "false")
     << ", \"seed\": " << p_.seed << ", \"head_dim\": " << d << "}";
 
   // Summary accumulators per K (0) and V (1).
   struct Sum {
-    int64_t blocks = 0, tokens_sealed = 0, nonfinite = 0, rank_sum = 0, rank_raw_sum = 0;
+    int64_t blocks = 0, tokens_sealed = 0, nonfinite = 0, rank_sum = 0, rank_raw_sum = 0, bits_sum = 0, compressed = 0;
     double ms = 0, rel_err_sum = 0, sealed_bits = 0, sealed_paper_bits = 0;
     int64_t fallbacks[5] = {0, 0, 0, 0, 0};
     Bytes by;
@@ -931,7 +941,7 @@ std::string CompressedKVCache::stats_json() const {
         S.by.qblocks += by.qblocks;
         S.by.tail += by.tail;
         S.nonfinite += st.nonfinite;
-        std::vector<int> hist_raw, hist;
+        std::vector<int> hist_raw, hist, bits_hist(9, 0);  // bits_hist: compressed blocks by residual bits
         std::vector<float> rel, ms, energy;
         std::vector<std::vector<float>> gains;
         int64_t fb[5] = {0, 0, 0, 0, 0};
@@ -943,6 +953,11 @@ std::string CompressedKVCache::stats_json() const {
           if ((int)hist_raw.size() <= bs.rank_raw) hist_raw.resize(bs.rank_raw + 1, 0);
           if ((int)hist.size() <= bs.rank) hist.resize(bs.rank + 1, 0);
           hist_raw[bs.rank_raw]++;
+          if (blk.kind == SealedBlock::compressed) {
+            bits_hist[blk.bits]++;
+            S.bits_sum += blk.bits;
+            S.compressed++;
+          }
           hist[bs.rank]++;
           rel.push_back(bs.rel_err);
           ms.push_back(bs.ms);
@@ -967,7 +982,8 @@ std::string CompressedKVCache::stats_json() const {
         for (int i = 0; i < 5; i++) S.fallbacks[i] += fb[i];
         const double sealed_entries = (double)sealed * d;
         layers << ", \"" << (kv == 0 ? "k" : "v") << "\": {\"tokens_sealed\": " << sealed << ", \"blocks\": " << st.blocks.size()
-               << ", \"rank_hist_raw\": " << jarr(hist_raw) << ", \"rank_hist\": " << jarr(hist) << ", \"gains\": [";
+               << ", \"rank_hist_raw\": " << jarr(hist_raw) << ", \"rank_hist\": " << jarr(hist)
+               << ", \"bits_hist\": " << jarr(bits_hist) << ", \"gains\": [";
         for (size_t b = 0; b < gains.size(); b++) layers << (b ? ", " : "") << jarr(gains[b]);
         layers << "], \"rel_err\": " << jarr(rel) << ", \"lowrank_energy\": " << jarr(energy) << ", \"seal_ms\": " << jarr(ms)
                << ", \"seal_ms_total\": " << jnum(ms_sum)
@@ -1000,6 +1016,7 @@ std::string CompressedKVCache::stats_json() const {
       << ", \"mean_rank\": " << jnum(S.blocks ? (double)S.rank_sum / S.blocks : 0.0)
       << ", \"mean_rank_raw\": " << jnum(S.blocks ? (double)S.rank_raw_sum / S.blocks : 0.0)
       << ", \"mean_rel_err\": " << jnum(S.blocks ? S.rel_err_sum / S.blocks : 0.0)
+      << ", \"mean_bits\": " << jnum(S.compressed ? (double)S.bits_sum / S.compressed : 0.0)
       << ", \"bits_per_entry_sealed\": " << jnum(ent > 0 ? S.sealed_bits / ent : 0.0)
       << ", \"bits_per_entry_sealed_paper\": " << jnum(ent > 0 ? S.sealed_paper_bits / ent : 0.0)
       << ", \"seal_ms\": " << jnum(S.ms) << ", \"nonfinite_inputs\": " << S.nonfinite

@@ -18,7 +18,7 @@ constexpr int kEoqPresetKBits = 3, kEoqPresetVBits = 2, kEoqPresetVRankCap = 0, 
 
 const char* const kKnown =
     "k_bits, v_bits, rank_cap, v_rank_cap, factor_bits, shrink, block, ring, sinks, boundary_layers, "
-    "boundary_bits, norm_correction, norm_bits, tail_bits, v_tail_bits, window, exact_scores, seed";
+    "boundary_bits, norm_correction, norm_bits, tail_bits, v_tail_bits, window, k_adapt, exact_scores, seed";
 
 }  // namespace
 
@@ -49,6 +49,7 @@ void set_kv_option(KVCacheParams& p, const std::string& key, long long value) {
   else if (key == "tail_bits") p.tail_bits = as_int();
   else if (key == "v_tail_bits") p.v_tail_bits = as_int();
   else if (key == "window") p.window = as_int();
+  else if (key == "k_adapt") p.k_adapt = as_int();
   else if (key == "exact_scores") p.exact_scores = as_bool();
   else if (key == "seed") p.seed = (uint64_t)value;
   else fail(ErrorCode::invalid_arg, "unknown KV cache option '" + key + "' (known: " + kKnown + ")");

@@ -598,7 +598,7 @@ def cache_rotation_seed(seed: int, layer: int, head: int) -> int:
 
 def build_cache(k, v, R, *, k_bits=2, v_bits=2, rank_cap=3, factor_bits=4, shrink=True,
                 norm_correction=True, block=256, ring=256, sinks=4, norm_bits=16, tail_bits=0, window=16,
-                v_tail_bits=None):
+                v_tail_bits=None, k_adapt=0):
     """k, v [n, d] of one KV head in arrival order (original basis).  ENGINE CHOICES: rows are
     rotated in float32 and stored as f16 (sinks: the first `sinks` positions; the rest in the
     ring); whenever the ring holds ring + block tokens its oldest `block` tokens are sealed, from
@@ -607,7 +607,8 @@ def build_cache(k, v, R, *, k_bits=2, v_bits=2, rank_cap=3, factor_bits=4, shrin
     values v_tail_bits when given,
     f16 norm, from its float32 rotated row); blocks seal from those codes, decoded; of the
     unsealed tokens the last `window` read exact (f16), older ones as their decoded codes — what
-    ring_k/ring_v hold here."""
+    ring_k/ring_v hold here.  k_adapt > 0: a key block is sealed with k_bits − 1 when its relative
+    error stays at most k_adapt/1000, else with k_bits."""
     n = len(k)
     kr32, vr32 = rotate_rows(k, R), rotate_rows(v, R)
     kr, vr = f16(kr32), f16(vr32)
@@ -622,10 +623,17 @@ def build_cache(k, v, R, *, k_bits=2, v_bits=2, rank_cap=3, factor_bits=4, shrin
         ks, vs = src
     else:
         ks, vs = kr, vr
+    def seal_k(X):  # k_adapt: one bit less when that meets the relative-error target
+        if k_adapt and k_bits > 1:
+            blk = seal_block(X, k_bits - 1, rank_cap, factor_bits, shrink, norm_correction, norm_bits=norm_bits)
+            if blk["rel_err"] <= k_adapt / 1000:
+                return blk
+        return seal_block(X, k_bits, rank_cap, factor_bits, shrink, norm_correction, norm_bits=norm_bits)
+
     pos = S
     while n - pos >= ring + block:
         cache["blocks"].append((
-            seal_block(ks[pos:pos + block], k_bits, rank_cap, factor_bits, shrink, norm_correction, norm_bits=norm_bits),
+            seal_k(ks[pos:pos + block]),
             seal_block(vs[pos:pos + block], v_bits, rank_cap, factor_bits, shrink, norm_correction, norm_bits=norm_bits)))
         pos += block
     if tail_bits:

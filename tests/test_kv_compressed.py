@@ -359,11 +359,12 @@ def test_attention_from_codes_equals_dequantized_attention(mode):
         dict(mode="turbo3", block=16, ring=8, sinks=2, tail_bits=3, window=0),
         dict(mode="eoq3", block=8, ring=5, sinks=1, tail_bits=4, window=20, norm_bits=8, v_rank_cap=0),
         dict(mode="eoq2", block=16, ring=0, sinks=4, k_bits=3, tail_bits=4, v_tail_bits=2, window=6, norm_bits=8),
+        dict(mode="eoq2", block=16, ring=0, sinks=4, k_bits=3, k_adapt=300, tail_bits=5, v_tail_bits=2, norm_bits=8),
         dict(mode="eoq2", block=16, ring=0, sinks=4, tail_bits=2, window=3, boundary_layers=1),
         dict(mode="eoq2", block=16, ring=16, sinks=4, norm_bits=8),
     ],
     ids=["no-ring-no-sinks", "asym-bits-truncate", "turbo-odd-sizes", "boundary", "q4_0-boundary",
-         "boundary-bits-eoq", "boundary-bits-turbo", "tail-codes-norm8", "tail-no-window", "tail-long-window", "tail-kv-bits",
+         "boundary-bits-eoq", "boundary-bits-turbo", "tail-codes-norm8", "tail-no-window", "tail-long-window", "tail-kv-bits", "k-adapt",
          "tail-boundary", "norm8-f16-tail"],
 )
 def test_attention_from_codes_knobs(params):

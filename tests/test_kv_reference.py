@@ -271,13 +271,15 @@ def random_cache_params(rng, seed):
     if seed == 1:
         return dict(mode="eoq3", block=96, ring=16, sinks=2, k_bits=4, v_bits=2, shrink=False, seed=1234)
     if seed == 2:  # the eoq preset's format: 8-bit norms, 4-bit tail codes, an exact window
-        return dict(mode="eoq2", block=64, ring=0, sinks=4, k_bits=3, norm_bits=8, tail_bits=4, v_tail_bits=2, window=16)
+        return dict(mode="eoq2", block=64, ring=0, sinks=4, k_bits=3, norm_bits=8, tail_bits=5, v_tail_bits=2, window=16,
+                    k_adapt=200)
     p = dict(mode=str(rng.choice(["eoq2", "eoq3", "eoq4", "turbo2", "turbo3"])), block=int(rng.choice([64, 80, 128])),
              ring=int(rng.integers(0, 40)), sinks=int(rng.integers(0, 7)), seed=int(rng.integers(1 << 62)))
     if p["mode"].startswith("eoq"):
         p.update(shrink=bool(rng.integers(2)), rank_cap=int(rng.integers(1, 5)), k_bits=int(rng.integers(2, 5)))
     if seed > 2:  # the eoq preset's parts: 8-bit norms, tail codes with an exact window
-        p.update(norm_bits=int(rng.choice([8, 16])), tail_bits=int(rng.choice([0, 3, 4])), window=int(rng.integers(0, 24)))
+        p.update(norm_bits=int(rng.choice([8, 16])), tail_bits=int(rng.choice([0, 3, 4])), window=int(rng.integers(0, 24)),
+                 k_adapt=int(rng.choice([0, 150, 250])))
     return p
 
 
@@ -288,7 +290,8 @@ def ref_cache_args(p, d):
                 rank_cap=(p.get("rank_cap", 3 if d <= 64 else 4) if eoq else 0), factor_bits=p.get("factor_bits", 4),
                 shrink=p.get("shrink", True), norm_correction=p.get("norm_correction", True),
                 block=p["block"], ring=p["ring"], sinks=p["sinks"], norm_bits=p.get("norm_bits", 16),
-                tail_bits=p.get("tail_bits", 0), window=p.get("window", 16), v_tail_bits=p.get("v_tail_bits"))
+                tail_bits=p.get("tail_bits", 0), window=p.get("window", 16), v_tail_bits=p.get("v_tail_bits"),
+                k_adapt=p.get("k_adapt", 0))
 
 
 @SEEDS
