@@ -256,6 +256,12 @@ class ExactKVCache final : public HostKVCache {
   }
 
   void clear() override { n_.assign(shape_.n_layer, 0); }
+  // Rows past n are simply forgotten (the next append overwrites them).
+  int truncate(int n) override {
+    check_truncate(n);
+    n_.assign(shape_.n_layer, n);
+    return n;
+  }
   int n_tokens() const override { return n_.empty() ? 0 : n_[0]; }
   size_t bytes() const override {
     return (size_t)2 * shape_.n_layer * shape_.n_head_kv * shape_.head_dim * n_tokens() * sizeof(T);
@@ -289,6 +295,19 @@ void KVCache::begin(int pos0, int n) {
     fail(ErrorCode::internal, "KV cache: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n) +
                                   " do not follow the " + std::to_string(n_tokens()) + " tokens held or exceed n_ctx " +
                                   std::to_string(shape_.n_ctx));
+}
+
+void KVCache::check_truncate(int n) const {
+  if (n < 0 || n > n_tokens())
+    fail(ErrorCode::invalid_arg, "KV cache: cannot keep " + std::to_string(n) + " tokens of the " +
+                                     std::to_string(n_tokens()) + " held");
+}
+
+int KVCache::truncate(int n) {
+  check_truncate(n);
+  if (n == n_tokens()) return n;
+  clear();
+  return 0;
 }
 
 void HostKVCache::append(int il, int pos0, int n, const Tensor& k, const Tensor& v) {
