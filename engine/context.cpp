@@ -35,6 +35,7 @@ Context::Context(Engine& engine, const ContextParams& p) : engine_(engine) {
   if (p.n_batch <= 0) fail(ErrorCode::invalid_arg, "n_batch must be > 0, got " + std::to_string(p.n_batch));
   n_ctx_ = p.n_ctx > 0 ? p.n_ctx : c.n_ctx_train;
   n_batch_ = p.n_batch;
+  kv_params_ = p.kv;
   const KVCacheShape shape{c.n_layer, c.n_head_kv, c.head_dim, n_ctx_, c.n_head};
   Backend& be = engine.backend();
   be.check_fits(be.kv_cache_reserve_bytes(p.kv, shape) * (size_t)p.n_seq,

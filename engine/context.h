@@ -81,6 +81,7 @@ class Context {
   int n_seq() const { return (int)seqs_.size(); }
   int n_ctx() const { return n_ctx_; }
   int n_batch() const { return n_batch_; }
+  const KVCacheParams& kv_params() const { return kv_params_; }
   Sequence& seq(int i);  // Error(invalid_arg) out of range
 
   // Evaluates tokens on sequence i at positions n_past.. (blocking; thread-safe, batched with
@@ -119,6 +120,7 @@ class Context {
 
   Engine& engine_;
   int n_ctx_ = 0, n_batch_ = 512;
+  KVCacheParams kv_params_;
   std::vector<std::unique_ptr<Sequence>> seqs_;
 
   std::mutex mu_;
