@@ -204,6 +204,28 @@ void def_sequence_ops(Cls& cls, S seq_of) {
 }
 
 void bind_engine(py::module_& m) {
+  // "eoq2:ring=0:k_bits=3" -> ("eoq2", {knob: value, ...}) by the C++ parser (every knob, as
+  // Engine(kv_options=...) takes them; Error(invalid_arg) for a malformed spec).
+  m.def("parse_kv_spec", [](const std::string& spec) {
+    const eoq::KVCacheParams p = eoq::parse_kv_spec(spec);
+    py::dict d;
+    d["k_bits"] = p.k_bits;
+    d["v_bits"] = p.v_bits;
+    d["rank_cap"] = p.rank_cap;
+    d["v_rank_cap"] = p.v_rank_cap;
+    d["factor_bits"] = p.factor_bits;
+    d["shrink"] = p.shrink;
+    d["block"] = p.block;
+    d["ring"] = p.ring;
+    d["sinks"] = p.sinks;
+    d["boundary_layers"] = p.boundary_layers;
+    d["boundary_bits"] = p.boundary_bits;
+    d["norm_correction"] = p.norm_correction;
+    d["exact_scores"] = p.exact_scores;
+    d["seed"] = (long long)p.seed;
+    return py::make_tuple(p.mode, d);
+  });
+
   py::class_<eoq::Engine> engine(m, "Engine");
   engine.def(py::init([](const std::string& path, int n_ctx, int n_threads, const std::string& kv, int n_batch,
                          const py::dict& kv_options, const std::string& device, int n_seq) {

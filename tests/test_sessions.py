@@ -298,3 +298,24 @@ def test_prefill_progress_and_cancel(smollm2_path):
             e.generate(prompt, max_tokens=3, temperature=0, progress=interrupt)
         assert e.n_past == 192
         assert e.generate(prompt, max_tokens=3, temperature=0).tokens == ref
+
+
+def test_estimate_memory(smollm2_path, wikitext):
+    est = Engine.estimate_memory(smollm2_path, n_ctx=4096, kv="f16", n_seq=2)
+    assert est["kv_bytes"] == 2 * 2 * 30 * 3 * 4096 * 64 * 2 and est["kv_bits_per_entry"] == 16.0
+    assert est["n_ctx_train"] == 8192 and est["fits"]
+    import os
+    assert est["weights"] == sum(t["nbytes"] for t in __import__("eoq")._core.GGUFFile(smollm2_path).tensors)
+    assert est["weights"] < os.path.getsize(smollm2_path)
+    # A compressed cache: the estimate bounds what a real text of that length takes, closely.
+    with Engine(smollm2_path, n_ctx=2100, n_threads=2, kv="eoq") as e:
+        toks = e.tokenize(wikitext[:20000])[:2052]  # 4 sinks + 8 sealed blocks of 256
+        e.core.eval(toks)
+        real = e.compression_stats()["bytes"]
+    est = Engine.estimate_memory(smollm2_path, n_ctx=2052, kv="eoq")
+    assert "upper bound" in est["kv_basis"]
+    assert real <= est["kv_bytes"] <= 1.15 * real, (real, est["kv_bytes"])
+    with pytest.raises(EoqError, match="n_seq"):
+        Engine.estimate_memory(smollm2_path, n_seq=0)
+    with pytest.raises(FileNotFoundError):
+        Engine.estimate_memory("/nonexistent.gguf")

@@ -270,6 +270,97 @@ class _SeqState:
                 self.cond.notify_all()
 
 
+def _kv_cache_bytes(mode: str, options: Dict[str, Any], n_layer: int, n_kv: int, d: int, n_ctx: int):
+    """(bytes of one cache holding n_ctx tokens, basis) for estimate_memory."""
+    import numpy as np
+
+    if mode in ("f16", "f32"):
+        return 2 * n_layer * n_kv * n_ctx * d * (2 if mode == "f16" else 4), "exact, allocated up front"
+    params = dict(options, mode=mode)
+    probe = _core.KVCacheTester(params, 1, 1, d, 8, 1)
+    p = probe.stats().get("params", {})
+    if mode in ("q8_0", "q4_0"):
+        n = 64
+        t = _core.KVCacheTester(params, n_layer, n_kv, d, n, 1)
+        rng = np.random.default_rng(0)
+        for il in range(n_layer):
+            t.append(il, rng.standard_normal((n, n_kv, d), dtype=np.float32),
+                     rng.standard_normal((n, n_kv, d), dtype=np.float32))
+        return t.bytes * n_ctx // n, "per-token blocks"
+    block, ring, sinks = int(p["block"]), int(p["ring"]), int(p["sinks"])
+    cap = max(int(p.get("rank_cap", 0)), int(p.get("v_rank_cap", 0)))
+    n1 = sinks + ring + block  # one block sealed
+    n2 = n1 + block            # two
+    t = _core.KVCacheTester(params, n_layer, n_kv, d, n2, 1)
+    rng = np.random.default_rng(0)
+    r = min(d, cap + 2)
+
+    def rows(n):  # strong rank-r structure plus noise: every block reaches the rank cap
+        basis = rng.standard_normal((n_kv, r, d)).astype(np.float32)
+        coef = 8.0 * rng.standard_normal((n, n_kv, r)).astype(np.float32)
+        return (np.einsum("tgr,grd->tgd", coef, basis) + rng.standard_normal((n, n_kv, d))).astype(np.float32)
+
+    b = []
+    for n in (n1, block):
+        for il in range(n_layer):
+            t.append(il, rows(n), rows(n))
+        b.append(t.bytes)
+    per_block = b[1] - b[0]
+    exact_rows = sinks + ring
+    per_exact = (b[0] - per_block) / exact_rows if exact_rows else 0.0
+    rr = n_ctx - sinks
+    sealed = (rr - ring) // block if rr >= ring + block else 0
+    n_exact = n_ctx - sealed * block
+    return int(sealed * per_block + n_exact * per_exact), "upper bound: every block at the rank cap"
+
+
+def _estimate_memory(model_path, n_ctx, kv, kv_options, n_batch, n_seq, device) -> Dict[str, Any]:
+    if not _is_int(n_ctx) or n_ctx < 0:
+        raise _error("invalid_arg", f"n_ctx must be an integer >= 0 (0 = the model's), got {n_ctx!r}")
+    if not _is_int(n_seq) or not 1 <= n_seq <= 256:
+        raise _error("invalid_arg", f"n_seq must be an integer in [1, 256], got {n_seq!r}")
+    if not _is_int(n_batch) or n_batch < 1:
+        raise _error("invalid_arg", f"n_batch must be an integer >= 1, got {n_batch!r}")
+    path = Path(os.fspath(model_path)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    device = _check_device(device) if device != "cpu" else "cpu"
+    f = _core.GGUFFile(str(path))
+    md = f.metadata
+    a = md.get("general.architecture", "")
+    if a != "llama":
+        raise _error("unsupported", f"architecture {a!r} is not supported (eoq runs 'llama')")
+    get = lambda k, dflt=None: md.get(f"{a}.{k}", dflt)  # noqa: E731
+    n_embd, n_layer, n_head = int(get("embedding_length")), int(get("block_count")), int(get("attention.head_count"))
+    n_kv = int(get("attention.head_count_kv", n_head))
+    d = int(get("attention.key_length", n_embd // n_head))
+    n_ff, n_ctx_train = int(get("feed_forward_length")), int(get("context_length"))
+    tensors = f.tensors
+    n_vocab = next(int(t["shape"][1]) for t in tensors if t["name"] == "token_embd.weight") \
+        if any("shape" in t for t in tensors) else 0
+    weights = sum(int(t["nbytes"]) for t in tensors)
+    ctx = n_ctx or n_ctx_train
+    kv_bytes, basis = _kv_cache_bytes(kv, dict(kv_options), n_layer, n_kv, d, ctx)
+    kv_bytes *= n_seq
+    q_dim, kv_dim = n_head * d, n_kv * d
+    batch = min(n_batch, ctx) + n_seq - 1
+    scratch = batch * 4 * (2 * n_embd + 2 * q_dim + 2 * kv_dim + 2 * n_ff) + n_seq * n_vocab * 4
+    on_cpu = device == "cpu"
+    if on_cpu:
+        try:
+            free = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            free = 0
+    else:
+        free = int(_core.cuda.free_memory(device)) if hasattr(_core.cuda, "free_memory") else 0
+    total = (0 if on_cpu else weights) + kv_bytes + scratch  # CPU weights stay mapped from the file
+    entries = 2 * n_layer * n_kv * d * ctx * n_seq
+    return {"weights": weights, "kv_bytes": kv_bytes, "scratch": scratch, "total": total, "free": free,
+            "fits": free == 0 or total <= free, "n_ctx": ctx, "n_ctx_train": n_ctx_train, "kv": kv,
+            "kv_basis": basis, "kv_bits_per_entry": kv_bytes * 8 / entries if entries else 0.0,
+            "device": device, "n_seq": n_seq}
+
+
 class Engine:
     """A loaded GGUF model with its KV cache(s).
 
@@ -367,6 +458,18 @@ class Engine:
         return seq
 
     n_seq = property(lambda self: self.core.n_seq, doc="Sequences held at once (Engine(n_seq=...)).")
+
+    @staticmethod
+    def estimate_memory(model_path: Union[str, os.PathLike], n_ctx: int = 0, kv: str = "f16",
+                        kv_options: Optional[Dict[str, Any]] = None, n_batch: int = 512,
+                        n_seq: int = 1, device: str = "cpu") -> Dict[str, Any]:
+        """Bytes the model would take, before loading it (only the file's header is read):
+        weights, the KV cache(s) fully counted at n_ctx tokens, the scratch of the largest step,
+        and their total against the device's memory ('fits', 'free'). f16/f32 caches: what Engine
+        allocates; q8_0/q4_0: a fixed size per token; turbo/eoq: measured by sealing two blocks of
+        every stream of the model's shape with rows whose rank reaches the rank cap, an upper
+        bound (real blocks often keep fewer components). 'kv_basis' says which applies."""
+        return _estimate_memory(model_path, n_ctx, kv, kv_options or {}, n_batch, n_seq, device)
 
     def close(self) -> None:
         """Free the model and the caches. The Engine and its sequences cannot be used afterwards."""
