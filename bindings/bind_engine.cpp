@@ -189,6 +189,22 @@ void def_sequence_ops(Cls& cls, S seq_of) {
           },
           py::arg("tokens"), "Keeps the longest common prefix with tokens (never all of them); returns its length.")
       .def("set_active", [seq_of](T& o, bool a) { auto [c, i] = seq_of(o); c->set_active(i, a); })
+      .def(
+          "save_state",
+          [seq_of](T& o, const std::string& path) {
+            auto [c, i] = seq_of(o);
+            py::gil_scoped_release nogil;
+            return c->save_state(i, path);
+          },
+          py::arg("path"), "Writes the sequence's tokens, logits and cache to path; returns the bytes written.")
+      .def(
+          "load_state",
+          [seq_of](T& o, const std::string& path) {
+            auto [c, i] = seq_of(o);
+            py::gil_scoped_release nogil;
+            c->load_state(i, path);
+          },
+          py::arg("path"), "Replaces the sequence's contents from a state file (validated; a failure empties it).")
       .def("cached_tokens", [seq_of](T& o) { auto [c, i] = seq_of(o); return c->seq(i).tokens(); })
       .def("compression_stats_json", [seq_of](T& o) { auto [c, i] = seq_of(o); return c->seq(i).kv().stats_json(); })
       .def("kv_info", [seq_of](T& o) {

@@ -233,6 +233,23 @@ eoq_status eoq_seq_truncate(eoq_seq* seq, int32_t n, int32_t* n_kept) {
   });
 }
 
+eoq_status eoq_seq_save_state(eoq_seq* seq, const char* path, size_t* n_bytes) {
+  return guarded([&] {
+    if (!seq || !path) return set_error(EOQ_ERR_INVALID_ARG, "eoq_seq_save_state: seq and path must not be NULL");
+    const size_t n = seq->ctx->save_state(seq->index, path);
+    if (n_bytes) *n_bytes = n;
+    return EOQ_OK;
+  });
+}
+
+eoq_status eoq_seq_load_state(eoq_seq* seq, const char* path) {
+  return guarded([&] {
+    if (!seq || !path) return set_error(EOQ_ERR_INVALID_ARG, "eoq_seq_load_state: seq and path must not be NULL");
+    seq->ctx->load_state(seq->index, path);
+    return EOQ_OK;
+  });
+}
+
 eoq_status eoq_seq_generate(eoq_seq* seq, const char* prompt, int32_t max_tokens, const eoq_sampling* sampling,
                             eoq_token_callback callback, void* user_data, int32_t* n_generated) {
   return guarded([&] {

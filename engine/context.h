@@ -105,6 +105,12 @@ class Context {
   // Marks sequence i as inside a generation loop (the leader waits briefly for its next token).
   void set_active(int i, bool active);
 
+  // State files (engine/state_file.h): sequence i's tokens, last logits and cache to path
+  // (returns the bytes written; Error(unsupported) for a cache without a serializer), and back.
+  // load_state validates the whole file first; any failure leaves the sequence empty.
+  size_t save_state(int i, const std::string& path);
+  void load_state(int i, const std::string& path);
+
   // What the scheduler did: forward steps run, tokens and sequence-segments in them.
   struct StepStats {
     int64_t steps = 0, tokens = 0, segments = 0;

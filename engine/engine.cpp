@@ -5,6 +5,7 @@
 
 #include "base/error.h"
 #include "engine/gguf.h"
+#include "engine/state_file.h"
 #include "engine/tokenizer.h"
 
 namespace eoq {
@@ -56,6 +57,7 @@ Engine::Engine(const EngineParams& p) {
     fail(ErrorCode::invalid_arg, "out of memory loading the model with a " + p.kv.mode + " cache of " +
                                      std::to_string(n_ctx_) + " tokens: lower n_ctx (-c) or n_batch (-b)");
   }
+  model_id_ = state_model_id(*file_);
   load_ms_ = ms_since(t0);
 }
 

@@ -55,6 +55,7 @@ class Engine {
   int n_vocab() const;
   int n_threads() const;
   double load_ms() const { return load_ms_; }
+  uint64_t model_id() const { return model_id_; }  // state files: engine/state_file.h
 
   // Evaluates tokens at positions n_past.. (in chunks of n_batch) and advances n_past.
   // Throws Error(context_full) before computing anything if they do not fit.
@@ -93,6 +94,7 @@ class Engine {
   std::mutex compute_mu_;
   std::unique_ptr<Context> ctx_;  // before the model in destruction: its caches
   int n_ctx_ = 0, n_batch_ = 512;
+  uint64_t model_id_ = 0;
   double load_ms_ = 0;
 };
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/backend.h"
 
@@ -84,6 +85,14 @@ class KVCache {
   // kept block boundary), and the caller evaluates the tokens after it again. Default: clear()
   // (keeps 0), always correct.
   virtual int truncate(int n);
+
+  // State files (engine/state_file.h): the cache's own payload for the tokens it holds, appended
+  // to out; load_payload replaces what the cache holds with n_tokens tokens from a payload that
+  // save_payload of a cache of the same mode, knobs and shape wrote. The payload is untrusted
+  // input: anything inconsistent is Error(format), never a crash, and leaves the cache empty.
+  // Default (a cache without a serializer yet): Error(unsupported) naming the mode.
+  virtual void save_payload(std::vector<uint8_t>& out) const;
+  virtual void load_payload(const uint8_t* data, size_t size, int n_tokens);
   virtual int n_tokens() const = 0;        // tokens held (layer 0)
   virtual size_t bytes() const = 0;        // bytes held for the tokens cached now, K and V
   virtual double bits_per_entry() const = 0;  // bytes * 8 / (cached values), fully counted

@@ -116,6 +116,12 @@ EOQ_API eoq_status eoq_seq_reset(eoq_seq* seq);
 /* Keeps the first n tokens; *n_kept (may be NULL) receives those kept (a compressed cache keeps
  * its last block boundary at or before n). */
 EOQ_API eoq_status eoq_seq_truncate(eoq_seq* seq, int32_t n, int32_t* n_kept);
+/* State files: the sequence's tokens, last logits and cache saved to path (*n_bytes may be NULL),
+ * and loaded back into a sequence of a context with the same model and cache configuration.
+ * A bad file (another model or cache, corrupt, truncated) is EOQ_ERR_FORMAT and leaves the
+ * sequence empty; a cache mode without a serializer is EOQ_ERR_UNSUPPORTED. */
+EOQ_API eoq_status eoq_seq_save_state(eoq_seq* seq, const char* path, size_t* n_bytes);
+EOQ_API eoq_status eoq_seq_load_state(eoq_seq* seq, const char* path);
 /* eoq_generate on this sequence, reusing the longest common prefix with what it holds. */
 EOQ_API eoq_status eoq_seq_generate(eoq_seq* seq, const char* prompt, int32_t max_tokens,
                                     const eoq_sampling* sampling, eoq_token_callback callback, void* user_data,

@@ -107,6 +107,31 @@ int main(int argc, char** argv) {
   if (eoq_seq_truncate(s2, 50, &kept) != EOQ_OK) return 22;
   fprintf(stderr, "kept %d\n", (int)kept);
   if (eoq_seq_eval(s2, ids, 1000, NULL, NULL) != EOQ_ERR_INVALID_ARG) return 23;
+  /* state files: saved, loaded into another sequence, the same logits; garbage is a format error */
+  size_t nb = 0;
+  eoq_status ss = eoq_seq_save_state(s2, argv[3], &nb);
+  if (ss == EOQ_OK) {
+    /* into a sequence of another context (same model and cache configuration): same logits */
+    eoq_seq* s3; eoq_context_seq(ctx, 3, &s3);
+    if (eoq_seq_load_state(s3, argv[3]) != EOQ_OK) { fprintf(stderr, "load s3: %s\n", eoq_last_error()); return 24; }
+    const float *l2, *l3; int32_t nv2, nv3, n3 = -1;
+    eoq_seq_logits(s2, &l2, &nv2);
+    eoq_seq_logits(s3, &l3, &nv3);
+    eoq_seq_n_past(s3, &n3);
+    fprintf(stderr, "other context: n_past %d, same logits %d\n", (int)n3, nv2 == nv3 && memcmp(l2, l3, sizeof(float) * nv2) == 0);
+    eoq_seq_reset(s2);
+    if (eoq_seq_load_state(s2, argv[3]) != EOQ_OK) { fprintf(stderr, "load: %s\n", eoq_last_error()); return 25; }
+    eoq_seq_n_past(s2, &n_past);
+    fprintf(stderr, "state %d bytes, loaded n_past %d\n", (int)nb, (int)n_past);
+    FILE* g = fopen(argv[3], "r+b");
+    fseek(g, 40, SEEK_SET); fputc(0x5a, g); fclose(g);
+    if (eoq_seq_load_state(s2, argv[3]) != EOQ_ERR_FORMAT) return 26;
+    fprintf(stderr, "corrupt: %s\n", eoq_last_error());
+    eoq_seq_n_past(s2, &n_past);
+    if (n_past != 0) return 27;
+  } else {
+    fprintf(stderr, "save: %d %s\n", (int)ss, eoq_last_error());
+  }
   eoq_context_free(c2);
   eoq_context_free(ctx);
   eoq_model_free(m);
@@ -130,8 +155,9 @@ def c_program(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kv", ["f16", "eoq"])
-def test_c_contexts_and_sequences(c_program, smollm2_path, kv):
-    r = subprocess.run([str(c_program), smollm2_path, kv], capture_output=True, timeout=300)
+def test_c_contexts_and_sequences(c_program, smollm2_path, kv, tmp_path):
+    r = subprocess.run([str(c_program), smollm2_path, kv, str(tmp_path / "s.eoqstate")], capture_output=True,
+                       timeout=300)
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 0, err
     assert "bad seq: sequence 4 is out of range" in err
@@ -141,5 +167,9 @@ def test_c_contexts_and_sequences(c_program, smollm2_path, kv):
     assert "resumed n_past 100" in err
     if kv == "f16":
         assert "kept 50" in err
+        assert "state " in err and "loaded n_past 50" in err
+        assert "other context: n_past 50, same logits 1" in err
+        assert "corrupt: state file: checksum mismatch" in err
     else:
         assert "kept " in err
+        assert "save: 3 " in err and "cannot be saved yet" in err

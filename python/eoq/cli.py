@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-v-rank-cap", type=int, metavar="N", help="eoq: rank cap for values (0: plain turbo)")
     g.add_argument("--kv-exact-scores", action="store_true",
                    help="turbo/eoq: score sealed keys in float, not from an int8-rounded query (AVX-512 CPUs)")
+    g.add_argument("--prompt-cache", metavar="FNAME",
+                   help="as llama.cpp: load the session from FNAME if it exists (its tokens are reused as "
+                        "a prefix of the prompt), save it there at the end")
     g.add_argument("--stats", action="store_true", help="print KV compression statistics at the end")
     g.add_argument("--estimate", action="store_true",
                    help="print the memory the model, the KV cache (fully counted at -c tokens) and the "
@@ -444,6 +447,11 @@ def run(args) -> int:
         else:
             shown = prompt
             source = prompt
+        if args.prompt_cache and os.path.exists(args.prompt_cache):
+            try:
+                engine.load_state(args.prompt_cache)
+            except ValueError as e:  # another model or cache mode, or a damaged file: start empty
+                _err(f"warning: prompt cache {args.prompt_cache} not used: {e}")
         progress = _progress_line() if args.progress else None
         stream = engine.generate(
             source, max_tokens=n_predict, temperature=args.temp, top_k=args.top_k,
@@ -453,20 +461,28 @@ def run(args) -> int:
         if args.seed == -1 and args.temp != 0:
             _err(f"seed = {seed}")
         out = _Out()
-        if args.display_prompt:
+        if args.display_prompt and progress is None:
             out.write(shown)
         first_piece = True
         for piece in stream:
-            if first_piece:
+            if first_piece:  # the progress line (a terminal) is erased, then the prompt shown
                 _clear_progress(progress)
+                if args.display_prompt and progress is not None:
+                    out.write(shown)
                 first_piece = False
             out.write(piece)
         if first_piece:
             _clear_progress(progress)
+            if args.display_prompt and progress is not None:
+                out.write(shown)
         if sys.stdout.isatty():
             out.write("\n")
         c = stream.completion
         t = c.timings
+        if args.prompt_cache:
+            n = engine.save_state(args.prompt_cache)
+            _err(f"prompt cache  = {args.prompt_cache}: {n} bytes, {engine.n_past} tokens "
+                 f"({t['prompt_cached_tokens']} of the prompt reused)")
         kv = engine.compression_stats()
         _err(f"load time     = {t['load_ms']:10.2f} ms")
         _err(f"prompt eval   = {t['prompt_ms']:10.2f} ms / {c.usage['prompt_tokens']:5d} tokens "

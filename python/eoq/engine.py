@@ -590,6 +590,30 @@ class Engine:
         finally:
             self._st.release(epoch)
 
+    def save_state(self, path: Union[str, os.PathLike]) -> int:
+        """Save this sequence (tokens, last logits, KV cache) to a state file; returns its size
+        in bytes. A versioned, checksummed format tied to the model and the cache configuration
+        (engine/state_file.h). f16/f32 caches today; compressed caches raise EoqError
+        "unsupported" until their serializer lands."""
+        epoch = self._st.acquire()
+        try:
+            with self._lock:
+                return int(self.core.save_state(os.fspath(path)))
+        finally:
+            self._st.release(epoch)
+
+    def load_state(self, path: Union[str, os.PathLike]) -> None:
+        """Replace this sequence's contents with a state file written by save_state for the same
+        model and cache configuration. The file is validated first (an EoqError "format"/"io" for
+        a bad one, which leaves the sequence empty); generation then continues from it, a later
+        prompt reusing its tokens as a prefix."""
+        epoch = self._st.acquire()
+        try:
+            with self._lock:
+                self.core.load_state(os.fspath(path))
+        finally:
+            self._st.release(epoch)
+
     def compression_stats(self) -> Dict[str, Any]:
         """KV cache statistics as plain data: mode, n_tokens, bytes, bits_per_entry, and for the
         compressed modes per layer/head/K-V ranks, gains, block errors, bytes by kind, sealing
