@@ -64,80 +64,223 @@ py::array_t<float> to_array(const std::vector<float>& v, py::ssize_t rows, py::s
 
 }  // namespace
 
-void bind_engine(py::module_& m) {
-  py::class_<eoq::Engine>(m, "Engine")
-      .def(py::init([](const std::string& path, int n_ctx, int n_threads, const std::string& kv, int n_batch,
-                       const py::dict& kv_options, const std::string& device) {
-             eoq::EngineParams p;
-             p.model_path = path;
-             p.n_ctx = n_ctx;
-             p.n_threads = n_threads;
-             p.n_batch = n_batch;
-             p.device = eoq::parse_device(device);
-             p.kv = kv_params_from_dict(kv, kv_options);
-             py::gil_scoped_release nogil;
-             return std::make_unique<eoq::Engine>(p);
-           }),
-           py::arg("path"), py::arg("n_ctx") = 0, py::arg("n_threads") = 0, py::arg("kv") = "f16",
-           py::arg("n_batch") = 512, py::arg("kv_options") = py::dict(), py::arg("device") = "cpu")
-      .def_property_readonly("device", [](eoq::Engine& e) { return e.backend().device().name(); })
-      .def_property_readonly("backend", [](eoq::Engine& e) { return e.backend().describe(); })
-      .def_property_readonly("weight_bytes_per_token", [](const eoq::Engine& e) { return e.model().weight_bytes_per_token(); })
-      .def_property_readonly("n_ctx", &eoq::Engine::n_ctx)
-      .def_property_readonly("n_ctx_train", [](const eoq::Engine& e) { return e.config().n_ctx_train; })
-      .def_property_readonly("n_vocab", &eoq::Engine::n_vocab)
-      .def_property_readonly("n_past", &eoq::Engine::n_past)
-      .def_property_readonly("n_threads", &eoq::Engine::n_threads)
-      .def_property_readonly("load_ms", &eoq::Engine::load_ms)
-      .def_property_readonly("bos", [](const eoq::Engine& e) { return e.tokenizer().bos(); })
-      .def_property_readonly("eos", [](const eoq::Engine& e) { return e.tokenizer().eos(); })
-      .def_property_readonly("add_bos", [](const eoq::Engine& e) { return e.tokenizer().add_bos(); })
-      .def_property_readonly("arch", [](const eoq::Engine& e) { return e.config().arch; })
-      .def_property_readonly("name", [](const eoq::Engine& e) { return e.file().get_str("general.name", ""); })
+// A sequence of an Engine's context, as Python holds it (keep_alive keeps the Engine).
+struct SeqRef {
+  eoq::Engine* e;
+  int i;
+  eoq::Sequence& seq() const { return e->context().seq(i); }
+};
+
+// The C++ progress callback of an eval: after each full prefill chunk, on the evaluating
+// thread, it takes the GIL, lets Python handle a pending signal (Ctrl-C raises
+// KeyboardInterrupt there, which stops the eval at that chunk) and calls `progress(done, total)`
+// when given (a falsy return other than None stops it too).
+eoq::ProgressFn progress_fn(const py::object& progress) {
+  return [progress](int done, int total) {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    if (progress.is_none()) return true;
+    py::object r = progress(done, total);
+    return r.is_none() || py::bool_(r);
+  };
+}
+
+// What an Engine and its sequences share: the model's facts and the tokenizer. E(obj) gives
+// the eoq::Engine.
+template <typename Cls, typename E>
+void def_model_facts(Cls& cls, E engine_of) {
+  using T = typename Cls::type;
+  cls.def_property_readonly("device", [engine_of](T& o) { return engine_of(o).backend().device().name(); })
+      .def_property_readonly("backend", [engine_of](T& o) { return engine_of(o).backend().describe(); })
+      .def_property_readonly("weight_bytes_per_token", [engine_of](T& o) { return engine_of(o).model().weight_bytes_per_token(); })
+      .def_property_readonly("n_ctx", [engine_of](T& o) { return engine_of(o).n_ctx(); })
+      .def_property_readonly("n_ctx_train", [engine_of](T& o) { return engine_of(o).config().n_ctx_train; })
+      .def_property_readonly("n_vocab", [engine_of](T& o) { return engine_of(o).n_vocab(); })
+      .def_property_readonly("n_seq", [engine_of](T& o) { return engine_of(o).context().n_seq(); })
+      .def_property_readonly("n_threads", [engine_of](T& o) { return engine_of(o).n_threads(); })
+      .def_property_readonly("load_ms", [engine_of](T& o) { return engine_of(o).load_ms(); })
+      .def_property_readonly("bos", [engine_of](T& o) { return engine_of(o).tokenizer().bos(); })
+      .def_property_readonly("eos", [engine_of](T& o) { return engine_of(o).tokenizer().eos(); })
+      .def_property_readonly("add_bos", [engine_of](T& o) { return engine_of(o).tokenizer().add_bos(); })
+      .def_property_readonly("arch", [engine_of](T& o) { return engine_of(o).config().arch; })
+      .def_property_readonly("name", [engine_of](T& o) { return engine_of(o).file().get_str("general.name", ""); })
       .def_property_readonly("chat_template",
-                             [](const eoq::Engine& e) { return e.file().get_str("tokenizer.chat_template", ""); })
+                             [engine_of](T& o) { return engine_of(o).file().get_str("tokenizer.chat_template", ""); })
       .def("metadata",
-           [](const eoq::Engine& e, const std::string& key) -> py::object {
-             const eoq::GGUFValue* v = e.file().find(key);
+           [engine_of](T& o, const std::string& key) -> py::object {
+             const eoq::GGUFValue* v = engine_of(o).file().find(key);
              return v ? value_to_py(*v) : py::none();
            })
       .def(
           "tokenize",
-          [](const eoq::Engine& e, const std::string& text, bool add_special, bool parse_special) {
+          [engine_of](T& o, const std::string& text, bool add_special, bool parse_special) {
+            eoq::Engine& e = engine_of(o);
             py::gil_scoped_release nogil;
             return e.tokenizer().encode(text, add_special, parse_special);
           },
           py::arg("text"), py::arg("add_special") = true, py::arg("parse_special") = false)
       .def(
           "token_to_piece",
-          [](const eoq::Engine& e, int32_t id, bool special) { return py::bytes(e.tokenizer().token_to_piece(id, special)); },
+          [engine_of](T& o, int32_t id, bool special) { return py::bytes(engine_of(o).tokenizer().token_to_piece(id, special)); },
           py::arg("id"), py::arg("special") = false)
       .def(
           "detokenize",
-          [](const eoq::Engine& e, const std::vector<int32_t>& ids, bool special) {
-            return py::bytes(e.tokenizer().decode(ids, special));
+          [engine_of](T& o, const std::vector<int32_t>& ids, bool special) {
+            return py::bytes(engine_of(o).tokenizer().decode(ids, special));
           },
           py::arg("ids"), py::arg("special") = false)
-      .def("token_text", [](const eoq::Engine& e, int32_t id) {
-        if (id < 0 || id >= e.tokenizer().n_vocab())
-          throw eoq::Error(eoq::ErrorCode::invalid_arg, "token id " + std::to_string(id) + " is out of range");
-        return py::bytes(e.tokenizer().token_text(id));
-      })
-      .def("is_eog", [](const eoq::Engine& e, int32_t id) { return e.tokenizer().is_eog(id); })
+      .def("token_text",
+           [engine_of](T& o, int32_t id) {
+             const eoq::Tokenizer& t = engine_of(o).tokenizer();
+             if (id < 0 || id >= t.n_vocab())
+               throw eoq::Error(eoq::ErrorCode::invalid_arg, "token id " + std::to_string(id) + " is out of range");
+             return py::bytes(t.token_text(id));
+           })
+      .def("is_eog", [engine_of](T& o, int32_t id) { return engine_of(o).tokenizer().is_eog(id); });
+}
+
+// What acts on one sequence (S(obj) gives the context and the index): eval, logits, the cache.
+template <typename Cls, typename S>
+void def_sequence_ops(Cls& cls, S seq_of) {
+  using T = typename Cls::type;
+  cls.def_property_readonly("n_past", [seq_of](T& o) { auto [c, i] = seq_of(o); return c->seq(i).n_past(); })
+      .def_property_readonly("seq_index", [seq_of](T& o) { return seq_of(o).second; })
       .def(
           "eval",
-          [](eoq::Engine& e, const std::vector<int32_t>& tokens, bool all_logits) {
+          [seq_of](T& o, const std::vector<int32_t>& tokens, bool all_logits, const py::object& progress) {
+            auto [c, i] = seq_of(o);
+            const eoq::ProgressFn fn = progress_fn(progress);
             py::gil_scoped_release nogil;
-            e.eval(tokens, all_logits);
+            return c->eval(i, tokens, all_logits, fn);
           },
-          py::arg("tokens"), py::arg("all_logits") = false)
-      .def("logits", [](const eoq::Engine& e) { return to_array(e.logits(), 0, e.n_vocab()); })
+          py::arg("tokens"), py::arg("all_logits") = false, py::arg("progress") = py::none(),
+          "Evaluates tokens at n_past; False when progress (or Ctrl-C) stopped it after a chunk.")
+      .def("logits", [seq_of](T& o) {
+        auto [c, i] = seq_of(o);
+        return to_array(c->seq(i).logits(), 0, (py::ssize_t)c->seq(i).logits().size());
+      })
       .def("all_logits",
-           [](const eoq::Engine& e) {
-             const size_t nv = (size_t)e.n_vocab();
-             return to_array(e.all_logits(), (py::ssize_t)(e.all_logits().size() / nv), (py::ssize_t)nv);
+           [seq_of](T& o) {
+             auto [c, i] = seq_of(o);
+             const eoq::Sequence& s = c->seq(i);
+             const size_t nv = s.logits().size();
+             return to_array(s.all_logits(), (py::ssize_t)(s.all_logits().size() / nv), (py::ssize_t)nv);
            })
-      .def("reset", &eoq::Engine::reset)
+      .def("reset",
+           [seq_of](T& o) {
+             auto [c, i] = seq_of(o);
+             py::gil_scoped_release nogil;
+             c->reset(i);
+           })
+      .def(
+          "truncate",
+          [seq_of](T& o, int n) {
+            auto [c, i] = seq_of(o);
+            py::gil_scoped_release nogil;
+            return c->truncate(i, n);
+          },
+          py::arg("n"), "Keeps the first n tokens; returns those kept (a compressed cache: its last block boundary).")
+      .def(
+          "reuse_prefix",
+          [seq_of](T& o, const std::vector<int32_t>& tokens) {
+            auto [c, i] = seq_of(o);
+            py::gil_scoped_release nogil;
+            return c->reuse_prefix(i, tokens);
+          },
+          py::arg("tokens"), "Keeps the longest common prefix with tokens (never all of them); returns its length.")
+      .def("set_active", [seq_of](T& o, bool a) { auto [c, i] = seq_of(o); c->set_active(i, a); })
+      .def(
+          "save_state",
+          [seq_of](T& o, const std::string& path) {
+            auto [c, i] = seq_of(o);
+            py::gil_scoped_release nogil;
+            return c->save_state(i, path);
+          },
+          py::arg("path"), "Writes the sequence's tokens, logits and cache to path; returns the bytes written.")
+      .def(
+          "load_state",
+          [seq_of](T& o, const std::string& path) {
+            auto [c, i] = seq_of(o);
+            py::gil_scoped_release nogil;
+            c->load_state(i, path);
+          },
+          py::arg("path"), "Replaces the sequence's contents from a state file (validated; a failure empties it).")
+      .def("cached_tokens", [seq_of](T& o) { auto [c, i] = seq_of(o); return c->seq(i).tokens(); })
+      .def("compression_stats_json", [seq_of](T& o) { auto [c, i] = seq_of(o); return c->seq(i).kv().stats_json(); })
+      .def("kv_info", [seq_of](T& o) {
+        auto [c, i] = seq_of(o);
+        eoq::KVCache& kv = c->seq(i).kv();
+        py::dict d;
+        d["mode"] = kv.mode();
+        d["n_tokens"] = kv.n_tokens();
+        d["bytes"] = kv.bytes();
+        d["bits_per_entry"] = kv.bits_per_entry();
+        return d;
+      });
+}
+
+void bind_engine(py::module_& m) {
+  // "eoq2:ring=0:k_bits=3" -> ("eoq2", {knob: value, ...}) by the C++ parser (every knob, as
+  // Engine(kv_options=...) takes them; Error(invalid_arg) for a malformed spec).
+  m.def("parse_kv_spec", [](const std::string& spec) {
+    const eoq::KVCacheParams p = eoq::parse_kv_spec(spec);
+    py::dict d;
+    d["k_bits"] = p.k_bits;
+    d["v_bits"] = p.v_bits;
+    d["rank_cap"] = p.rank_cap;
+    d["v_rank_cap"] = p.v_rank_cap;
+    d["factor_bits"] = p.factor_bits;
+    d["shrink"] = p.shrink;
+    d["block"] = p.block;
+    d["ring"] = p.ring;
+    d["sinks"] = p.sinks;
+    d["boundary_layers"] = p.boundary_layers;
+    d["boundary_bits"] = p.boundary_bits;
+    d["norm_correction"] = p.norm_correction;
+    d["exact_scores"] = p.exact_scores;
+    d["seed"] = (long long)p.seed;
+    return py::make_tuple(p.mode, d);
+  });
+
+  py::class_<eoq::Engine> engine(m, "Engine");
+  engine.def(py::init([](const std::string& path, int n_ctx, int n_threads, const std::string& kv, int n_batch,
+                         const py::dict& kv_options, const std::string& device, int n_seq) {
+               eoq::EngineParams p;
+               p.model_path = path;
+               p.n_ctx = n_ctx;
+               p.n_threads = n_threads;
+               p.n_batch = n_batch;
+               p.n_seq = n_seq;
+               p.device = eoq::parse_device(device);
+               p.kv = kv_params_from_dict(kv, kv_options);
+               py::gil_scoped_release nogil;
+               return std::make_unique<eoq::Engine>(p);
+             }),
+             py::arg("path"), py::arg("n_ctx") = 0, py::arg("n_threads") = 0, py::arg("kv") = "f16",
+             py::arg("n_batch") = 512, py::arg("kv_options") = py::dict(), py::arg("device") = "cpu", py::arg("n_seq") = 1);
+  def_model_facts(engine, [](eoq::Engine& e) -> eoq::Engine& { return e; });
+  def_sequence_ops(engine, [](eoq::Engine& e) { return std::make_pair(&e.context(), 0); });
+  engine
+      .def("step_stats",
+           [](eoq::Engine& e) {
+             const eoq::Context::StepStats st = e.context().step_stats();
+             py::dict d;
+             d["steps"] = st.steps;
+             d["tokens"] = st.tokens;
+             d["segments"] = st.segments;
+             d["max_segments"] = st.max_segments;
+             return d;
+           })
+      .def(
+          "sequence", [](eoq::Engine& e, int i) { e.context().seq(i); return SeqRef{&e, i}; }, py::arg("i"),
+          py::keep_alive<0, 1>())
+      .def(
+          "eval_batch",
+          [](eoq::Engine& e, const std::vector<int>& seqs, const std::vector<std::vector<int32_t>>& tokens) {
+            py::gil_scoped_release nogil;
+            e.context().eval_batch(seqs, tokens);
+          },
+          py::arg("seqs"), py::arg("tokens"), "One step: tokens[k] on sequence seqs[k], all together.")
       // Post-RoPE q, k, v of every layer for `tokens` run from position 0 with a temporary KV
       // cache of mode `kv` (knobs as for Engine(kv_options=...); default f16, the reference; f32
       // for exactness tests). The engine's own cache, n_past and logits are untouched. Returns a
@@ -171,16 +314,12 @@ void bind_engine(py::module_& m) {
             d["v"] = v;
             return d;
           },
-          py::arg("tokens"), py::arg("kv") = "f16", py::arg("kv_options") = py::dict())
-      .def("compression_stats_json", [](eoq::Engine& e) { return e.kv().stats_json(); })
-      .def("kv_info", [](eoq::Engine& e) {
-        py::dict d;
-        d["mode"] = e.kv().mode();
-        d["n_tokens"] = e.kv().n_tokens();
-        d["bytes"] = e.kv().bytes();
-        d["bits_per_entry"] = e.kv().bits_per_entry();
-        return d;
-      });
+          py::arg("tokens"), py::arg("kv") = "f16", py::arg("kv_options") = py::dict());
+
+  // One sequence of an Engine's context: the Engine's model facts and its own cache and logits.
+  py::class_<SeqRef> seq(m, "Sequence");
+  def_model_facts(seq, [](SeqRef& s) -> eoq::Engine& { return *s.e; });
+  def_sequence_ops(seq, [](SeqRef& s) { return std::make_pair(&s.e->context(), s.i); });
 
   py::class_<eoq::Sampler>(m, "Sampler")
       .def(py::init([](float temperature, int top_k, float top_p, float min_p, float repeat_penalty,

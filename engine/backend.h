@@ -116,6 +116,12 @@ class Backend {
   virtual const int32_t* step_pos0_device() const { return nullptr; }
   // Drops captured steps: the tensors they read (scratch, cache) were replaced.
   virtual void forget_steps() {}
+  // True when rope() and the caches use each call's pos0 argument, so that one step may hold the
+  // tokens of several sequences at unrelated positions (rope/append/attend called per sequence
+  // on row slices of the step's tensors). False where kernels read the step's one staged
+  // position (step_pos0_device: the CUDA backend today): a multi-sequence step then runs as one
+  // step per sequence (Model::forward_batch), correct but reading the weights once per sequence.
+  virtual bool segmented_steps() const { return false; }
 
   // ---- the forward pass's ops (n tokens = the rows of the activation tensors) -------------
   // out[t] = dequantized row ids[t] of table

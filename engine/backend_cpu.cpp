@@ -76,6 +76,7 @@ class CpuBackend final : public Backend {
     return true;
   }
   void end_step() override {}
+  bool segmented_steps() const override { return true; }  // every op takes its pos0 argument
   Tensor step_tokens() const override { return tokens_; }
 
   void get_rows(const Tensor& table, const Tensor& ids, Tensor& out) override {

@@ -9,8 +9,18 @@
 #include "base/error.h"
 #include "engine/tokenizer.h"
 
+struct eoq_seq {
+  eoq::Context* ctx;
+  int index;
+};
+
 struct eoq_model {
   std::unique_ptr<eoq::Engine> engine;
+};
+
+struct eoq_context {
+  std::unique_ptr<eoq::Context> ctx;
+  std::vector<eoq_seq> seqs;  // the handles eoq_context_seq gives out
 };
 
 namespace {
@@ -89,32 +99,163 @@ eoq_status eoq_tokenize(eoq_model* model, const char* text, int add_special, int
   });
 }
 
+namespace {
+
+// The sampling loop on sequence i of ctx, with the callback's UTF-8 contract (eoq.h).
+eoq_status generate_on(eoq::Context& ctx, int i, const char* prompt, int32_t max_tokens, const eoq_sampling* sampling,
+                       eoq_token_callback callback, void* user_data, int32_t* n_generated) {
+  const eoq_sampling s = sampling ? *sampling : eoq_default_sampling();
+  eoq::SamplerParams sp;
+  sp.temperature = s.temperature;
+  sp.top_k = s.top_k;
+  sp.top_p = s.top_p;
+  sp.min_p = s.min_p;
+  sp.repeat_penalty = s.repeat_penalty;
+  sp.repeat_last_n = s.repeat_last_n;
+  sp.seed = s.seed;
+  eoq::Sampler sampler(sp);
+  const std::vector<int32_t> ids = ctx.engine().tokenizer().encode(prompt, true, true);
+  eoq::Utf8Stream utf8;
+  const eoq::GenerateResult r = eoq::generate(ctx, i, ids, max_tokens, sampler, [&](int32_t tok, const std::string& bytes) {
+    const std::string text = utf8.push(bytes);
+    return callback ? callback(user_data, tok, text.c_str(), text.size()) != 0 : true;
+  });
+  const std::string tail = utf8.flush();
+  if (!tail.empty() && callback) callback(user_data, -1, tail.c_str(), tail.size());
+  if (n_generated) *n_generated = (int32_t)r.tokens.size();
+  return EOQ_OK;
+}
+
+}  // namespace
+
 eoq_status eoq_generate(eoq_model* model, const char* prompt, int32_t max_tokens, const eoq_sampling* sampling,
                         eoq_token_callback callback, void* user_data, int32_t* n_generated) {
   return guarded([&] {
     if (n_generated) *n_generated = 0;
     if (!model || !prompt) return set_error(EOQ_ERR_INVALID_ARG, "eoq_generate: model and prompt must not be NULL");
-    const eoq_sampling s = sampling ? *sampling : eoq_default_sampling();
-    eoq::SamplerParams sp;
-    sp.temperature = s.temperature;
-    sp.top_k = s.top_k;
-    sp.top_p = s.top_p;
-    sp.min_p = s.min_p;
-    sp.repeat_penalty = s.repeat_penalty;
-    sp.repeat_last_n = s.repeat_last_n;
-    sp.seed = s.seed;
-    eoq::Sampler sampler(sp);
+    // As before sessions: every call starts from an empty cache.
+    model->engine->reset();
+    return generate_on(model->engine->context(), 0, prompt, max_tokens, sampling, callback, user_data, n_generated);
+  });
+}
+
+eoq_status eoq_context_new(eoq_model* model, int32_t n_seq, const eoq_params* params, eoq_context** out) {
+  return guarded([&] {
+    if (!model || !out) return set_error(EOQ_ERR_INVALID_ARG, "eoq_context_new: model and out must not be NULL");
+    *out = nullptr;
     eoq::Engine& e = *model->engine;
-    const std::vector<int32_t> ids = e.tokenizer().encode(prompt, true, true);
-    eoq::Utf8Stream utf8;
-    const eoq::GenerateResult r = e.generate(ids, max_tokens, sampler, [&](int32_t tok, const std::string& bytes) {
-      const std::string text = utf8.push(bytes);
-      return callback ? callback(user_data, tok, text.c_str(), text.size()) != 0 : true;
-    });
-    const std::string tail = utf8.flush();
-    if (!tail.empty() && callback) callback(user_data, -1, tail.c_str(), tail.size());
-    if (n_generated) *n_generated = (int32_t)r.tokens.size();
+    eoq::ContextParams cp;
+    cp.n_seq = n_seq;
+    cp.n_ctx = params ? params->n_ctx : e.n_ctx();
+    cp.n_batch = params ? params->n_batch : e.context().n_batch();
+    cp.kv = params ? eoq::parse_kv_spec(params->kv ? params->kv : "f16") : e.context().kv_params();
+    auto c = std::make_unique<eoq_context>();
+    c->ctx = std::make_unique<eoq::Context>(e, cp);
+    for (int i = 0; i < n_seq; i++) c->seqs.push_back(eoq_seq{c->ctx.get(), i});
+    *out = c.release();
     return EOQ_OK;
+  });
+}
+
+void eoq_context_free(eoq_context* ctx) { delete ctx; }
+
+eoq_status eoq_context_seq(eoq_context* ctx, int32_t i, eoq_seq** out) {
+  return guarded([&] {
+    if (!ctx || !out) return set_error(EOQ_ERR_INVALID_ARG, "eoq_context_seq: ctx and out must not be NULL");
+    *out = nullptr;
+    ctx->ctx->seq(i);  // range check
+    *out = &ctx->seqs[i];
+    return EOQ_OK;
+  });
+}
+
+eoq_status eoq_seq_eval(eoq_seq* seq, const int32_t* tokens, int32_t n, eoq_abort_callback abort, void* user_data) {
+  return guarded([&] {
+    if (!seq || n < 0 || (n > 0 && !tokens)) return set_error(EOQ_ERR_INVALID_ARG, "eoq_seq_eval: invalid arguments");
+    eoq::ProgressFn progress;
+    if (abort) progress = [&](int done, int total) { return abort(user_data, done, total) == 0; };
+    if (!seq->ctx->eval(seq->index, std::vector<int32_t>(tokens, tokens + n), false, progress))
+      return set_error(EOQ_ERR_ABORTED, "eoq_seq_eval: stopped by the abort callback after " +
+                                            std::to_string(seq->ctx->seq(seq->index).n_past()) + " tokens held");
+    return EOQ_OK;
+  });
+}
+
+eoq_status eoq_context_decode(eoq_context* ctx, int32_t n, eoq_seq* const* seqs, const int32_t* tokens) {
+  return guarded([&] {
+    if (!ctx || n < 0 || (n > 0 && (!seqs || !tokens)))
+      return set_error(EOQ_ERR_INVALID_ARG, "eoq_context_decode: invalid arguments");
+    std::vector<int> idx;
+    std::vector<std::vector<int32_t>> toks;
+    for (int32_t k = 0; k < n; k++) {
+      if (!seqs[k] || seqs[k]->ctx != ctx->ctx.get())
+        return set_error(EOQ_ERR_INVALID_ARG, "eoq_context_decode: sequence " + std::to_string(k) + " is not of this context");
+      idx.push_back(seqs[k]->index);
+      toks.push_back({tokens[k]});
+    }
+    ctx->ctx->eval_batch(idx, toks);
+    return EOQ_OK;
+  });
+}
+
+eoq_status eoq_seq_logits(eoq_seq* seq, const float** logits, int32_t* n_vocab) {
+  return guarded([&] {
+    if (!seq || !logits) return set_error(EOQ_ERR_INVALID_ARG, "eoq_seq_logits: seq and logits must not be NULL");
+    const std::vector<float>& l = seq->ctx->seq(seq->index).logits();
+    *logits = l.data();
+    if (n_vocab) *n_vocab = (int32_t)l.size();
+    return EOQ_OK;
+  });
+}
+
+eoq_status eoq_seq_n_past(eoq_seq* seq, int32_t* n_past) {
+  return guarded([&] {
+    if (!seq || !n_past) return set_error(EOQ_ERR_INVALID_ARG, "eoq_seq_n_past: seq and n_past must not be NULL");
+    *n_past = seq->ctx->seq(seq->index).n_past();
+    return EOQ_OK;
+  });
+}
+
+eoq_status eoq_seq_reset(eoq_seq* seq) {
+  return guarded([&] {
+    if (!seq) return set_error(EOQ_ERR_INVALID_ARG, "eoq_seq_reset: seq must not be NULL");
+    seq->ctx->reset(seq->index);
+    return EOQ_OK;
+  });
+}
+
+eoq_status eoq_seq_truncate(eoq_seq* seq, int32_t n, int32_t* n_kept) {
+  return guarded([&] {
+    if (!seq) return set_error(EOQ_ERR_INVALID_ARG, "eoq_seq_truncate: seq must not be NULL");
+    const int kept = seq->ctx->truncate(seq->index, n);
+    if (n_kept) *n_kept = kept;
+    return EOQ_OK;
+  });
+}
+
+eoq_status eoq_seq_save_state(eoq_seq* seq, const char* path, size_t* n_bytes) {
+  return guarded([&] {
+    if (!seq || !path) return set_error(EOQ_ERR_INVALID_ARG, "eoq_seq_save_state: seq and path must not be NULL");
+    const size_t n = seq->ctx->save_state(seq->index, path);
+    if (n_bytes) *n_bytes = n;
+    return EOQ_OK;
+  });
+}
+
+eoq_status eoq_seq_load_state(eoq_seq* seq, const char* path) {
+  return guarded([&] {
+    if (!seq || !path) return set_error(EOQ_ERR_INVALID_ARG, "eoq_seq_load_state: seq and path must not be NULL");
+    seq->ctx->load_state(seq->index, path);
+    return EOQ_OK;
+  });
+}
+
+eoq_status eoq_seq_generate(eoq_seq* seq, const char* prompt, int32_t max_tokens, const eoq_sampling* sampling,
+                            eoq_token_callback callback, void* user_data, int32_t* n_generated) {
+  return guarded([&] {
+    if (n_generated) *n_generated = 0;
+    if (!seq || !prompt) return set_error(EOQ_ERR_INVALID_ARG, "eoq_seq_generate: seq and prompt must not be NULL");
+    return generate_on(*seq->ctx, seq->index, prompt, max_tokens, sampling, callback, user_data, n_generated);
   });
 }
 

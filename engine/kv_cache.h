@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/backend.h"
 
@@ -87,6 +88,20 @@ class KVCache {
   virtual void attend(int il, int pos0, int n, int n_head, const Tensor& q, Tensor& out) = 0;
 
   virtual void clear() = 0;                // drop every token
+  // Keeps the first n tokens (0 <= n <= n_tokens(), Error(invalid_arg) otherwise) and returns how
+  // many it really kept: exact caches keep n; a cache that cannot cut at n keeps fewer, the
+  // longest prefix whose state equals that of a fresh run over it (a compressed cache: its last
+  // kept block boundary), and the caller evaluates the tokens after it again. Default: clear()
+  // (keeps 0), always correct.
+  virtual int truncate(int n);
+
+  // State files (engine/state_file.h): the cache's own payload for the tokens it holds, appended
+  // to out; load_payload replaces what the cache holds with n_tokens tokens from a payload that
+  // save_payload of a cache of the same mode, knobs and shape wrote. The payload is untrusted
+  // input: anything inconsistent is Error(format), never a crash, and leaves the cache empty.
+  // Default (a cache without a serializer yet): Error(unsupported) naming the mode.
+  virtual void save_payload(std::vector<uint8_t>& out) const;
+  virtual void load_payload(const uint8_t* data, size_t size, int n_tokens);
   virtual int n_tokens() const = 0;        // tokens held (layer 0)
   virtual size_t bytes() const = 0;        // bytes held for the tokens cached now, K and V
   virtual double bits_per_entry() const = 0;  // bytes * 8 / (cached values), fully counted
@@ -100,6 +115,7 @@ class KVCache {
 
  protected:
   KVCacheShape shape_;
+  void check_truncate(int n) const;  // Error(invalid_arg) unless 0 <= n <= n_tokens()
 
  private:
   const uint64_t serial_ = next_serial();

@@ -221,6 +221,7 @@ class CompressedKVCache final : public HostKVCache {
 
   std::string mode() const override { return p_.mode; }
   int n_tokens() const override { return n_.empty() ? 0 : n_[0]; }
+  int truncate(int n) override;  // defined at the end of this file (prefix reuse)
 
   void clear() override {
     for (auto& h : heads_) {
@@ -1045,5 +1046,62 @@ void compressed_kv_dequantized(const KVCache& cache, int il, std::vector<float>&
   if (il < 0 || il >= cache.shape().n_layer) fail(ErrorCode::invalid_arg, "dequantized(): layer out of range");
   c->dequantized(il, k, v);
 }
+
+// ---- prefix reuse (KVCache::truncate) --------------------------------------------------------
+namespace {
+
+// Keeps the longest prefix m <= n whose state equals a fresh run over m tokens. Sealed blocks
+// cannot be unsealed, so a fresh run's state at m is reachable only when it holds no exact row
+// that is sealed here: m in the sinks, or m leaves every block sealed now sealed and the rest in
+// the ring (sealed_count(m) == the blocks held), or (ring 0) m on a block boundary, the ring
+// empty. q8_0/q4_0 rows and f16 boundary layers are independent per token: cut anywhere.
+int CompressedKVCache::truncate(int n) {
+  check_truncate(n);
+  const int N = n_tokens();
+  if (n == N) return n;
+  const int d = shape_.head_dim;
+  // Blocks a fresh run over m tokens has sealed (append seals at ring_ + block_ ring rows).
+  auto sealed_count = [&](int m) {
+    const int r = m - sinks_;
+    return r >= ring_ + block_ ? (r - ring_) / block_ : 0;
+  };
+  int keep = n;
+  if (fam_ != Family::qblock) {
+    size_t held = 0;  // blocks sealed in the sealing layers (all streams seal alike)
+    for (int il = 0; il < shape_.n_layer && held == 0; il++)
+      if (!exact_layer(il)) held = head(il, 0).s[0].blocks.size();
+    if (n > sinks_ && (size_t)sealed_count(n) != held) {
+      if (ring_ == 0) keep = sinks_ + ((n - sinks_) / block_) * block_;
+      else keep = sinks_;  // every shorter state needs exact rows of a block sealed here
+    }
+  }
+  for (int il = 0; il < shape_.n_layer; il++) {
+    const bool exact = exact_layer(il);
+    for (int g = 0; g < shape_.n_head_kv; g++)
+      for (Stream& st : head(il, g).s) {
+        std::vector<uint16_t>().swap(st.recent);
+        st.recent_first = st.blocks.size();
+        if (fam_ == Family::qblock && !exact) {
+          st.qrows.resize((size_t)keep * row_bytes_);
+          continue;
+        }
+        const int ns = std::min(keep, sinks_);
+        st.sinks.resize((size_t)ns * d);
+        size_t nb = exact ? 0 : (size_t)sealed_count(keep);
+        if (keep <= sinks_) nb = 0;
+        st.blocks.resize(std::min(nb, st.blocks.size()));
+        st.bstats.resize(st.blocks.size());
+        st.recent_first = st.blocks.size();
+        const int nr = std::max(0, keep - sinks_ - (int)st.blocks.size() * block_);  // ring rows kept
+        st.ring.resize((size_t)nr * d);
+        st.ring_bad.resize((size_t)nr);
+      }
+  }
+  n_.assign(shape_.n_layer, keep);
+  last_pos0_.assign(shape_.n_layer, keep);
+  return keep;
+}
+
+}  // namespace
 
 }  // namespace eoq

@@ -2,6 +2,7 @@
 // Storage per layer and KV head is contiguous over tokens: [n_ctx][head_dim], so one head's
 // attention streams one contiguous array.
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <algorithm>
 #include <atomic>
@@ -256,7 +257,55 @@ class ExactKVCache final : public HostKVCache {
   }
 
   void clear() override { n_.assign(shape_.n_layer, 0); }
+  // Rows past n are simply forgotten (the next append overwrites them).
+  int truncate(int n) override {
+    check_truncate(n);
+    n_.assign(shape_.n_layer, n);
+    return n;
+  }
   int n_tokens() const override { return n_.empty() ? 0 : n_[0]; }
+  // Payload: per layer, K then V, per KV head its n_tokens rows of head_dim values of T (the
+  // storage type), little-endian as in memory.
+  void save_payload(std::vector<uint8_t>& out) const override {
+    const KVCacheShape& s = shape_;
+    const size_t row = (size_t)s.head_dim * sizeof(T), n = (size_t)n_tokens();
+    out.reserve(out.size() + payload_bytes(n_tokens()));
+    for (int il = 0; il < s.n_layer; il++)
+      for (const auto* store : {&k_, &v_})
+        for (int g = 0; g < s.n_head_kv; g++) {
+          const uint8_t* src = reinterpret_cast<const uint8_t*>(head(*store, il, g));
+          out.insert(out.end(), src, src + n * row);
+        }
+  }
+  void load_payload(const uint8_t* data, size_t size, int n) override {
+    const KVCacheShape& s = shape_;
+    clear();
+    if (n < 0 || n > s.n_ctx)
+      fail(ErrorCode::format, "state: " + std::to_string(n) + " tokens do not fit the cache's " + std::to_string(s.n_ctx));
+    if (size != payload_bytes(n))
+      fail(ErrorCode::format, "state: the " + std::string(name_) + " cache payload has " + std::to_string(size) +
+                                  " bytes, expected " + std::to_string(payload_bytes(n)) + " for " + std::to_string(n) + " tokens");
+    const size_t bytes = (size_t)n * s.head_dim * sizeof(T);
+    for (int il = 0; il < s.n_layer; il++)
+      for (auto* store : {&k_, &v_})
+        for (int g = 0; g < s.n_head_kv; g++) {
+          std::memcpy(head(*store, il, g), data, bytes);
+          data += bytes;
+        }
+    if constexpr (std::is_same<T, float>::value) {  // f32 rows must be finite, as appends make them
+      for (int il = 0; il < s.n_layer; il++)
+        for (auto* store : {&k_, &v_})
+          for (int g = 0; g < s.n_head_kv; g++) {
+            const float* x = head(*store, il, g);
+            for (size_t i = 0; i < (size_t)n * s.head_dim; i++)
+              if (!std::isfinite(x[i])) fail(ErrorCode::format, "state: the f32 cache payload holds a non-finite value");
+          }
+    }
+    n_.assign(s.n_layer, n);
+  }
+  size_t payload_bytes(int n) const {
+    return (size_t)2 * shape_.n_layer * shape_.n_head_kv * (size_t)n * shape_.head_dim * sizeof(T);
+  }
   size_t bytes() const override {
     return (size_t)2 * shape_.n_layer * shape_.n_head_kv * shape_.head_dim * n_tokens() * sizeof(T);
   }
@@ -265,6 +314,9 @@ class ExactKVCache final : public HostKVCache {
 
  private:
   T* head(std::unique_ptr<T[]>& a, int il, int g) {
+    return a.get() + ((size_t)il * shape_.n_head_kv + g) * (size_t)shape_.n_ctx * shape_.head_dim;
+  }
+  const T* head(const std::unique_ptr<T[]>& a, int il, int g) const {
     return a.get() + ((size_t)il * shape_.n_head_kv + g) * (size_t)shape_.n_ctx * shape_.head_dim;
   }
   std::string name_;
@@ -289,6 +341,27 @@ void KVCache::begin(int pos0, int n) {
     fail(ErrorCode::internal, "KV cache: positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n) +
                                   " do not follow the " + std::to_string(n_tokens()) + " tokens held or exceed n_ctx " +
                                   std::to_string(shape_.n_ctx));
+}
+
+void KVCache::check_truncate(int n) const {
+  if (n < 0 || n > n_tokens())
+    fail(ErrorCode::invalid_arg, "KV cache: cannot keep " + std::to_string(n) + " tokens of the " +
+                                     std::to_string(n_tokens()) + " held");
+}
+
+void KVCache::save_payload(std::vector<uint8_t>&) const {
+  fail(ErrorCode::unsupported, "state files: the " + mode() + " cache cannot be saved yet (f16 and f32 can)");
+}
+
+void KVCache::load_payload(const uint8_t*, size_t, int) {
+  fail(ErrorCode::unsupported, "state files: the " + mode() + " cache cannot be loaded yet (f16 and f32 can)");
+}
+
+int KVCache::truncate(int n) {
+  check_truncate(n);
+  if (n == n_tokens()) return n;
+  clear();
+  return 0;
 }
 
 void HostKVCache::append(int il, int pos0, int n, const Tensor& k, const Tensor& v) {

@@ -47,6 +47,16 @@ struct QKVCapture {
   int n_tok = 0;
 };
 
+// One sequence's part of a batched forward call (Model::forward_batch): n tokens at positions
+// pos0.. of the sequence whose cache is kv.
+struct SeqSegment {
+  const int32_t* tokens = nullptr;
+  int n = 0;
+  int pos0 = 0;
+  KVCache* kv = nullptr;
+  bool all_logits = false;  // logits of every token of the segment (else of its last only)
+};
+
 class Model {
  public:
   virtual ~Model() = default;
@@ -56,6 +66,12 @@ class Model {
   // the model's backend). logits (host): [n][n_vocab] when all_logits, else [n_vocab] for the
   // last token only. Token ids must be valid (Error(invalid_arg) otherwise, before any compute).
   virtual void forward(const int32_t* tokens, int n, int pos0, KVCache& kv, float* logits, bool all_logits) = 0;
+  // Several sequences' tokens in one step: the weight products see the tokens of every segment
+  // as one batch (each matrix is read once for all of them); RoPE, the cache append and attention
+  // run per segment on its own cache at its own positions. logits (host): the segments' rows in
+  // order, n rows for a segment with all_logits, else 1 ([rows][n_vocab]). Each segment's rows
+  // equal what forward() alone gives it. The caches must be distinct.
+  virtual void forward_batch(const SeqSegment* segs, int n_seg, float* logits) = 0;
   // Scratch for up to n tokens per forward call (grows only).
   virtual void set_max_batch(int n) = 0;
   // Captures every later forward()'s Q/K/V into *cap (nullptr: off, the default).

@@ -275,4 +275,94 @@ void LlamaModel::forward(const int32_t* tokens, int n, int pos0, KVCache& kv, fl
   be_.to_host(lg, logits);
 }
 
+void LlamaModel::forward_batch(const SeqSegment* segs, int n_seg, float* logits) {
+  const LlamaConfig& c = cfg_;
+  if (n_seg <= 0) return;
+  if (n_seg == 1) {  // one sequence: the plain step (a CUDA graph may replay it)
+    forward(segs[0].tokens, segs[0].n, segs[0].pos0, *segs[0].kv, logits, segs[0].all_logits);
+    return;
+  }
+  int n = 0, n_out = 0;
+  for (int s = 0; s < n_seg; s++) {
+    const SeqSegment& g = segs[s];
+    if (g.n <= 0 || !g.tokens || !g.kv) fail(ErrorCode::internal, "forward_batch: an empty segment");
+    for (int j = 0; j < s; j++)
+      if (segs[j].kv == g.kv) fail(ErrorCode::internal, "forward_batch: two segments share one cache");
+    for (int t = 0; t < g.n; t++)
+      if (g.tokens[t] < 0 || g.tokens[t] >= c.n_vocab)
+        fail(ErrorCode::invalid_arg, "token id " + std::to_string(g.tokens[t]) + " is out of range");
+    n += g.n;
+    n_out += g.all_logits ? g.n : 1;
+  }
+  if (!be_.segmented_steps()) {
+    // The backend's kernels read one staged position per step: one step per sequence.
+    size_t row = 0;
+    for (int s = 0; s < n_seg; s++) {
+      const SeqSegment& g = segs[s];
+      forward(g.tokens, g.n, g.pos0, *g.kv, logits + row * c.n_vocab, g.all_logits);
+      row += g.all_logits ? g.n : 1;
+    }
+    return;
+  }
+  if (capture_) fail(ErrorCode::internal, "forward_batch: the Q/K/V capture takes one sequence");
+  if (n > max_batch_) set_max_batch(n);
+  batch_tokens_.clear();
+  for (int s = 0; s < n_seg; s++) batch_tokens_.insert(batch_tokens_.end(), segs[s].tokens, segs[s].tokens + segs[s].n);
+  Tensor lg;
+  if (be_.device().type == DeviceType::cpu) {
+    lg = host_tensor(logits, c.n_vocab, n_out);
+  } else {
+    if (logits_rows_ < n_out) {
+      logits_rows_ = max_batch_;
+      logits_ = be_.alloc_f32(c.n_vocab, logits_rows_, "logits", &bufs_[8]);
+      be_.forget_steps();
+    }
+    lg = logits_.rows(0, n_out);
+  }
+  for (int s = 0; s < n_seg; s++) segs[s].kv->begin(segs[s].pos0, segs[s].n);  // all checked before compute
+  last_kv_ = nullptr;  // a later single-sequence step must not replay against a stale cache
+  const RopeParams rope{c.head_dim, c.n_rot, c.rope_theta_scale, c.rope_scale,
+                        rope_freqs_.data ? &rope_freqs_ : nullptr};
+
+  // Never replayed: the segments' positions and caches change from step to step.
+  be_.begin_step(batch_tokens_.data(), n, segs[0].pos0, /*replayable=*/false);
+  Tensor x = x_.rows(0, n), xn = xn_.rows(0, n), q = q_.rows(0, n), k = k_.rows(0, n), v = v_.rows(0, n),
+         att = att_.rows(0, n), gate = gate_.rows(0, n), up = up_.rows(0, n);
+  be_.get_rows(token_embd_, be_.step_tokens(), x);  // x = token_embd[tokens]   [n][n_embd]
+  for (int il = 0; il < c.n_layer; il++) {
+    const LlamaLayer& L = layers_[il];
+    // The same ops as forward(), the products over all n rows; per segment (rows r0..r0+g.n):
+    // RoPE at its positions, its cache's append and attention.
+    be_.rms_norm(x, L.attn_norm, c.rms_eps, xn);
+    const Projection qkv[3] = {{&L.attn_q, &q}, {&L.attn_k, &k}, {&L.attn_v, &v}};
+    be_.matmul(qkv, 3, xn);
+    for (int s = 0, r0 = 0; s < n_seg; r0 += segs[s].n, s++) {
+      const SeqSegment& g = segs[s];
+      Tensor qs = q.rows(r0, g.n), ks = k.rows(r0, g.n), vs = v.rows(r0, g.n), as = att.rows(r0, g.n);
+      be_.rope(qs, c.n_head, rope, g.pos0);
+      be_.rope(ks, c.n_head_kv, rope, g.pos0);
+      g.kv->append(il, g.pos0, g.n, ks, vs);
+      g.kv->attend(il, g.pos0, g.n, c.n_head, qs, as);
+    }
+    const Projection wo{&L.attn_output, &x, /*add_to_y=*/true};
+    be_.matmul(&wo, 1, att);
+    be_.rms_norm(x, L.ffn_norm, c.rms_eps, xn);
+    be_.matmul_swiglu(L.ffn_gate, L.ffn_up, xn, gate, up);
+    const Projection down{&L.ffn_down, &x, /*add_to_y=*/true};
+    be_.matmul(&down, 1, gate);
+  }
+  // Output rows: each segment's last token (or all of its tokens), normed into xn's front rows.
+  for (int s = 0, r0 = 0, o = 0; s < n_seg; r0 += segs[s].n, s++) {
+    const SeqSegment& g = segs[s];
+    const int m = g.all_logits ? g.n : 1;
+    Tensor xo = x.rows(r0 + g.n - m, m), xno = xn.rows(o, m);
+    be_.rms_norm(xo, output_norm_, c.rms_eps, xno);
+    o += m;
+  }
+  const Projection out{&output_, &lg};
+  be_.matmul(&out, 1, xn.rows(0, n_out));
+  be_.end_step();
+  be_.to_host(lg, logits);
+}
+
 }  // namespace eoq

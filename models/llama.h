@@ -34,6 +34,7 @@ class LlamaModel final : public Model {
 
   const LlamaConfig& config() const override { return cfg_; }
   void forward(const int32_t* tokens, int n, int pos0, KVCache& kv, float* logits, bool all_logits) override;
+  void forward_batch(const SeqSegment* segs, int n_seg, float* logits) override;
   void set_max_batch(int n_batch) override;
   void set_capture(const QKVCapture* cap) override { capture_ = cap; }
   size_t weight_bytes_per_token() const override { return bytes_per_token_; }
@@ -52,6 +53,8 @@ class LlamaModel final : public Model {
   const QKVCapture* capture_ = nullptr;
   const KVCache* last_kv_ = nullptr;  // the cache of the last forward call (captured steps read it)
   uint64_t last_kv_serial_ = 0;
+
+  std::vector<int32_t> batch_tokens_;  // forward_batch: the segments' tokens, concatenated
 
   // Copies layer il's q_, k_, v_ (n tokens at positions pos0..) into capture_.
   void capture_layer(int il, int pos0, int n);

@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-escape", dest="escape", action="store_false", help="do not process escapes (default)")
     g.add_argument("--chat", action="store_true",
                    help="format the prompt as one user message with the model's chat template")
-    g.add_argument("--system", metavar="TEXT", help="system message (implies --chat)")
+    g.add_argument("-sys", "--system", "--system-prompt", dest="system", metavar="TEXT",
+                   help="system message (implies --chat)")
+    g.add_argument("-cnv", "--conversation", "-i", "--interactive", dest="conversation", action="store_true",
+                   help="interactive chat: read user turns from stdin (one per line; an empty line or "
+                        "end of input ends), the cache kept between turns; -p is the first turn")
     g.add_argument("--no-display-prompt", dest="display_prompt", action="store_false",
                    help="do not print the prompt before the generated text")
     g.add_argument("-r", "--reverse-prompt", "--stop", dest="stop", action="append", metavar="TEXT",
@@ -83,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="N", help="as llama.cpp: N > 0 runs the model on the GPU (eoq places every layer "
                    "there; -ngl 99 is the usual spelling), 0 on the CPU")
     g.add_argument("--kv", default=None, metavar="MODE",
-                   help="KV cache mode: " + ", ".join(KV_MODES) + " (default f16)")
+                   help="KV cache mode: " + ", ".join(KV_MODES) + " (default f16), optionally with knobs "
+                        "as in the C API and eoq-perplexity: eoq2:ring=0:k_bits=3")
+    g.add_argument("-fa", "--flash-attn", nargs="?", const="on", default=None, metavar="on|off|auto",
+                   help="accepted as llama.cpp takes it; eoq's attention is always fused (one pass over "
+                        "the cache with an online softmax)")
     g.add_argument("-ctk", "--cache-type-k", metavar="TYPE",
                    help="K cache: a mode as llama.cpp takes it (f16, q8_0, q4_0; same for K and V), or the "
                         "residual bits of a turbo/eoq mode (1-4, or e.g. turbo3)")
@@ -101,7 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kv-v-rank-cap", type=int, metavar="N", help="eoq: rank cap for values (0: plain turbo)")
     g.add_argument("--kv-exact-scores", action="store_true",
                    help="turbo/eoq: score sealed keys in float, not from an int8-rounded query (AVX-512 CPUs)")
+    g.add_argument("--prompt-cache", metavar="FNAME",
+                   help="as llama.cpp: load the session from FNAME if it exists (its tokens are reused as "
+                        "a prefix of the prompt), save it there at the end")
     g.add_argument("--stats", action="store_true", help="print KV compression statistics at the end")
+    g.add_argument("--estimate", action="store_true",
+                   help="print the memory the model, the KV cache (fully counted at -c tokens) and the "
+                        "scratch would take, then exit without loading")
+    g.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no prompt progress line (shown on a terminal for prompts longer than -b)")
 
     g = ap.add_argument_group("sampling (llama.cpp defaults)")
     g.add_argument("--temp", type=float, default=0.8, metavar="T", help="temperature (0: greedy; default 0.8)")
@@ -250,9 +266,19 @@ def stats_lines(st) -> List[str]:
 
 
 def kv_config(args):
-    """(mode, options) from --kv, -ctk/-ctv and the --kv-* knobs."""
+    """(mode, options) from --kv (a mode or a spec string such as eoq2:ring=0), -ctk/-ctv and
+    the --kv-* knobs (which win over the spec's)."""
     mode = args.kv
     options = {}
+    if mode is not None and ":" in mode:
+        from . import _core
+
+        try:
+            mode, spec_opts = _core.parse_kv_spec(mode)
+        except ValueError as e:
+            raise CliError(f"--kv {args.kv!r}: {e}") from None
+        default_mode, defaults = _core.parse_kv_spec(mode)
+        options = {k: v for k, v in spec_opts.items() if defaults.get(k) != v}  # the knobs given
     plain = ("f16", "f32", "q8_0", "q4_0")
     types = {"k_bits": args.cache_type_k, "v_bits": args.cache_type_v}
     named = {v for v in types.values() if v in plain}
@@ -296,9 +322,100 @@ def kv_config(args):
     return mode, options
 
 
+def _progress_line():
+    """A progress(done, total) callback that redraws one line on stderr (a terminal only)."""
+    stream = sys.stderr
+    if stream is None or not stream.isatty():
+        return None
+
+    def show(done, total):
+        stream.write(f"\r{PROG}: prompt {done}/{total} tokens ({100 * done // max(total, 1)}%)\x1b[K")
+        stream.flush()
+
+    return show
+
+
+def _clear_progress(progress) -> None:
+    if progress is not None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+def _estimate(args, model, kv_mode, kv_options) -> int:
+    from . import Engine
+
+    est = Engine.estimate_memory(model, n_ctx=args.ctx_size, kv=kv_mode, kv_options=kv_options,
+                                 n_batch=args.batch_size, device=device_from_args(args))
+    for line in estimate_lines(est):
+        print(line)
+    return 0
+
+
+def estimate_lines(est) -> List[str]:
+    out = [f"n_ctx {est['n_ctx']} (training context {est['n_ctx_train']}), KV mode {est['kv']}, on {est['device']}"]
+    if est["n_ctx"] > est["n_ctx_train"]:
+        out.append(f"warning: n_ctx {est['n_ctx']} exceeds the model's training context {est['n_ctx_train']}")
+    out.append(f"weights  {est['weights']:>15d} bytes ({_mib(est['weights'])})" +
+               (" (mapped from the file)" if est["device"] == "cpu" else ""))
+    out.append(f"KV cache {est['kv_bytes']:>15d} bytes ({_mib(est['kv_bytes'])}) for {est['n_ctx']} tokens, "
+               f"{est['kv_bits_per_entry']:.2f} bits per entry ({est['kv_basis']})")
+    out.append(f"scratch  {est['scratch']:>15d} bytes ({_mib(est['scratch'])})")
+    out.append(f"total    {est['total']:>15d} bytes ({_mib(est['total'])}); free on the device: "
+               f"{est['free']} bytes ({_mib(est['free'])})" + ("" if est["fits"] else ": DOES NOT FIT"))
+    return out
+
+
+def _conversation(engine, args, first: Optional[str], gen_kwargs, out) -> None:
+    """-cnv: user turns from stdin, replies streamed; the chat history grows and each turn reuses
+    the cache (the previous turns' tokens are a prefix of the new prompt)."""
+    messages = []
+    if args.system is not None:
+        messages.append({"role": "system", "content": args.system})
+    interactive = sys.stdin is not None and sys.stdin.isatty()
+    turn = first
+    while True:
+        if turn is None:
+            if interactive:
+                sys.stderr.write("> ")
+                sys.stderr.flush()
+            line = sys.stdin.readline() if sys.stdin is not None else ""
+            if not line or not line.strip():
+                return
+            turn = line.rstrip("\n")
+        messages.append({"role": "user", "content": turn})
+        progress = _progress_line() if args.progress else None
+        stream = engine.chat(messages, stream=True, progress=progress, **gen_kwargs)
+        reply = []
+        first_piece = True
+        for piece in stream:
+            if first_piece:
+                _clear_progress(progress)
+                first_piece = False
+            reply.append(piece)
+            out.write(piece)
+        if first_piece:
+            _clear_progress(progress)
+        out.write("\n")
+        c = stream.completion
+        if args.verbose:
+            _err(f"turn: {c.usage['prompt_tokens']} prompt tokens ({c.timings['prompt_cached_tokens']} reused), "
+                 f"{c.usage['completion_tokens']} generated")
+        messages.append({"role": "assistant", "content": "".join(reply)})
+        turn = None
+
+
 def run(args) -> int:
     kv_mode, kv_options = kv_config(args)
-    prompt = _read_prompt(args)  # before loading: a bad prompt file fails fast
+    if args.flash_attn is not None and args.flash_attn not in ("on", "off", "auto"):
+        raise CliError(f"-fa/--flash-attn takes on, off or auto, got {args.flash_attn!r}")
+    if args.estimate:
+        from .models import default_model_path
+
+        model = args.model if args.model is not None else str(default_model_path(download=True))
+        return _estimate(args, model, kv_mode, kv_options)
+    prompt = None
+    if not args.conversation or args.prompt is not None or args.file is not None:
+        prompt = _read_prompt(args)  # before loading: a bad prompt file fails fast
 
     from . import Engine
     from .models import default_model_path
@@ -313,6 +430,12 @@ def run(args) -> int:
     engine = Engine(model, n_ctx=args.ctx_size, n_threads=args.threads, kv=kv_mode, kv_options=kv_options,
                     n_batch=args.batch_size, verbose=args.verbose, device=device_from_args(args))
     with engine:
+        if args.conversation:
+            gen_kwargs = dict(max_tokens=n_predict, temperature=args.temp, top_k=args.top_k,
+                              top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                              repeat_last_n=args.repeat_last_n, seed=seed, stop=args.stop)
+            _conversation(engine, args, prompt, gen_kwargs, _Out())
+            return 0
         chat = args.chat or args.system is not None
         if chat:
             messages = []
@@ -324,22 +447,42 @@ def run(args) -> int:
         else:
             shown = prompt
             source = prompt
+        if args.prompt_cache and os.path.exists(args.prompt_cache):
+            try:
+                engine.load_state(args.prompt_cache)
+            except ValueError as e:  # another model or cache mode, or a damaged file: start empty
+                _err(f"warning: prompt cache {args.prompt_cache} not used: {e}")
+        progress = _progress_line() if args.progress else None
         stream = engine.generate(
             source, max_tokens=n_predict, temperature=args.temp, top_k=args.top_k,
             top_p=args.top_p, min_p=args.min_p, repeat_penalty=args.repeat_penalty,
             repeat_last_n=args.repeat_last_n, seed=seed, stop=args.stop, stream=True,
-            parse_special=True)  # parameters are checked here, before anything is computed
+            parse_special=True, progress=progress)  # parameters are checked here, before anything is computed
         if args.seed == -1 and args.temp != 0:
             _err(f"seed = {seed}")
         out = _Out()
-        if args.display_prompt:
+        if args.display_prompt and progress is None:
             out.write(shown)
+        first_piece = True
         for piece in stream:
+            if first_piece:  # the progress line (a terminal) is erased, then the prompt shown
+                _clear_progress(progress)
+                if args.display_prompt and progress is not None:
+                    out.write(shown)
+                first_piece = False
             out.write(piece)
+        if first_piece:
+            _clear_progress(progress)
+            if args.display_prompt and progress is not None:
+                out.write(shown)
         if sys.stdout.isatty():
             out.write("\n")
         c = stream.completion
         t = c.timings
+        if args.prompt_cache:
+            n = engine.save_state(args.prompt_cache)
+            _err(f"prompt cache  = {args.prompt_cache}: {n} bytes, {engine.n_past} tokens "
+                 f"({t['prompt_cached_tokens']} of the prompt reused)")
         kv = engine.compression_stats()
         _err(f"load time     = {t['load_ms']:10.2f} ms")
         _err(f"prompt eval   = {t['prompt_ms']:10.2f} ms / {c.usage['prompt_tokens']:5d} tokens "

@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 from . import _core
 from ._core import EoqError
 
-__all__ = ["Engine", "Completion", "CompletionStream"]
+__all__ = ["Engine", "Sequence", "Completion", "CompletionStream"]
 
 
 def _error(code: str, message: str) -> EoqError:
@@ -56,11 +56,16 @@ class CompletionStream:
     """Iterator of text pieces from Engine.generate(stream=True).
 
     `.completion` holds the final Completion once the iterator is exhausted (None before).
-    A later generate/reset/eval_logits call on the same Engine invalidates an unfinished stream.
+    An unfinished stream holds its sequence: a generate/reset/eval_logits call on the same
+    sequence from another thread waits until the stream is exhausted or closed; the same call
+    from the thread that made the stream takes the sequence over (the stream then raises
+    EoqError "interrupted" on its next step). close() ends the stream and frees its sequence
+    only (streams on other sequences go on).
     """
 
-    def __init__(self, gen: Iterator[str]):
+    def __init__(self, gen: Iterator[str], on_done=None):
         self._gen = gen
+        self._on_done = on_done  # frees the sequence, once
         self.completion: Optional[Completion] = None
 
     def __iter__(self) -> "CompletionStream":
@@ -72,10 +77,28 @@ class CompletionStream:
         except StopIteration as stop:
             if stop.value is not None:
                 self.completion = stop.value
+            self._done()
             raise StopIteration from None
+        except BaseException:
+            self._done()
+            raise
+
+    def _done(self) -> None:
+        f, self._on_done = self._on_done, None
+        if f is not None:
+            f()
 
     def close(self) -> None:
-        self._gen.close()
+        try:
+            self._gen.close()
+        finally:
+            self._done()
+
+    def __del__(self) -> None:  # an abandoned stream must not hold its sequence forever
+        try:
+            self._done()
+        except Exception:
+            pass
 
 
 # --- parameter checks (clear messages before anything reaches C++) -------------------------
@@ -217,18 +240,146 @@ def _pip_cublas() -> Optional[str]:
     return None
 
 
+class _SeqState:
+    """Python-side state of one sequence, shared by the Engine (sequence 0) and its Sequence
+    objects: the lock of its eval/sample steps, the epoch that stale streams check, and who holds
+    it (an unfinished stream, by the thread that made it)."""
+
+    def __init__(self):
+        self.lock = threading.RLock()  # one eval/sample at a time (compute runs without the GIL)
+        self.cond = threading.Condition(threading.Lock())  # guards holder; waits for it
+        self.holder: Optional[int] = None  # the thread whose stream holds the sequence
+        self.epoch = 0  # bumped whenever the sequence is taken over; stale streams notice
+
+    def acquire(self) -> int:
+        """Takes the sequence for a call of this thread: waits while another thread's stream
+        holds it (serialized), takes it over from this thread's own unfinished stream. Returns
+        the new epoch."""
+        me = threading.get_ident()
+        with self.cond:
+            while self.holder is not None and self.holder != me:
+                self.cond.wait()
+            self.holder = me
+            self.epoch += 1
+            return self.epoch
+
+    def release(self, epoch: int) -> None:
+        with self.cond:
+            if self.epoch == epoch and self.holder is not None:
+                self.holder = None
+                self.cond.notify_all()
+
+
+def _kv_cache_bytes(mode: str, options: Dict[str, Any], n_layer: int, n_kv: int, d: int, n_ctx: int):
+    """(bytes of one cache holding n_ctx tokens, basis) for estimate_memory."""
+    import numpy as np
+
+    if mode in ("f16", "f32"):
+        return 2 * n_layer * n_kv * n_ctx * d * (2 if mode == "f16" else 4), "exact, allocated up front"
+    params = dict(options, mode=mode)
+    probe = _core.KVCacheTester(params, 1, 1, d, 8, 1)
+    p = probe.stats().get("params", {})
+    if mode in ("q8_0", "q4_0"):
+        n = 64
+        t = _core.KVCacheTester(params, n_layer, n_kv, d, n, 1)
+        rng = np.random.default_rng(0)
+        for il in range(n_layer):
+            t.append(il, rng.standard_normal((n, n_kv, d), dtype=np.float32),
+                     rng.standard_normal((n, n_kv, d), dtype=np.float32))
+        return t.bytes * n_ctx // n, "per-token blocks"
+    block, ring, sinks = int(p["block"]), int(p["ring"]), int(p["sinks"])
+    cap = max(int(p.get("rank_cap", 0)), int(p.get("v_rank_cap", 0)))
+    n1 = sinks + ring + block  # one block sealed
+    n2 = n1 + block            # two
+    t = _core.KVCacheTester(params, n_layer, n_kv, d, n2, 1)
+    rng = np.random.default_rng(0)
+    r = min(d, cap + 2)
+
+    def rows(n):  # strong rank-r structure plus noise: every block reaches the rank cap
+        basis = rng.standard_normal((n_kv, r, d)).astype(np.float32)
+        coef = 8.0 * rng.standard_normal((n, n_kv, r)).astype(np.float32)
+        return (np.einsum("tgr,grd->tgd", coef, basis) + rng.standard_normal((n, n_kv, d))).astype(np.float32)
+
+    b = []
+    for n in (n1, block):
+        for il in range(n_layer):
+            t.append(il, rows(n), rows(n))
+        b.append(t.bytes)
+    per_block = b[1] - b[0]
+    exact_rows = sinks + ring
+    per_exact = (b[0] - per_block) / exact_rows if exact_rows else 0.0
+    rr = n_ctx - sinks
+    sealed = (rr - ring) // block if rr >= ring + block else 0
+    n_exact = n_ctx - sealed * block
+    return int(sealed * per_block + n_exact * per_exact), "upper bound: every block at the rank cap"
+
+
+def _estimate_memory(model_path, n_ctx, kv, kv_options, n_batch, n_seq, device) -> Dict[str, Any]:
+    if not _is_int(n_ctx) or n_ctx < 0:
+        raise _error("invalid_arg", f"n_ctx must be an integer >= 0 (0 = the model's), got {n_ctx!r}")
+    if not _is_int(n_seq) or not 1 <= n_seq <= 256:
+        raise _error("invalid_arg", f"n_seq must be an integer in [1, 256], got {n_seq!r}")
+    if not _is_int(n_batch) or n_batch < 1:
+        raise _error("invalid_arg", f"n_batch must be an integer >= 1, got {n_batch!r}")
+    path = Path(os.fspath(model_path)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    device = _check_device(device) if device != "cpu" else "cpu"
+    f = _core.GGUFFile(str(path))
+    md = f.metadata
+    a = md.get("general.architecture", "")
+    if a != "llama":
+        raise _error("unsupported", f"architecture {a!r} is not supported (eoq runs 'llama')")
+    get = lambda k, dflt=None: md.get(f"{a}.{k}", dflt)  # noqa: E731
+    n_embd, n_layer, n_head = int(get("embedding_length")), int(get("block_count")), int(get("attention.head_count"))
+    n_kv = int(get("attention.head_count_kv", n_head))
+    d = int(get("attention.key_length", n_embd // n_head))
+    n_ff, n_ctx_train = int(get("feed_forward_length")), int(get("context_length"))
+    tensors = f.tensors
+    n_vocab = next(int(t["shape"][1]) for t in tensors if t["name"] == "token_embd.weight") \
+        if any("shape" in t for t in tensors) else 0
+    weights = sum(int(t["nbytes"]) for t in tensors)
+    ctx = n_ctx or n_ctx_train
+    kv_bytes, basis = _kv_cache_bytes(kv, dict(kv_options), n_layer, n_kv, d, ctx)
+    kv_bytes *= n_seq
+    q_dim, kv_dim = n_head * d, n_kv * d
+    batch = min(n_batch, ctx) + n_seq - 1
+    scratch = batch * 4 * (2 * n_embd + 2 * q_dim + 2 * kv_dim + 2 * n_ff) + n_seq * n_vocab * 4
+    on_cpu = device == "cpu"
+    if on_cpu:
+        try:
+            free = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            free = 0
+    else:
+        free = int(_core.cuda.free_memory(device)) if hasattr(_core.cuda, "free_memory") else 0
+    total = (0 if on_cpu else weights) + kv_bytes + scratch  # CPU weights stay mapped from the file
+    entries = 2 * n_layer * n_kv * d * ctx * n_seq
+    return {"weights": weights, "kv_bytes": kv_bytes, "scratch": scratch, "total": total, "free": free,
+            "fits": free == 0 or total <= free, "n_ctx": ctx, "n_ctx_train": n_ctx_train, "kv": kv,
+            "kv_basis": basis, "kv_bits_per_entry": kv_bytes * 8 / entries if entries else 0.0,
+            "device": device, "n_seq": n_seq}
+
+
 class Engine:
-    """A loaded GGUF model with its KV cache.
+    """A loaded GGUF model with its KV cache(s).
 
     Engine(model_path=None, n_ctx=0, n_threads=None, device="cpu", kv="f16", n_batch=512,
-           verbose=False, prefix_cache=True, kv_options=None)
+           verbose=False, prefix_cache=True, kv_options=None, n_seq=1)
+
+    n_seq: sequences held at once, each with its own cache of n_ctx tokens (eng.sequence(i),
+    0 <= i < n_seq). Generations on different sequences running in different threads are
+    decoded together: one forward step per token for all of them (each weight matrix read once),
+    long prompts cut into chunks of n_batch tokens that interleave with the others' steps. The
+    Engine's own generate/chat/reset/eval_logits/compression_stats act on sequence 0.
 
     model_path None: the default model (SmolLM2-135M-Instruct, fetched once, see eoq.models).
     n_ctx 0: the model's training context. n_threads None: the CPUs this process may use.
     device: "cpu", "cuda" or "cuda:N" (the weights, the cache and the compute on that GPU; the
     GPU holds the f16 cache for now). Where CUDA cannot run, a one-line EoqError says why.
-    prefix_cache: when a prompt starts with exactly the tokens already in the cache, evaluate
-    only the rest (as llama-cpp-python does); otherwise every call starts from an empty cache.
+    prefix_cache: a prompt reuses the longest common prefix with what its sequence holds and
+    evaluates only the rest (exact caches cut anywhere; compressed caches at their last kept
+    block boundary, giving the same codes as a fresh run); False: every call starts empty.
     kv: the KV cache mode (f16, f32, q8_0, q4_0, turbo2/3/4, eoq2/3/4); kv_options: its knobs
     (k_bits, v_bits, rank_cap, v_rank_cap, factor_bits, shrink, block, ring, sinks,
     boundary_layers, boundary_bits, norm_correction, exact_scores, seed), see ../shared/spec/kv-compression.md.
@@ -237,11 +388,10 @@ class Engine:
     def __init__(self, model_path: Union[str, os.PathLike, None] = None, n_ctx: int = 0,
                  n_threads: Optional[int] = None, device: str = "cpu", kv: str = "f16",
                  n_batch: int = 512, verbose: bool = False, prefix_cache: bool = True,
-                 kv_options: Optional[Dict[str, Any]] = None):
+                 kv_options: Optional[Dict[str, Any]] = None, n_seq: int = 1):
         self._core = None
-        self._lock = threading.RLock()  # one eval/sample at a time (compute runs without the GIL)
-        self._cached: List[int] = []  # tokens whose K/V are in the cache, in order
-        self._epoch = 0  # bumped whenever the cache is taken over; stale streams notice
+        self._st = _SeqState()  # sequence 0's
+        self._seqs: Dict[int, "Sequence"] = {}
         if not isinstance(device, str):
             raise _error("invalid_arg", f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
         device = _check_device(device)
@@ -253,6 +403,8 @@ class Engine:
             raise _error("invalid_arg", f"n_threads must be an integer >= 1, got {n_threads!r}")
         if not _is_int(n_batch) or n_batch < 1:
             raise _error("invalid_arg", f"n_batch must be an integer >= 1, got {n_batch!r}")
+        if not _is_int(n_seq) or not 1 <= n_seq <= 256:
+            raise _error("invalid_arg", f"n_seq must be an integer in [1, 256], got {n_seq!r}")
         if not isinstance(kv, str):
             raise _error("invalid_arg", f"kv must be a string such as 'f16', got {kv!r}")
         if kv_options is not None and not isinstance(kv_options, dict):
@@ -273,7 +425,8 @@ class Engine:
         t0 = time.perf_counter()
         self.kv_options = dict(kv_options or {})
         self._core = _core.Engine(self.model_path, n_ctx=n_ctx, n_threads=n_threads, kv=kv,
-                                  n_batch=n_batch, kv_options=self.kv_options, device=device)
+                                  n_batch=n_batch, kv_options=self.kv_options, device=device,
+                                  n_seq=n_seq)
         self.device = self._core.device
         self.load_ms = (time.perf_counter() - t0) * 1e3
         if self._core.n_ctx > self._core.n_ctx_train:
@@ -290,12 +443,47 @@ class Engine:
 
     # --- lifetime -------------------------------------------------------------------------
 
+    # Sequence 0's state (a Sequence object has its own): see _SeqState.
+    _lock = property(lambda self: self._st.lock)
+    _epoch = property(lambda self: self._st.epoch)
+
+    def sequence(self, i: int) -> "Sequence":
+        """Sequence i (0 <= i < n_seq): generate/chat/reset/tokenize/eval_logits/... on its own
+        cache, with the same signatures as the Engine's. sequence(0) is the Engine's own."""
+        if not _is_int(i) or not 0 <= i < self.core.n_seq:
+            raise _error("invalid_arg", f"sequence index must be an integer in [0, {self.core.n_seq}), got {i!r}")
+        seq = self._seqs.get(i)
+        if seq is None:
+            seq = self._seqs[i] = Sequence(self, i)
+        return seq
+
+    n_seq = property(lambda self: self.core.n_seq, doc="Sequences held at once (Engine(n_seq=...)).")
+
+    @staticmethod
+    def estimate_memory(model_path: Union[str, os.PathLike], n_ctx: int = 0, kv: str = "f16",
+                        kv_options: Optional[Dict[str, Any]] = None, n_batch: int = 512,
+                        n_seq: int = 1, device: str = "cpu") -> Dict[str, Any]:
+        """Bytes the model would take, before loading it (only the file's header is read):
+        weights, the KV cache(s) fully counted at n_ctx tokens, the scratch of the largest step,
+        and their total against the device's memory ('fits', 'free'). f16/f32 caches: what Engine
+        allocates; q8_0/q4_0: a fixed size per token; turbo/eoq: measured by sealing two blocks of
+        every stream of the model's shape with rows whose rank reaches the rank cap, an upper
+        bound (real blocks often keep fewer components). 'kv_basis' says which applies."""
+        return _estimate_memory(model_path, n_ctx, kv, kv_options or {}, n_batch, n_seq, device)
+
     def close(self) -> None:
-        """Free the model and the cache. The Engine cannot be used afterwards."""
-        with self._lock:  # waits for a step running in another thread
-            self._epoch += 1
+        """Free the model and the caches. The Engine and its sequences cannot be used afterwards."""
+        states = [self._st] + [s._st for s in self._seqs.values()]
+        for st in states:
+            st.lock.acquire()  # waits for steps running in other threads
+        try:
+            for st in states:
+                st.epoch += 1
             self._core = None
-            self._cached = []
+            self._seqs = {}
+        finally:
+            for st in reversed(states):
+                st.lock.release()
 
     def __enter__(self) -> "Engine":
         return self
@@ -372,11 +560,13 @@ class Engine:
     # --- cache + logits -------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Empty the KV cache."""
-        with self._lock:
-            self._epoch += 1
-            self.core.reset()
-            self._cached = []
+        """Empty the KV cache (waits while another thread's stream holds the sequence)."""
+        epoch = self._st.acquire()
+        try:
+            with self._lock:
+                self.core.reset()
+        finally:
+            self._st.release(epoch)
 
     @property
     def logits(self):
@@ -388,14 +578,41 @@ class Engine:
         """Logits (np.float32 [n, n_vocab]) of every position of tokens, evaluated from an empty
         cache (row i predicts token i+1): the input to perplexity and KL divergence."""
         tokens = self._check_tokens(tokens, "tokens")
-        with self._lock:
-            if len(tokens) > self.core.n_ctx:
-                raise _error("context_full", f"{len(tokens)} tokens do not fit in the context "
-                                             f"of {self.core.n_ctx}")
-            self.reset()
-            self.core.eval(tokens, all_logits=True)
-            self._cached = list(tokens)
-            return self.core.all_logits()
+        if len(tokens) > self.core.n_ctx:
+            raise _error("context_full", f"{len(tokens)} tokens do not fit in the context "
+                                         f"of {self.core.n_ctx}")
+        epoch = self._st.acquire()
+        try:
+            with self._lock:
+                self.core.reset()
+                self.core.eval(tokens, all_logits=True)
+                return self.core.all_logits()
+        finally:
+            self._st.release(epoch)
+
+    def save_state(self, path: Union[str, os.PathLike]) -> int:
+        """Save this sequence (tokens, last logits, KV cache) to a state file; returns its size
+        in bytes. A versioned, checksummed format tied to the model and the cache configuration
+        (engine/state_file.h). f16/f32 caches today; compressed caches raise EoqError
+        "unsupported" until their serializer lands."""
+        epoch = self._st.acquire()
+        try:
+            with self._lock:
+                return int(self.core.save_state(os.fspath(path)))
+        finally:
+            self._st.release(epoch)
+
+    def load_state(self, path: Union[str, os.PathLike]) -> None:
+        """Replace this sequence's contents with a state file written by save_state for the same
+        model and cache configuration. The file is validated first (an EoqError "format"/"io" for
+        a bad one, which leaves the sequence empty); generation then continues from it, a later
+        prompt reusing its tokens as a prefix."""
+        epoch = self._st.acquire()
+        try:
+            with self._lock:
+                self.core.load_state(os.fspath(path))
+        finally:
+            self._st.release(epoch)
 
     def compression_stats(self) -> Dict[str, Any]:
         """KV cache statistics as plain data: mode, n_tokens, bytes, bits_per_entry, and for the
@@ -444,7 +661,7 @@ class Engine:
                  min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
                  seed: Optional[int] = None, stop: Union[str, Sequence[str], None] = None,
                  stream: bool = False, add_special: bool = True, parse_special: bool = False,
-                 echo: bool = False) -> Union[Completion, CompletionStream]:
+                 echo: bool = False, progress=None) -> Union[Completion, CompletionStream]:
         """Complete prompt (text, or token ids used as given).
 
         max_tokens -1/None: until an end-of-generation token or the context is full.
@@ -453,6 +670,9 @@ class Engine:
         stream=True: returns a CompletionStream of text pieces (never a split UTF-8 character;
         text that may begin a stop string is held back until it is known not to); its
         .completion is set when it is exhausted.
+        progress: progress(done, total) after each chunk of n_batch prompt tokens of a prompt
+        longer than one chunk; returning False stops there (EoqError "cancelled"). Ctrl-C
+        stops a long prompt within one chunk too; either way the sequence keeps the chunks done.
         """
         seed = _check_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         max_tokens = _check_max_tokens(max_tokens)
@@ -475,11 +695,20 @@ class Engine:
         sampler = _core.Sampler(temperature=float(temperature), top_k=top_k, top_p=float(top_p),
                                 min_p=float(min_p), repeat_penalty=float(repeat_penalty),
                                 repeat_last_n=repeat_last_n, seed=seed)
-        with self._lock:
-            self._epoch += 1
-            gen = self._run(self._epoch, tokens, prompt_text, max_tokens, sampler, repeat_last_n,
-                            stops, echo)
-        stream_obj = CompletionStream(gen)
+        st, core_seq = self._st, core
+        epoch = st.acquire()  # serialized with other threads' calls on this sequence
+
+        def done():
+            with st.cond:
+                current = st.epoch == epoch  # not taken over by a later call of this thread
+            if current:
+                core_seq.set_active(False)
+            st.release(epoch)
+
+        core.set_active(True)  # the scheduler waits briefly for this sequence's next token
+        gen = self._run(epoch, tokens, prompt_text, max_tokens, sampler, repeat_last_n,
+                        stops, echo, progress)
+        stream_obj = CompletionStream(gen, on_done=done)
         if stream:
             return stream_obj
         for _ in stream_obj:
@@ -489,7 +718,7 @@ class Engine:
 
     def _run(self, epoch: int, prompt: List[int], prompt_text: Optional[str],
              max_tokens: Optional[int], sampler, repeat_last_n: int, stops: List[str],
-             echo: bool):
+             echo: bool, progress=None):
         """The generation loop (a generator: yields text pieces, returns the Completion).
         Time the caller spends between pieces is not counted in the timings."""
         core = self.core
@@ -502,23 +731,19 @@ class Engine:
 
         with lock:
             check_epoch()
-            # Prompt: evaluate only what the cache does not already hold.
-            n_reuse = 0
-            if (self.prefix_cache and self._cached and len(self._cached) < len(prompt)
-                    and core.n_past == len(self._cached)
-                    and prompt[:len(self._cached)] == self._cached):
-                n_reuse = len(self._cached)
+            # Prompt: evaluate only what the cache does not already hold (the longest common
+            # prefix, cut where the cache can cut: Context::reuse_prefix).
+            if self.prefix_cache:
+                n_reuse = core.reuse_prefix(prompt)
             else:
                 core.reset()
-                self._cached = []
+                n_reuse = 0
             t0 = time.perf_counter()
-            try:
-                core.eval(prompt[n_reuse:])
-            except BaseException:
-                core.reset()
-                self._cached = []
-                raise
-            self._cached = list(prompt)
+            # In chunks of n_batch; Ctrl-C (KeyboardInterrupt) or progress returning False stop
+            # it after a chunk, the sequence then holding the chunks done.
+            if not core.eval(prompt[n_reuse:], progress=progress):
+                raise _error("cancelled", f"the prompt was stopped by the progress callback after "
+                                          f"{core.n_past} of {len(prompt)} tokens")
             prompt_s = time.perf_counter() - t0
             logits = core.logits()
             # Like llama.cpp, the repeat penalty also sees the prompt.
@@ -552,7 +777,6 @@ class Engine:
                 check_epoch()
                 if to_eval is not None:
                     core.eval([to_eval])
-                    self._cached.append(to_eval)
                     logits = core.logits()
                 tok = int(sampler.sample(logits))
                 sampler.accept(tok)
@@ -601,3 +825,34 @@ class Engine:
                  "total_tokens": len(prompt) + n_gen}
         return Completion(text="".join(text_parts), tokens=out_tokens, finish_reason=finish,
                           usage=usage, timings=timings, seed=int(sampler.seed))
+
+
+class Sequence(Engine):
+    """One sequence of an Engine (Engine.sequence(i)): the Engine's generate, chat, reset,
+    tokenize, eval_logits, compression_stats, ... with the same signatures, on this sequence's
+    own cache. A view: it loads nothing, shares the Engine's model, and is unusable once the
+    Engine is closed. Threads generating on different sequences are batched together."""
+
+    def __init__(self, engine: Engine, index: int):  # not Engine.__init__: nothing is loaded
+        self._engine = engine
+        self.index = index
+        self._core_seq = engine.core.sequence(index)
+        self._st = engine._st if index == 0 else _SeqState()
+        self._seqs = {}
+        for k in ("model_path", "kv", "verbose", "prefix_cache", "kv_options", "device", "load_ms"):
+            setattr(self, k, getattr(engine, k))
+
+    @property
+    def _core(self):
+        return None if self._engine._core is None else self._core_seq
+
+    def sequence(self, i: int) -> "Sequence":
+        return self._engine.sequence(i)
+
+    def close(self) -> None:
+        """A sequence is closed with its Engine (Engine.close)."""
+
+    def __repr__(self) -> str:
+        if self._engine._core is None:
+            return f"<eoq.Sequence {self.index} (engine closed)>"
+        return f"<eoq.Sequence {self.index} of {Path(self.model_path).name} n_past={self.n_past}>"

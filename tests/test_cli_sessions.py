@@ -1,0 +1,65 @@
+"""eoq-run for sessions (issue 14): Ctrl-C during a long prompt stops it within one chunk,
+interactive chat (-cnv) keeps the cache between turns, llama.cpp spellings (-sys, -fa, --kv
+spec strings), --estimate before loading."""
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from test_cli import _env, _one_error_line, run_cli
+
+
+def test_sigint_stops_a_long_prompt_within_a_chunk(smollm2_path, tmp_path):
+    f = tmp_path / "long.txt"
+    f.write_text(" ".join(f"token{i}" for i in range(1500)), encoding="utf-8")  # ~ 6000 tokens
+    p = subprocess.Popen([sys.executable, "-m", "eoq", "-m", smollm2_path, "-f", str(f), "-c", "8192",
+                          "-b", "32", "-n", "4", "--temp", "0", "--verbose"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env())
+    line = p.stderr.readline().decode()  # "eoq: loaded ..." once the model is in
+    assert "loaded" in line, line
+    time.sleep(1.5)  # well into the prefill (6000 tokens take far longer)
+    t0 = time.perf_counter()
+    p.send_signal(signal.SIGINT)
+    rc = p.wait(60)
+    elapsed = time.perf_counter() - t0
+    err = p.stderr.read().decode()
+    assert rc == 130, (rc, err)
+    assert "Traceback" not in err
+    assert elapsed < 5.0, elapsed  # a chunk of 32 tokens takes well under a second
+
+
+def test_conversation_keeps_the_cache(smollm2_path):
+    r = run_cli("-m", smollm2_path, "-cnv", "-sys", "Answer in one word.", "-n", 12, "--temp", 0, "-c", 512,
+                "--verbose", "-fa", "on", input=b"What is the capital of France?\nAnd of Germany?\n")
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    out = r.stdout.decode()
+    assert "Paris" in out and "Berlin" in out and out.endswith("\n")
+    turns = re.findall(r"turn: (\d+) prompt tokens \((\d+) reused\)", err)
+    assert len(turns) == 2
+    assert int(turns[0][1]) == 0 and int(turns[1][1]) > int(turns[0][0]) // 2  # the first turn reused
+
+
+def test_kv_spec_strings_and_flag_spellings(smollm2_path):
+    r = run_cli("-m", smollm2_path, "-p", "Hi", "-n", 2, "--temp", 0, "-c", 64, "--kv", "eoq2:ring=0:block=16",
+                "--stats", "-ngl", 0, "-fa", "auto")
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "stats: mode eoq2" in err and "ring=0" in err and "block=16" in err
+    line = _one_error_line(run_cli("-m", smollm2_path, "-p", "Hi", "--kv", "eoq2:ring"))
+    assert "not key=value" in line
+    line = _one_error_line(run_cli("-m", smollm2_path, "-p", "Hi", "-fa", "maybe"))
+    assert "on, off or auto" in line
+
+
+def test_estimate_prints_before_loading(smollm2_path):
+    r = run_cli("-m", smollm2_path, "--estimate", "-c", 100000000, "--kv", "f16")
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert "exceeds the model's training context 8192" in out
+    m = re.search(r"KV cache\s+(\d+) bytes", out)
+    assert m and int(m.group(1)) == 2 * 30 * 3 * 64 * 2 * 100000000
+    assert "DOES NOT FIT" in out
+    r = run_cli("-m", smollm2_path, "--estimate", "-c", 4096, "--kv", "eoq")
+    assert r.returncode == 0 and "upper bound" in r.stdout.decode()
