@@ -1070,9 +1070,20 @@ int CompressedKVCache::truncate(int n) {
     size_t held = 0;  // blocks sealed in the sealing layers (all streams seal alike)
     for (int il = 0; il < shape_.n_layer && held == 0; il++)
       if (!exact_layer(il)) held = head(il, 0).s[0].blocks.size();
-    if (n > sinks_ && (size_t)sealed_count(n) != held) {
+    // Tail codes are per token, but a fresh run at m holds the window's exact rows, which
+    // are here only from ring_base on.
+    bool window_held = true;
+    for (int il = 0; il < shape_.n_layer; il++)
+      if (head(il, 0).tail) {
+        const Stream& st = head(il, 0).s[0];
+        const int64_t m_u = (int64_t)n - sinks_;
+        window_held = m_u <= st.sealed || m_u - std::min<int64_t>(window_, m_u - st.sealed) >= st.ring_base;
+        break;
+      }
+    if (n > sinks_ && ((size_t)sealed_count(n) != held || !window_held)) {
       if (ring_ == 0) keep = sinks_ + ((n - sinks_) / block_) * block_;
       else keep = sinks_;  // every shorter state needs exact rows of a block sealed here
+      if (ring_ == 0 && !window_held && (size_t)sealed_count(keep) > held) keep = sinks_;
     }
   }
   for (int il = 0; il < shape_.n_layer; il++) {
@@ -1093,8 +1104,24 @@ int CompressedKVCache::truncate(int n) {
         st.bstats.resize(st.blocks.size());
         st.recent_first = st.blocks.size();
         const int nr = std::max(0, keep - sinks_ - (int)st.blocks.size() * block_);  // ring rows kept
-        st.ring.resize((size_t)nr * d);
+        st.sealed = (int64_t)st.blocks.size() * block_;
         st.ring_bad.resize((size_t)nr);
+        if (!head(il, g).tail) {
+          st.ring.resize((size_t)nr * d);
+          continue;
+        }
+        const int kv = &st == &head(il, g).s[0] ? 0 : 1;
+        const int64_t keep_u = st.sealed + nr;
+        if (nr == 0) {  // nothing unsealed: no tail rows or codes needed
+          st.ring.clear();
+          st.tcodes.clear();
+          st.tnorms.clear();
+          st.tail_base = st.ring_base = st.sealed;
+        } else {  // cut inside the unsealed tokens (their codes and window rows are all held)
+          st.tcodes.resize((size_t)(keep_u - st.tail_base) * tail_codec_[kv].code_bytes());
+          st.tnorms.resize((size_t)(keep_u - st.tail_base));
+          st.ring.resize((size_t)std::max<int64_t>(0, keep_u - st.ring_base) * d);
+        }
       }
   }
   n_.assign(shape_.n_layer, keep);

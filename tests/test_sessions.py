@@ -159,7 +159,9 @@ def test_long_prefill_interleaves_with_decode(smollm2_path):
 
 
 @pytest.mark.parametrize("kv,opts", [("f16", {}), ("f32", {}), ("q8_0", {}),
-                                     ("eoq", {"block": 16}), ("turbo3", {"block": 16, "ring": 8})])
+                                     ("eoq", {"block": 16}), ("turbo3", {"block": 16, "ring": 8}),
+                                     ("eoq2", {"block": 16, "ring": 0, "tail_bits": 4, "window": 6, "norm_bits": 8}),
+                                     ("turbo2", {"block": 16, "ring": 4, "tail_bits": 3, "window": 30})])
 def test_truncate_then_eval_equals_fresh(smollm2_path, kv, opts):
     """Cut a sequence at many positions and evaluate the rest again: the logits of the
     continuation equal a fresh run bit for bit (the cache's state equals a fresh run's)."""
