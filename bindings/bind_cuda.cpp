@@ -22,6 +22,7 @@ void bind_cuda_gemm(py::module_& m);         // bindings/bind_cuda_gemm.cpp
 void bind_cuda_elementwise(py::module_& m);  // bindings/bind_cuda_elementwise.cpp
 void bind_cuda_attention(py::module_& m);    // bindings/bind_cuda_attention.cpp
 void bind_cuda_soa(py::module_& m);          // bindings/bind_cuda_soa.cpp
+void bind_cuda_kv(py::module_& m);           // bindings/bind_cuda_kv.cpp
 #endif
 
 void bind_cuda(py::module_& m) {
@@ -66,6 +67,7 @@ void bind_cuda(py::module_& m) {
   bind_cuda_elementwise(c);
   bind_cuda_attention(c);
   bind_cuda_soa(c);
+  bind_cuda_kv(c);
 #endif
 }
 

@@ -19,5 +19,5 @@ cmake --build build-gpu -j"$(nproc)" >"$OUT/build.log" 2>&1 || { grep -E "error|
 echo "build: $(( $(date +%s) - t0 )) s"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 EOQ_BUILD_DIR=build-gpu python3 -m pytest -q -ra -p no:cacheprovider \
-  tests/test_cuda_matvec.py tests/test_cuda_gemm.py tests/test_cuda_elementwise.py tests/test_cuda_attention.py \
+  tests/test_cuda_matvec.py tests/test_cuda_gemm.py tests/test_cuda_elementwise.py tests/test_cuda_attention.py tests/test_cuda_kv_codes.py \
   tests/test_gpu_model.py "$@" 2>&1 | tee "$OUT/pytest.log" | tail -60

@@ -365,15 +365,12 @@ class CudaBackend final : public cuda::CudaBackendApi {
   void sync() override { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
 
   std::unique_ptr<KVCache> make_kv_cache(const KVCacheParams& params, const KVCacheShape& shape) override {
-    if (params.mode != "f16")
-      fail(ErrorCode::invalid_arg, "KV cache mode '" + params.mode + "' is not available on " + device_.name() +
-                                       " yet (the GPU holds the f16 cache; the compressed caches come to the GPU "
-                                       "next): use kv='f16' or device='cpu'");
     forget_steps();
-    return make_cuda_f16_kv_cache(shape, *this);
+    if (params.mode == "f16") return make_cuda_f16_kv_cache(shape, *this);
+    return make_cuda_codes_kv_cache(params, shape, *this);
   }
   size_t kv_cache_reserve_bytes(const KVCacheParams& params, const KVCacheShape& s) const override {
-    return cuda_f16_kv_cache_bytes(s);
+    return params.mode == "f16" ? cuda_f16_kv_cache_bytes(s) : cuda_codes_kv_cache_bytes(params, s);
   }
 
  private:

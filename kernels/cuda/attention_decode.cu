@@ -455,12 +455,21 @@ bool attention_decode_f16(const float* q, int n_tok, int n_head, int n_head_kv, 
   a.w_ml = a.w_acc + (size_t)n_tok * n_head * n_split * head_dim;           // [n_tok][n_head][n_split][2]
   const bool ok = head_dim == 64 ? launch_partial_hd<64>(G, a, s) : launch_partial_hd<128>(G, a, s);
   if (!ok) return false;
-  decode_combine_kernel<<<(unsigned)((int64_t)n_tok * n_head), kCombineThreads, 0, s>>>(a.w_acc, a.w_ml, n_split,
-                                                                                       head_dim, out);
-  return true;
+  return attention_decode_combine(work, (int64_t)n_tok * n_head, n_split, head_dim, out, s);
 }
 
 }  // namespace
+
+bool attention_decode_combine(const void* work, int64_t n_rows, int n_split, int head_dim, float* out, cudaStream_t s) {
+  if (n_rows < 0 || n_rows > 0x7fffffff || n_split <= 0 || head_dim <= 0 || head_dim % 4 != 0 ||
+      kCombineThreads % (head_dim / 4) != 0 || !work || !out || !aligned16(work) || !aligned16(out))
+    return false;
+  if (n_rows == 0) return true;
+  const float* w_acc = static_cast<const float*>(work);
+  const float* w_ml = w_acc + (size_t)n_rows * n_split * head_dim;
+  decode_combine_kernel<<<(unsigned)n_rows, kCombineThreads, 0, s>>>(w_acc, w_ml, n_split, head_dim, out);
+  return true;
+}
 
 int attention_decode_splits(int n_head_kv, int len_bucket, int n_sm) {
   if (n_sm <= 0) {

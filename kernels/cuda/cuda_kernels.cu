@@ -18,6 +18,8 @@ const CudaKernels& cuda_kernels() {
     register_kv_f16(t);
     register_attention_decode(t);
     register_attention_prefill(t);
+    register_kv_codes(t);
+    register_attention_decode_codes(t);
     return t;
   }();
   return table;

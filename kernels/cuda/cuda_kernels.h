@@ -34,6 +34,8 @@ struct SoaJob {
   int64_t ldy;
 };
 
+struct KVCodesLayer;  // below: one layer of a compressed cache on the device
+
 struct CudaKernels {
   // ---- activations for the quantized mat-vec (quantize.cu) -------------------------------
   // xq = x rows in Q8_1 blocks (kernels/quant_dot.h block_q8_1: d = amax/127 as f16, s = f16(d*Σq),
@@ -131,6 +133,63 @@ struct CudaKernels {
   bool (*attention_prefill_f16)(const float* q, int n_tok, int n_head, int n_head_kv, int head_dim, int n_ctx,
                                 int pos0, const void* cache_k, const void* cache_v, float* out,
                                 cudaStream_t s) = nullptr;
+
+  // ---- the compressed KV caches (kv_codes.cu, attention_decode_codes.cu) --------------------
+  // Layouts and contracts: KVCodesLayer below. Rotation Π per (layer, KV head) is the randomized
+  // Hadamard of kernels/turboquant.h: y = D2 H D1 x / sqrt(d), `signs` [n_head_kv][2][head_dim]
+  // float ±1 (D1 then D2) of the layer; rs = 1/sqrtf(head_dim) as the CPU computes it. Every
+  // operation is the CPU reference's (same adds, same products), so rotated rows are its bits.
+  // x, y: [n_tok][n_head][head_dim] float; head h uses KV head h / (n_head / n_head_kv)'s
+  // rotation; inverse: x = Πᵀ y. y may alias x. head_dim in {64, 128}.
+  bool (*kv_rotate)(const float* x, float* y, int n_tok, int n_head, int n_head_kv, int head_dim, const float* signs,
+                    float rs, bool inverse, cudaStream_t s) = nullptr;
+  // Appends n_tok tokens at positions *d_pos0 + t to one layer of a compressed cache: every row
+  // (non-finite values set to 0) rotated, then stored as the layer's mode does (KVCodesLayer).
+  // k, v: [n_tok][n_head_kv][head_dim] float. scratch_k/v (may be null): the f16 rotated rows
+  // also go to [n_head_kv][n_ctx][head_dim] at their position (turbo prefill; q modes ignore).
+  bool (*kv_append_codes)(const KVCodesLayer& L, const float* k, const float* v, int n_tok,
+                          const int32_t* d_pos0, const float* signs, float rs, void* scratch_k, void* scratch_v,
+                          cudaStream_t s) = nullptr;
+  // scratch_k/v [n_head_kv][n_ctx][head_dim] f16 rows p_lo..p_hi-1 from the cache, rotated basis:
+  // from_codes: q rows or turbo codes decoded (positions >= sinks for turbo); else the exact
+  // rows (turbo sinks for p < sinks, ring slots otherwise). Host positions: prefill only.
+  bool (*kv_fill_f16)(const KVCodesLayer& L, int p_lo, int p_hi, bool from_codes, void* scratch_k,
+                      void* scratch_v, cudaStream_t s) = nullptr;
+  // Decode attention over the codes (flash-decoding as attention_decode_f16, same work layout
+  // and split semantics): qrot [n_tok][n_head][head_dim] already rotated (unscaled); out in the
+  // rotated basis. Sealed turbo rows: a turbo query at position p reads rows [sinks, sinks +
+  // nsealed(p+1) * block) from the codes, the rest exact (spec section 2's sealing rule).
+  bool (*attention_decode_codes)(const KVCodesLayer& L, const float* qrot, int n_tok, int n_head,
+                                 const int32_t* d_pos0, int n_split, void* work, float* out, cudaStream_t s) = nullptr;
+};
+
+// One layer of a compressed cache on the device (engine/cuda/kv_cache_cuda_codes.cpp allocates it).
+// Token t of the sequence sits at position t; per KV head g:
+//  mode q8_0 / q4_0 (every token quantized at append, llama.cpp's blocks of 32 values with an f16
+//   scale and its rounding, held as two planes for 128-bit loads):
+//   k_codes, v_codes  [n_head_kv][n_ctx][qbytes]  q8_0: head_dim int8; q4_0: head_dim/2 bytes, per
+//                     block of 32 the block's 16 bytes as llama.cpp (value j low nibble, j+16 high)
+//   k_scale, v_scale  [n_head_kv][n_ctx][head_dim/32] f16 block scales
+//  mode turbo (sinks and a ring of recent tokens exact, older tokens TurboQuant codes):
+//   k_sinks, v_sinks  [n_head_kv][sinks][head_dim] f16, positions < sinks
+//   k_ring, v_ring    [n_head_kv][ring_slots][head_dim] f16, position p >= sinks in slot (p - sinks) % ring_slots
+//   k_codes, v_codes  [n_head_kv][n_ctx - sinks][code bytes] packed bits-bit Lloyd–Max indices
+//                     (kernels/turboquant.h put_bits order), written at append for every p >= sinks
+//   k_scale, v_scale  [n_head_kv][n_ctx - sinks] f16 stored norms (norm correction as on the CPU)
+//   k_cb, v_cb        device [2^bits] centroids then [2^bits - 1] thresholds (units of 1/sqrt(d))
+//   a query at position p reads rows [sinks, sinks + nsealed * block) from the codes, nsealed =
+//   m >= window + block ? (m - window) / block : 0 with m = p + 1 - sinks (the CPU's sealing rule).
+struct KVCodesLayer {
+  enum Mode : int { q8_0 = 0, q4_0 = 1, turbo = 2 };
+  int mode = q8_0;
+  int n_head_kv = 0, head_dim = 0, n_ctx = 0;
+  void *k_codes = nullptr, *v_codes = nullptr;
+  uint16_t *k_scale = nullptr, *v_scale = nullptr;
+  uint16_t *k_sinks = nullptr, *v_sinks = nullptr, *k_ring = nullptr, *v_ring = nullptr;
+  const float *k_cb = nullptr, *v_cb = nullptr;
+  int sinks = 0, ring_slots = 1, block = 1, window = 0;
+  int k_bits = 0, v_bits = 0;
+  bool norm_correction = true;
 };
 
 // The table, built on first use from the register_* functions below (one per .cu file).
@@ -148,5 +207,7 @@ void register_add(CudaKernels& t);
 void register_kv_f16(CudaKernels& t);
 void register_attention_decode(CudaKernels& t);
 void register_attention_prefill(CudaKernels& t);
+void register_kv_codes(CudaKernels& t);
+void register_attention_decode_codes(CudaKernels& t);
 
 }  // namespace eoq::cuda
