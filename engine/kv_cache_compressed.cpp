@@ -108,6 +108,7 @@ struct Stream {
   std::vector<uint8_t> tcodes;
   std::vector<uint16_t> tnorms;
   int64_t tail_base = 0, ring_base = 0, sealed = 0;
+  bool coded = false;  // tail codes kept (from the first seal on; before it the tail is f16 rows)
   // Exact f16 rows of the blocks sealed by the latest append(), [recent_n][d], from block
   // recent_first on: a batch's queries attend to them as the decode step at their position
   // would (where those blocks were not sealed yet). Dropped at the next append().
@@ -262,7 +263,7 @@ class CompressedKVCache final : public HostKVCache {
         st.recent_first = st.blocks.size();
         const TurboRowCodec& tcodec = tail_codec_[kv];
         const size_t tcb = tail ? tcodec.code_bytes() : 0;
-        if (tail) {  // drop what no query of this append (nor the dequantized view) reads
+        if (tail && st.coded) {  // drop what no query of this append (nor the dequantized view) reads
           const int64_t n_u = st.sealed + (int64_t)st.ring_bad.size();
           const int64_t ring_base = std::max(st.sealed, n_u - window_);
           st.ring.erase(st.ring.begin(), st.ring.begin() + (size_t)(ring_base - st.ring_base) * d);
@@ -291,13 +292,10 @@ class CompressedKVCache final : public HostKVCache {
             else quantize_row_q8_0_ref(row.data(), st.qrows.data() + off, d);
           } else {
             std::vector<uint16_t>& dst = pos < sinks_ ? st.sinks : st.ring;
-            if (pos >= sinks_ && tail) {  // the code first: to_f16_row clamps the row in place
-              st.tcodes.resize(st.tcodes.size() + tcb, 0);
-              st.tnorms.push_back(tcodec.encode(row.data(), st.tcodes.data() + st.tcodes.size() - tcb, p_.norm_correction));
-            }
             dst.resize(dst.size() + d);
             to_f16_row(row.data(), dst.data() + dst.size() - d, d);
             if (pos >= sinks_) st.ring_bad.push_back(badrow ? 1 : 0);
+            if (pos >= sinks_ && tail && st.coded) code_tail_row(st, kv, st.ring.data() + st.ring.size() - d);
           }
           if (fam_ != Family::qblock && !exact)
             while ((int)st.ring_bad.size() >= ring_ + block_) tail ? seal_oldest_tail(st, kv, il) : seal_oldest(st, kv, il);
@@ -447,7 +445,7 @@ class CompressedKVCache final : public HostKVCache {
     Bytes b;
     b.exact = 2 * (st.sinks.size() + st.ring.size());
     b.qblocks = st.qrows.size();
-    if (tail) {  // tail codes: what stays between appends
+    if (tail && st.coded) {  // tail codes: what stays between appends
       const int d = shape_.head_dim;
       const int64_t unsealed = (int64_t)st.ring_bad.size();
       b.exact = 2 * (st.sinks.size() + (size_t)std::min<int64_t>(window_, unsealed) * d);
@@ -477,10 +475,32 @@ class CompressedKVCache final : public HostKVCache {
     st.sealed += block_;
   }
 
+  // Appends the tail code of one f16 row (codes are taken from the f16 rows, so they can be made
+  // later from the rows alone: the first seal codes the tail it finds).
+  void code_tail_row(Stream& st, int kv, const uint16_t* row16) const {
+    const int d = shape_.head_dim;
+    thread_local std::vector<float> x;
+    x.resize(d);
+    for (int j = 0; j < d; j++) x[j] = fp16_to_fp32(row16[j]);
+    const TurboRowCodec& tcodec = tail_codec_[kv];
+    const size_t tcb = tcodec.code_bytes();
+    st.tcodes.resize(st.tcodes.size() + tcb, 0);
+    st.tnorms.push_back(tcodec.encode(x.data(), st.tcodes.data() + st.tcodes.size() - tcb, p_.norm_correction));
+  }
+
   // Tail codes: the oldest block_ unsealed tokens are sealed from their decoded codes (what the
-  // cache kept); their codes and exact rows stay until the next append.
+  // cache kept); their codes and exact rows stay until the next append. Until the first seal the
+  // tail is f16 rows only (short contexts stay exact); the first seal codes them all.
   void seal_oldest_tail(Stream& st, int kv, int il) {
     const int d = shape_.head_dim;
+    if (!st.coded) {
+      st.tcodes.clear();
+      st.tnorms.clear();
+      st.tail_base = st.sealed;
+      for (size_t u = (size_t)(st.sealed - st.ring_base); u < st.ring.size() / d; u++)
+        code_tail_row(st, kv, st.ring.data() + u * d);
+      st.coded = true;
+    }
     const TurboRowCodec& tcodec = tail_codec_[kv];
     const size_t tcb = tcodec.code_bytes();
     std::vector<float> X((size_t)block_ * d);
@@ -545,7 +565,7 @@ class CompressedKVCache final : public HostKVCache {
       blk.dequantize(buf.data());
       rows.insert(rows.end(), buf.begin(), buf.end());
     }
-    if (tail) {
+    if (tail && st.coded) {
       const int64_t n_u = st.sealed + (int64_t)st.ring_bad.size();
       const TurboRowCodec& tcodec = tail_codec_[kv];
       const size_t tcb = tcodec.code_bytes();
@@ -864,7 +884,10 @@ class CompressedKVCache final : public HostKVCache {
       const int ns_tok = ns;
       start = ns_tok + (int)nb_read * block_;
       const int end = ns_tok + (int)(K.sealed + (int64_t)K.ring_bad.size());
-      const int ex = (int)std::max<int64_t>({(int64_t)start, (int64_t)qpos - window_ + 1, ns_tok + K.ring_base});
+      // Before the first seal (of the stream, or at this query's step) the tail is read exact.
+      const int ex = !K.coded || n_sealed == 0
+                         ? start
+                         : (int)std::max<int64_t>({(int64_t)start, (int64_t)qpos - window_ + 1, ns_tok + K.ring_base});
       if (clip(start, std::min(ex, end) - start)) {
         const size_t r0 = (size_t)(start + a - ns_tok - K.tail_base);
         tail_segment(w, G, b - a, K.tcodes.data() + r0 * tail_codec_[0].code_bytes(), K.tnorms.data() + r0,
@@ -1077,7 +1100,8 @@ int CompressedKVCache::truncate(int n) {
       if (head(il, 0).tail) {
         const Stream& st = head(il, 0).s[0];
         const int64_t m_u = (int64_t)n - sinks_;
-        window_held = m_u <= st.sealed || m_u - std::min<int64_t>(window_, m_u - st.sealed) >= st.ring_base;
+        if (!st.coded || sealed_count(n) == 0) window_held = st.ring_base == 0;  // the tail all exact at m
+        else window_held = m_u <= st.sealed || m_u - std::min<int64_t>(window_, m_u - st.sealed) >= st.ring_base;
         break;
       }
     if (n > sinks_ && ((size_t)sealed_count(n) != held || !window_held)) {
@@ -1112,7 +1136,13 @@ int CompressedKVCache::truncate(int n) {
         }
         const int kv = &st == &head(il, g).s[0] ? 0 : 1;
         const int64_t keep_u = st.sealed + nr;
-        if (nr == 0) {  // nothing unsealed: no tail rows or codes needed
+        if (st.blocks.empty()) {  // as before the first seal: the tail f16 rows only
+          st.coded = false;
+          st.tcodes.clear();
+          st.tnorms.clear();
+          st.tail_base = st.ring_base = 0;
+          st.ring.resize((size_t)nr * d);
+        } else if (nr == 0) {  // nothing unsealed: no tail rows or codes needed
           st.ring.clear();
           st.tcodes.clear();
           st.tnorms.clear();

@@ -603,26 +603,25 @@ def build_cache(k, v, R, *, k_bits=2, v_bits=2, rank_cap=3, factor_bits=4, shrin
     rotated in float32 and stored as f16 (sinks: the first `sinks` positions; the rest in the
     ring); whenever the ring holds ring + block tokens its oldest `block` tokens are sealed, from
     their f16 values.  The final layout does not depend on how the tokens were chunked.
-    tail_bits > 0: every token after the sinks is also coded at arrival (TurboQuant, tail_bits;
-    values v_tail_bits when given,
-    f16 norm, from its float32 rotated row); blocks seal from those codes, decoded; of the
-    unsealed tokens the last `window` read exact (f16), older ones as their decoded codes — what
-    ring_k/ring_v hold here.  k_adapt > 0: a key block is sealed with k_bits − 1 when its relative
+    tail_bits > 0: every token after the sinks is also coded (TurboQuant of its f16 row, tail_bits;
+    values v_tail_bits when given; f16 norm); blocks seal from those codes, decoded; once a block
+    is sealed, of the unsealed tokens the last `window` read exact (f16), older ones as their
+    decoded codes (before the first seal all of them exact) — what ring_k/ring_v hold here.  k_adapt > 0: a key block is sealed with k_bits − 1 when its relative
     error stays at most k_adapt/1000, else with k_bits."""
     n = len(k)
-    kr32, vr32 = rotate_rows(k, R), rotate_rows(v, R)
-    kr, vr = f16(kr32), f16(vr32)
+    kr, vr = f16(rotate_rows(k, R)), f16(rotate_rows(v, R))
     S = min(sinks, n)
     cache = dict(sinks_k=kr[:S], sinks_v=vr[:S], blocks=[])
     d = kr.shape[1]
     if tail_bits:
         src = []
-        for x, tb in ((kr32, tail_bits), (vr32, v_tail_bits or tail_bits)):
+        for x, tb in ((kr, tail_bits), (vr, v_tail_bits or tail_bits)):
             codes, norms = _turbo_encode_rows(np.asarray(x[S:], np.float32), tb, norm_correction)
             src.append(np.concatenate([x[:S], _residual_decode_f32(codes, norms, tb, d)]).astype(np.float32))
         ks, vs = src
     else:
         ks, vs = kr, vr
+
     def seal_k(X):  # k_adapt: one bit less when that meets the relative-error target
         if k_adapt and k_bits > 1:
             blk = seal_block(X, k_bits - 1, rank_cap, factor_bits, shrink, norm_correction, norm_bits=norm_bits)
@@ -636,7 +635,7 @@ def build_cache(k, v, R, *, k_bits=2, v_bits=2, rank_cap=3, factor_bits=4, shrin
             seal_k(ks[pos:pos + block]),
             seal_block(vs[pos:pos + block], v_bits, rank_cap, factor_bits, shrink, norm_correction, norm_bits=norm_bits)))
         pos += block
-    if tail_bits:
+    if tail_bits and cache["blocks"]:
         ex = max(pos, n - window)
         cache["ring_k"] = np.concatenate([ks[pos:ex], kr[ex:]])
         cache["ring_v"] = np.concatenate([vs[pos:ex], vr[ex:]])
