@@ -33,7 +33,7 @@ struct KVCacheParams {
   int v_bits = -1;           // residual bits for values
   int rank_cap = -1;         // eoq: max low-rank components per block (default 3 if d <= 64 else 4)
   int v_rank_cap = -1;       // eoq: the cap for values alone (default: rank_cap; 0: values are plain turbo)
-  int factor_bits = 4;       // eoq: bits of the low-rank coefficient and basis codes
+  int factor_bits = -1;      // eoq: bits of the low-rank coefficient and basis codes (default 4)
   bool shrink = true;        // eoq: eOptShrink gains (true) or plain truncation (false)
   int block = -1;            // tokens per sealed block (default 256 if head_dim < 128 else 128)
   int ring = -1;             // exact recent tokens kept before sealing (default = block)
@@ -60,8 +60,9 @@ void set_kv_option(KVCacheParams& p, const std::string& key, long long value);
 // "eoq2:ring=0:shrink=false" -> mode "eoq2" with those knobs (values: integers, true, false).
 KVCacheParams parse_kv_spec(const std::string& spec);
 // Mode "eoq", the default operating point chosen by measurement (README, Results): eoq2 with the
-// preset's knobs (k_bits 3, v_bits 2, v_rank_cap 0, ring 0) wherever the caller left the mode's
-// default (-1). Other modes are returned unchanged.
+// preset's knobs (k_bits 3, v_bits 2, v_rank_cap 0, ring 0, factor_bits 3, norm_bits 8,
+// tail_bits 5, v_tail_bits 2; window 16) wherever the caller left the mode's default (-1).
+// Other modes are returned unchanged.
 KVCacheParams apply_kv_preset(const KVCacheParams& p);
 
 class KVCache {

@@ -166,7 +166,7 @@ class CompressedKVCache final : public HostKVCache {
     if (p.k_bits != -1 && (p.k_bits < 1 || p.k_bits > 8)) bad("k_bits must be in 1..8 (or -1 for the mode's default)");
     if (p.v_bits != -1 && (p.v_bits < 1 || p.v_bits > 8)) bad("v_bits must be in 1..8 (or -1 for the mode's default)");
     if (p.rank_cap < -1) bad("rank_cap must be >= 0 (or -1 for the default)");
-    if (p.factor_bits < 2 || p.factor_bits > 8) bad("factor_bits must be in 2..8");
+    if (p.factor_bits != -1 && (p.factor_bits < 2 || p.factor_bits > 8)) bad("factor_bits must be in 2..8 (or -1: 4)");
     if (p.block != -1 && (p.block < 1 || p.block > 65535)) bad("block must be in 1..65535 (or -1)");
     if (p.ring < -1) bad("ring must be >= 0 (or -1 for the default)");
     if (p.sinks < 0) bad("sinks must be >= 0");
@@ -201,6 +201,7 @@ class CompressedKVCache final : public HostKVCache {
     ring_ = p.ring >= 0 ? p.ring : block_;
     sinks_ = p.sinks;
     norm_bits_ = p.norm_bits > 0 ? p.norm_bits : 16;
+    factor_bits_ = p.factor_bits > 0 ? p.factor_bits : 4;
     tail_bits_[0] = p.tail_bits > 0 ? p.tail_bits : 0;
     tail_bits_[1] = tail_bits_[0] > 0 && p.v_tail_bits > 0 ? p.v_tail_bits : tail_bits_[0];
     window_ = p.window >= 0 ? p.window : 16;
@@ -520,7 +521,7 @@ class CompressedKVCache final : public HostKVCache {
     SealParams sp;
     sp.bits = boundary_layer(il) ? p_.boundary_bits : kv == 0 ? k_bits_ : v_bits_;
     sp.rank_cap = rank_cap_[kv];
-    sp.factor_bits = p_.factor_bits;
+    sp.factor_bits = factor_bits_;
     sp.shrink = p_.shrink;
     sp.norm_correction = p_.norm_correction;
     sp.norm_bits = norm_bits_;
@@ -908,7 +909,7 @@ class CompressedKVCache final : public HostKVCache {
   bool q4_ = false;
   size_t row_bytes_ = 0;
   int k_bits_ = 0, v_bits_ = 0, block_ = 0, ring_ = 0, sinks_ = 0;
-  int norm_bits_ = 16, window_ = 16;
+  int norm_bits_ = 16, window_ = 16, factor_bits_ = 4;
   int tail_bits_[2] = {0, 0};    // K, V (0: the f16 tail)
   TurboRowCodec tail_codec_[2];  // tail_bits_ > 0
   int rank_cap_[2] = {0, 0};  // K, V
@@ -930,7 +931,7 @@ std::string CompressedKVCache::stats_json() const {
     << ", \"compression_ratio\": " << jnum(total > 0 ? f16_bytes / total : 0.0);
   o << ", \"params\": {\"k_bits\": " << k_bits_ << ", \"v_bits\": " << v_bits_ << ", \"rank_cap\": " << rank_cap_[0]
     << ", \"v_rank_cap\": " << rank_cap_[1]
-    << ", \"factor_bits\": " << p_.factor_bits << ", \"shrink\": " << (p_.shrink ? "true" : "false")
+    << ", \"factor_bits\": " << factor_bits_ << ", \"shrink\": " << (p_.shrink ? "true" : "false")
     << ", \"block\": " << block_ << ", \"ring\": " << ring_ << ", \"sinks\": " << sinks_
     << ", \"boundary_layers\": " << p_.boundary_layers
     << ", \"boundary_bits\": " << p_.boundary_bits << ", \"norm_correction\": " << (p_.norm_correction ? "true" : "false")

@@ -11,10 +11,13 @@ namespace eoq {
 
 namespace {
 
-// The "eoq" preset, chosen on SmolLM2 at 2048 tokens (README, Results): keys carry the
-// low-rank gain (3-bit residual), values are plain 2-bit TurboQuant (eOptShrink saves them
-// almost nothing), no exact ring beyond the block being filled.
-constexpr int kEoqPresetKBits = 3, kEoqPresetVBits = 2, kEoqPresetVRankCap = 0, kEoqPresetRing = 0;
+// The "eoq" preset, chosen on SmolLM2 wikitext at 2048 and 8192 tokens (README, Results): keys
+// carry the low-rank gain (3-bit residual, 3-bit factors), values are plain 2-bit TurboQuant
+// (eOptShrink saves them almost nothing), no ring; row norms as bytes; the tokens not yet sealed
+// as 5-bit key / 2-bit value codes with the 16 newest exact (the tail's key precision matters:
+// blocks seal from it; 4-bit key tails cost 0.010 KLD at 2048).
+constexpr int kEoqPresetKBits = 3, kEoqPresetVBits = 2, kEoqPresetVRankCap = 0, kEoqPresetRing = 0,
+              kEoqPresetFactorBits = 3, kEoqPresetNormBits = 8, kEoqPresetTailBits = 5, kEoqPresetVTailBits = 2;
 
 const char* const kKnown =
     "k_bits, v_bits, rank_cap, v_rank_cap, factor_bits, shrink, block, ring, sinks, boundary_layers, "
@@ -89,6 +92,12 @@ KVCacheParams apply_kv_preset(const KVCacheParams& p) {
   if (q.v_bits == -1) q.v_bits = kEoqPresetVBits;
   if (q.v_rank_cap == -1) q.v_rank_cap = kEoqPresetVRankCap;
   if (q.ring == -1) q.ring = kEoqPresetRing;
+  if (q.factor_bits == -1) q.factor_bits = kEoqPresetFactorBits;
+  if (q.norm_bits == -1) q.norm_bits = kEoqPresetNormBits;
+  if (q.tail_bits == -1) {  // the preset's tail (a caller's tail_bits, even 0, keeps its own)
+    q.tail_bits = kEoqPresetTailBits;
+    if (q.v_tail_bits == -1) q.v_tail_bits = kEoqPresetVTailBits;
+  }
   return q;
 }
 

@@ -96,7 +96,10 @@ std::string canonical_kv_params(const KVCacheParams& p) {
          ":factor_bits=" + std::to_string(p.factor_bits) + ":shrink=" + std::to_string(p.shrink) +
          ":block=" + std::to_string(p.block) + ":ring=" + std::to_string(p.ring) + ":sinks=" + std::to_string(p.sinks) +
          ":boundary_layers=" + std::to_string(p.boundary_layers) + ":boundary_bits=" + std::to_string(p.boundary_bits) +
-         ":norm_correction=" + std::to_string(p.norm_correction) + ":exact_scores=" + std::to_string(p.exact_scores) +
+         ":norm_correction=" + std::to_string(p.norm_correction) + ":norm_bits=" + std::to_string(p.norm_bits) +
+         ":tail_bits=" + std::to_string(p.tail_bits) + ":v_tail_bits=" + std::to_string(p.v_tail_bits) +
+         ":window=" + std::to_string(p.window) + ":k_adapt=" + std::to_string(p.k_adapt) +
+         ":exact_scores=" + std::to_string(p.exact_scores) +
          ":seed=" + std::to_string(p.seed);
 }
 

@@ -660,8 +660,11 @@ def test_eoq_preset_mode():
     over its dequantized cache like every mode's."""
     p = _core.KVCacheTester(dict(mode="eoq"), 1, 1, 64, 32).stats()["params"]
     assert (p["k_bits"], p["v_bits"], p["v_rank_cap"], p["ring"], p["rank_cap"]) == (3, 2, 0, 0, 3)
-    p = _core.KVCacheTester(dict(mode="eoq", ring=64, k_bits=2), 1, 1, 64, 32).stats()["params"]
-    assert (p["k_bits"], p["ring"], p["v_bits"]) == (2, 64, 2)
+    assert (p["factor_bits"], p["norm_bits"], p["tail_bits"], p["v_tail_bits"], p["window"]) == (3, 8, 5, 2, 16)
+    p = _core.KVCacheTester(dict(mode="eoq", ring=64, k_bits=2, tail_bits=0), 1, 1, 64, 32).stats()["params"]
+    assert (p["k_bits"], p["ring"], p["v_bits"], p["tail_bits"], p["v_tail_bits"]) == (2, 64, 2, 0, 0)
+    p = _core.KVCacheTester(dict(mode="eoq2"), 1, 1, 64, 32).stats()["params"]  # other modes keep theirs
+    assert (p["factor_bits"], p["norm_bits"], p["tail_bits"]) == (4, 16, 0)
     c, worst = drive(dict(mode="eoq", block=16, sinks=2))
     assert worst < 2e-5, worst
     st = c.stats()["summary"]

@@ -88,7 +88,7 @@ CodesConfig resolve(const KVCacheParams& p0, const KVCacheShape& s) {
   if (p.boundary_layers != 0) refuse(m, "boundary_layers is not supported on the GPU yet");
   if (p.tail_bits > 0 || p.norm_bits == 8 || p.k_adapt != 0 || p.v_tail_bits > 0 || p.window != -1)
     refuse(m, "tail_bits, v_tail_bits, window, norm_bits and k_adapt (the eoq preset's format) are not on the GPU yet");
-  if (p.factor_bits < 2 || p.factor_bits > 8) refuse(m, "factor_bits must be in 2..8");
+  if (p.factor_bits != -1 && (p.factor_bits < 2 || p.factor_bits > 8)) refuse(m, "factor_bits must be in 2..8 (or -1)");
   if (c.mode != cuda::KVCodesLayer::turbo) {
     if (p.k_bits != -1 || p.v_bits != -1 || p.rank_cap > 0 || p.v_rank_cap > 0 || p.boundary_bits != 0)
       refuse(m, "k_bits, v_bits, rank_cap, v_rank_cap and boundary_bits apply to turbo/eoq modes");
