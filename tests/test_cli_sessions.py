@@ -63,3 +63,22 @@ def test_estimate_prints_before_loading(smollm2_path):
     assert "DOES NOT FIT" in out
     r = run_cli("-m", smollm2_path, "--estimate", "-c", 4096, "--kv", "eoq")
     assert r.returncode == 0 and "upper bound" in r.stdout.decode()
+
+
+def test_prompt_cache_reuses_the_saved_session(smollm2_path, tmp_path):
+    cache = tmp_path / "session.eoqstate"
+    args = ("-m", smollm2_path, "-p", "The capital of France is", "-n", 6, "--temp", 0, "-c", 128,
+            "--prompt-cache", cache)
+    r1 = run_cli(*args)
+    assert r1.returncode == 0, r1.stderr.decode()
+    assert cache.is_file() and "(0 of the prompt reused)" in r1.stderr.decode()
+    r2 = run_cli(*args)
+    err = r2.stderr.decode()
+    assert r2.returncode == 0, err
+    assert r2.stdout == r1.stdout
+    m = re.search(r"\((\d+) of the prompt reused\)", err)
+    assert m and int(m.group(1)) == 4  # all 5 prompt tokens but the last, evaluated again for its logits
+    # A cache from another configuration is ignored with a warning, not an error.
+    r3 = run_cli("-m", smollm2_path, "-p", "Hi", "-n", 1, "--temp", 0, "-c", 128, "--kv", "f32",
+                 "--prompt-cache", cache)
+    assert r3.returncode == 0 and "prompt cache" in r3.stderr.decode() and "not used" in r3.stderr.decode()
