@@ -82,3 +82,36 @@ def test_prompt_cache_reuses_the_saved_session(smollm2_path, tmp_path):
     r3 = run_cli("-m", smollm2_path, "-p", "Hi", "-n", 1, "--temp", 0, "-c", 128, "--kv", "f32",
                  "--prompt-cache", cache)
     assert r3.returncode == 0 and "prompt cache" in r3.stderr.decode() and "not used" in r3.stderr.decode()
+
+
+def test_progress_line_on_a_terminal(smollm2_path, tmp_path):
+    """With stderr on a terminal, a prompt longer than -b shows 'prompt done/total' updates,
+    erased before the text; without a terminal (every other test) nothing of it appears."""
+    import os
+    import pty
+
+    f = tmp_path / "p.txt"
+    f.write_text(" ".join(f"w{i}" for i in range(60)), encoding="utf-8")
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "eoq", "-m", smollm2_path, "-f", str(f), "-b", "32", "-n", "2",
+                          "--temp", "0", "-c", "512", "--no-display-prompt"],
+                         stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, env=_env())
+    os.close(slave)
+    out = p.stdout.read()
+    rc = p.wait(120)
+    chunks = []
+    while True:
+        try:
+            b = os.read(master, 65536)
+        except OSError:
+            break
+        if not b:
+            break
+        chunks.append(b)
+    os.close(master)
+    err = b"".join(chunks).decode(errors="replace")
+    assert rc == 0, err
+    m = re.findall(r"prompt (\d+)/(\d+) tokens", err)
+    assert m and m[0][0] == "32" and int(m[0][1]) > 64, err
+    assert "\x1b[K" in err  # the line is erased
+    assert b"prompt 32/" not in out
