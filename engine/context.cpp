@@ -77,30 +77,33 @@ void Context::reset(int i) {
   s.tokens_.clear();
 }
 
-int Context::truncate(int i, int n) {
-  Sequence& s = seq(i);
-  std::unique_lock<std::mutex> lock(mu_);
-  wait_idle(s, lock);
+// Under mu_, the sequence idle.
+int Context::truncate_locked(Sequence& s, int n) {
   if (n < 0 || n > (int)s.tokens_.size())
-    fail(ErrorCode::invalid_arg, "truncate: sequence " + std::to_string(i) + " holds " + std::to_string(s.tokens_.size()) +
-                                     " tokens, cannot keep " + std::to_string(n));
+    fail(ErrorCode::invalid_arg, "truncate: sequence " + std::to_string(s.index_) + " holds " +
+                                     std::to_string(s.tokens_.size()) + " tokens, cannot keep " + std::to_string(n));
   const int kept = s.kv_->truncate(n);
   s.tokens_.resize(kept);
   return kept;
 }
 
+int Context::truncate(int i, int n) {
+  Sequence& s = seq(i);
+  std::unique_lock<std::mutex> lock(mu_);
+  wait_idle(s, lock);
+  return truncate_locked(s, n);
+}
+
 int Context::reuse_prefix(int i, const std::vector<int32_t>& tokens) {
   Sequence& s = seq(i);
+  std::unique_lock<std::mutex> lock(mu_);
+  wait_idle(s, lock);  // the prefix and the cut under one lock
+  const size_t m = std::min(s.tokens_.size(), tokens.size());
   int common = 0;
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    wait_idle(s, lock);
-    const size_t m = std::min(s.tokens_.size(), tokens.size());
-    while ((size_t)common < m && s.tokens_[common] == tokens[common]) common++;
-  }
+  while ((size_t)common < m && s.tokens_[common] == tokens[common]) common++;
   // Never the whole prompt: its last token is evaluated again for its logits.
   if (common >= (int)tokens.size()) common = (int)tokens.size() - 1;
-  return truncate(i, std::max(common, 0));
+  return truncate_locked(s, std::max(common, 0));
 }
 
 void Context::set_active(int i, bool active) {

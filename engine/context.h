@@ -123,6 +123,7 @@ class Context {
   void lead(std::unique_lock<std::mutex>& lock);
   void run_step(const std::vector<SeqSegment>& segs, const std::vector<Request*>& reqs, const std::vector<int>& chunk);
   void wait_idle(Sequence& s, std::unique_lock<std::mutex>& lock);
+  int truncate_locked(Sequence& s, int n);
 
   Engine& engine_;
   int n_ctx_ = 0, n_batch_ = 512;
