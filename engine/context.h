@@ -68,6 +68,7 @@ class Sequence {
   std::vector<float> logits_, all_logits_;
   bool active_ = false;  // inside a generation loop: the gather window waits for it
   bool busy_ = false;    // a request of it is queued or running
+  bool late_ = false;    // active, but missed the last gather window: not waited for until it queues
 };
 
 class Context {
