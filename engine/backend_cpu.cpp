@@ -2,6 +2,7 @@
 // behind the Backend interface. Weights stay in the mapped GGUF file; every op computes what the
 // forward pass computed before the seam, in the same order, so the bits are unchanged.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <unistd.h>
 #include <limits>
@@ -35,7 +36,10 @@ WeightView view(const Tensor& w) { return WeightView{w.type, w.ne[0], w.ne[1], w
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int n_threads) : pool_(n_threads), k_(cpu_kernels()) {}
+  explicit CpuBackend(int n_threads) : pool_(n_threads), k_(cpu_kernels()) {
+    const char* seg = std::getenv("EOQ_SEGMENTED_STEPS");
+    segmented_ = !(seg && std::strcmp(seg, "0") == 0);
+  }
 
   Device device() const override { return Device{}; }
   std::string describe() const override {
@@ -76,7 +80,9 @@ class CpuBackend final : public Backend {
     return true;
   }
   void end_step() override {}
-  bool segmented_steps() const override { return true; }  // every op takes its pos0 argument
+  // Every op takes its pos0 argument. EOQ_SEGMENTED_STEPS=0 runs multi-sequence steps one
+  // sequence at a time instead (the path of backends without segmented steps, testable here).
+  bool segmented_steps() const override { return segmented_; }
   Tensor step_tokens() const override { return tokens_; }
 
   void get_rows(const Tensor& table, const Tensor& ids, Tensor& out) override {
@@ -154,6 +160,7 @@ class CpuBackend final : public Backend {
   const CpuKernels& k_;
   Tensor tokens_;
   std::vector<float> tmp_;
+  bool segmented_ = true;
 };
 
 }  // namespace

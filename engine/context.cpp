@@ -77,30 +77,33 @@ void Context::reset(int i) {
   s.tokens_.clear();
 }
 
-int Context::truncate(int i, int n) {
-  Sequence& s = seq(i);
-  std::unique_lock<std::mutex> lock(mu_);
-  wait_idle(s, lock);
+// Under mu_, the sequence idle.
+int Context::truncate_locked(Sequence& s, int n) {
   if (n < 0 || n > (int)s.tokens_.size())
-    fail(ErrorCode::invalid_arg, "truncate: sequence " + std::to_string(i) + " holds " + std::to_string(s.tokens_.size()) +
-                                     " tokens, cannot keep " + std::to_string(n));
+    fail(ErrorCode::invalid_arg, "truncate: sequence " + std::to_string(s.index_) + " holds " +
+                                     std::to_string(s.tokens_.size()) + " tokens, cannot keep " + std::to_string(n));
   const int kept = s.kv_->truncate(n);
   s.tokens_.resize(kept);
   return kept;
 }
 
+int Context::truncate(int i, int n) {
+  Sequence& s = seq(i);
+  std::unique_lock<std::mutex> lock(mu_);
+  wait_idle(s, lock);
+  return truncate_locked(s, n);
+}
+
 int Context::reuse_prefix(int i, const std::vector<int32_t>& tokens) {
   Sequence& s = seq(i);
+  std::unique_lock<std::mutex> lock(mu_);
+  wait_idle(s, lock);  // the prefix and the cut under one lock
+  const size_t m = std::min(s.tokens_.size(), tokens.size());
   int common = 0;
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    wait_idle(s, lock);
-    const size_t m = std::min(s.tokens_.size(), tokens.size());
-    while ((size_t)common < m && s.tokens_[common] == tokens[common]) common++;
-  }
+  while ((size_t)common < m && s.tokens_[common] == tokens[common]) common++;
   // Never the whole prompt: its last token is evaluated again for its logits.
   if (common >= (int)tokens.size()) common = (int)tokens.size() - 1;
-  return truncate(i, std::max(common, 0));
+  return truncate_locked(s, std::max(common, 0));
 }
 
 void Context::set_active(int i, bool active) {
@@ -128,6 +131,7 @@ bool Context::eval(int i, const std::vector<int32_t>& tokens, bool all_logits, c
     fail(ErrorCode::context_full, "context is full: " + std::to_string(s.tokens_.size()) + " cached + " +
                                       std::to_string(n) + " new tokens > n_ctx " + std::to_string(n_ctx_));
   s.busy_ = true;
+  s.late_ = false;
   if (all_logits) s.all_logits_.assign((size_t)n * n_vocab, 0.0f);
   pending_.push_back(&r);
   cv_.notify_all();
@@ -180,13 +184,18 @@ void Context::lead(std::unique_lock<std::mutex>& lock) {
   // have not queued their next token yet: a generation loop samples between its steps.
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::microseconds((int64_t)(std::min(5.0, last_step_ms_ / 4) * 1000));
+  // A sequence that let a window pass (its consumer is slow) is not waited for again until it
+  // queues a request: one stalled stream must not tax every step of the others.
   auto missing = [&] {
     for (const auto& s : seqs_)
-      if (s->active_ && !s->busy_) return true;
+      if (s->active_ && !s->busy_ && !s->late_) return true;
     return false;
   };
-  while (missing() && cv_.wait_until(lock, deadline) != std::cv_status::timeout) {
-  }
+  bool timed_out = false;
+  while (missing() && !timed_out) timed_out = cv_.wait_until(lock, deadline) == std::cv_status::timeout;
+  if (timed_out)
+    for (const auto& s : seqs_)
+      if (s->active_ && !s->busy_) s->late_ = true;
   // The step: every decode request's token, prefill chunks (whole, at multiples of n_batch from
   // the request's start) while the budget of n_batch prefill tokens lasts, at least one.
   std::vector<Request*> reqs;

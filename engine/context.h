@@ -68,6 +68,7 @@ class Sequence {
   std::vector<float> logits_, all_logits_;
   bool active_ = false;  // inside a generation loop: the gather window waits for it
   bool busy_ = false;    // a request of it is queued or running
+  bool late_ = false;    // active, but missed the last gather window: not waited for until it queues
 };
 
 class Context {
@@ -123,6 +124,7 @@ class Context {
   void lead(std::unique_lock<std::mutex>& lock);
   void run_step(const std::vector<SeqSegment>& segs, const std::vector<Request*>& reqs, const std::vector<int>& chunk);
   void wait_idle(Sequence& s, std::unique_lock<std::mutex>& lock);
+  int truncate_locked(Sequence& s, int n);
 
   Engine& engine_;
   int n_ctx_ = 0, n_batch_ = 512;

@@ -132,10 +132,13 @@ size_t Context::save_state(int i, const std::string& path) {
   const size_t n_logits = s.tokens_.empty() ? 0 : s.logits_.size();
   put_u32(out, (uint32_t)n_logits);
   put_bytes(out, s.logits_.data(), n_logits * sizeof(float));
-  std::vector<uint8_t> payload;
-  s.kv_->save_payload(payload);
-  put_u64(out, payload.size());
-  put_bytes(out, payload.data(), payload.size());
+  // The payload is written in place after its size field (patched once known): no second copy.
+  const size_t size_at = out.size();
+  put_u64(out, 0);
+  out.reserve(out.size() + s.kv_->bytes() + 16);
+  s.kv_->save_payload(out);
+  const uint64_t pay = out.size() - size_at - 8;
+  for (int k = 0; k < 8; k++) out[size_at + k] = (uint8_t)(pay >> (8 * k));
   put_u64(out, state_checksum(out.data(), out.size()));
   // Written to a temporary name and renamed: a crash mid-write never leaves a half file at path.
   const std::string tmp = path + ".tmp";

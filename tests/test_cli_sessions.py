@@ -63,3 +63,55 @@ def test_estimate_prints_before_loading(smollm2_path):
     assert "DOES NOT FIT" in out
     r = run_cli("-m", smollm2_path, "--estimate", "-c", 4096, "--kv", "eoq")
     assert r.returncode == 0 and "upper bound" in r.stdout.decode()
+
+
+def test_prompt_cache_reuses_the_saved_session(smollm2_path, tmp_path):
+    cache = tmp_path / "session.eoqstate"
+    args = ("-m", smollm2_path, "-p", "The capital of France is", "-n", 6, "--temp", 0, "-c", 128,
+            "--prompt-cache", cache)
+    r1 = run_cli(*args)
+    assert r1.returncode == 0, r1.stderr.decode()
+    assert cache.is_file() and "(0 of the prompt reused)" in r1.stderr.decode()
+    r2 = run_cli(*args)
+    err = r2.stderr.decode()
+    assert r2.returncode == 0, err
+    assert r2.stdout == r1.stdout
+    m = re.search(r"\((\d+) of the prompt reused\)", err)
+    assert m and int(m.group(1)) == 4  # all 5 prompt tokens but the last, evaluated again for its logits
+    # A cache from another configuration is ignored with a warning, not an error.
+    r3 = run_cli("-m", smollm2_path, "-p", "Hi", "-n", 1, "--temp", 0, "-c", 128, "--kv", "f32",
+                 "--prompt-cache", cache)
+    assert r3.returncode == 0 and "prompt cache" in r3.stderr.decode() and "not used" in r3.stderr.decode()
+
+
+def test_progress_line_on_a_terminal(smollm2_path, tmp_path):
+    """With stderr on a terminal, a prompt longer than -b shows 'prompt done/total' updates,
+    erased before the text; without a terminal (every other test) nothing of it appears."""
+    import os
+    import pty
+
+    f = tmp_path / "p.txt"
+    f.write_text(" ".join(f"w{i}" for i in range(60)), encoding="utf-8")
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "eoq", "-m", smollm2_path, "-f", str(f), "-b", "32", "-n", "2",
+                          "--temp", "0", "-c", "512", "--no-display-prompt"],
+                         stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, env=_env())
+    os.close(slave)
+    out = p.stdout.read()
+    rc = p.wait(120)
+    chunks = []
+    while True:
+        try:
+            b = os.read(master, 65536)
+        except OSError:
+            break
+        if not b:
+            break
+        chunks.append(b)
+    os.close(master)
+    err = b"".join(chunks).decode(errors="replace")
+    assert rc == 0, err
+    m = re.findall(r"prompt (\d+)/(\d+) tokens", err)
+    assert m and m[0][0] == "32" and int(m[0][1]) > 64, err
+    assert "\x1b[K" in err  # the line is erased
+    assert b"prompt 32/" not in out

@@ -72,6 +72,33 @@ def test_eval_batch_logits_equal_sequential_bit_for_bit(eng4):
     assert [s.n_past for s in seqs] == [len(t) + 4 for t in toks]
 
 
+def test_unsegmented_backend_path(smollm2_path):
+    """A backend without segmented steps (CUDA today; here EOQ_SEGMENTED_STEPS=0) runs a
+    multi-sequence step one sequence at a time: the same logits, bit for bit."""
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np
+from eoq import _core
+e = _core.Engine({smollm2_path!r}, n_ctx=128, n_threads=2, n_seq=3)
+toks = [e.tokenize(p) for p in {PROMPTS[:3]!r}]
+ref = []
+for t in toks:
+    e.reset(); e.eval(t); e.eval([7]); ref.append(e.logits())
+e.reset()
+e.eval_batch([0, 1, 2], toks)
+e.eval_batch([2, 0, 1], [[7], [7], [7]])
+print(all(np.array_equal(e.sequence(i).logits(), ref[i]) for i in range(3)), e.step_stats()["max_segments"])
+"""
+    import os
+
+    env = dict(os.environ, EOQ_SEGMENTED_STEPS="0", PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode().split() == ["True", "3"]
+
+
 def test_concurrent_streams_batch_and_match_sequential(eng4):
     ref = _greedy_reference(eng4, PROMPTS, N_GEN)
     seqs = [eng4.sequence(i) for i in range(4)]

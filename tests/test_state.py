@@ -100,7 +100,7 @@ def test_wrong_model_cache_or_context(smollm2_path, saved, tmp_path):
     with Engine(smollm2_path, n_ctx=16, n_threads=2) as e:
         _expect_bad(e, saved["path"], "do not fit n_ctx|more than a state")
     m = write_tiny_llama(tmp_path / "tiny.gguf")
-    with Engine(m.path if hasattr(m, "path") else tmp_path / "tiny.gguf", n_ctx=512, n_threads=1) as e:
+    with Engine(m.path if hasattr(m, "path") else tmp_path / "tiny.gguf", n_ctx=256, n_threads=1) as e:
         _expect_bad(e, saved["path"], "different model|more than a state")
     with Engine(smollm2_path, n_ctx=512, n_threads=2) as e:
         _expect_bad(e, tmp_path / "missing", "cannot open", code="io")

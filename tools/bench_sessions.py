@@ -26,19 +26,32 @@ def depth_tokens(eng, d, salt):
     return eng.tokenize(words)[:d]
 
 
-def bench_steps(eng, S, d, n):
-    """n explicit batched decode steps over S sequences at depth d: tokens/s (all S)."""
+def fill(eng, S, d):
+    """Sequences 0..S-1 reset and filled to depth d, each with its own text."""
     core = eng.core
     for i in range(S):
         s = core.sequence(i)
         s.reset()
         s.eval(depth_tokens(eng, d, i))
+    eng._bench_depth = {i: core.sequence(i).cached_tokens() for i in range(S)}
+
+
+def bench_steps(eng, S, n):
+    """n explicit batched decode steps over sequences 0..S-1 (filled by fill()), then the caches
+    cut back to where they were: tokens/s (all S)."""
+    core = eng.core
+    base = [core.sequence(i).n_past for i in range(S)]
     cur = [[int(core.sequence(i).logits().argmax())] for i in range(S)]
     t0 = time.perf_counter()
     for _ in range(n):
         core.eval_batch(list(range(S)), cur)
         cur = [[int(core.sequence(i).logits().argmax())] for i in range(S)]
-    return S * n / (time.perf_counter() - t0)
+    tps = S * n / (time.perf_counter() - t0)
+    for i in range(S):  # back to depth d (a compressed cache cuts at a block boundary: refilled)
+        s = core.sequence(i)
+        kept = s.truncate(base[i])
+        s.eval(eng._bench_depth[i][kept:])
+    return tps
 
 
 def bench_threads(eng, S, d, n):
@@ -101,14 +114,24 @@ def main():
     eng = Engine(a.model, n_ctx=a.depth + a.n_gen + 64, n_threads=a.threads, kv=a.kv, n_seq=max(counts))
     print(f"model {Path(eng.model_path).name}, kv {a.kv}, {eng.backend}, depth {a.depth}, {a.n_gen} tokens, "
           f"median of {a.repeat}")
-    base = {}
-    for how in ["steps"] + ([] if a.no_threads else ["threads"]):
+    # Explicit steps: the caches filled once; the counts measured in turn, repeat after repeat,
+    # so that the machine's noise falls on all of them alike (medians reported).
+    fill(eng, max(counts), a.depth)
+    runs = {S: [] for S in counts}
+    for _ in range(a.repeat):
         for S in counts:
-            f = bench_steps if how == "steps" else bench_threads
-            tps = statistics.median(f(eng, S, a.depth, a.n_gen) for _ in range(a.repeat))
-            base.setdefault(how, tps if S == 1 else None)
-            ratio = tps / base[how] if base[how] else float("nan")
-            print(f"{how:8s} S={S}: {tps:8.1f} tok/s  ({ratio:.2f}x one sequence)", flush=True)
+            runs[S].append(bench_steps(eng, S, a.n_gen))
+    one = statistics.median(runs[counts[0]])
+    for S in counts:
+        tps = statistics.median(runs[S])
+        print(f"steps   S={S}: {tps:8.1f} tok/s  ({tps / one:.2f}x S={counts[0]}; runs "
+              + " ".join(f"{x:.1f}" for x in runs[S]) + ")", flush=True)
+    if not a.no_threads:
+        base = None
+        for S in counts:
+            tps = statistics.median(bench_threads(eng, S, a.depth, a.n_gen) for _ in range(a.repeat))
+            base = base or tps
+            print(f"threads S={S}: {tps:8.1f} tok/s  ({tps / base:.2f}x S={counts[0]})", flush=True)
     if a.turn:
         eng.close()
         eng = Engine(a.model, n_ctx=a.turn_depth + 512, n_threads=a.threads, kv=a.kv)
