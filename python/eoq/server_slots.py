@@ -1,0 +1,238 @@
+"""eoq-server's slots: where requests run, which slot a request gets, and the bounded queue.
+
+A slot is one KV cache that one request at a time generates on. open_backends() is the only place
+that knows what a slot is made of: today each slot is its own eoq.Engine (so --parallel N loads
+the model N times); once the Engine has sequences (n_seq=N, eng.sequence(i) with the same
+generate/chat_tokens/tokenize signatures) it becomes one Engine and N sequences, and nothing else
+in the server changes (cached_tokens() may then read the sequence's own record).
+
+Threads: the event loop only picks slots and moves items; each generation runs in a worker
+thread of SlotPool.executor (one per slot) that iterates the engine's stream and hands the
+items to the loop. A request that is cancelled (client gone, server stopping) sets job.cancel;
+the worker stops at the next token and closes the stream, which frees the slot.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from .engine import Engine
+
+
+def open_backends(model_path: Optional[str], n_slots: int, n_ctx: int, kv: str,
+                  kv_options: Optional[Dict[str, Any]], device: str, n_threads: Optional[int],
+                  n_batch: int) -> Tuple[Any, List[Any]]:
+    """(model, backends): `model` answers model-wide questions (tokenize, chat template,
+    n_ctx, name); backends[i] is what slot i generates with. Today every slot is its own Engine
+    and model is backends[0]. With sessions this becomes:
+        eng = Engine(model_path, n_ctx=n_ctx, kv=kv, ..., n_seq=n_slots)
+        return eng, [eng.sequence(i) for i in range(n_slots)]
+    """
+    backends = [Engine(model_path, n_ctx=n_ctx, n_threads=n_threads, device=device, kv=kv,
+                       n_batch=n_batch, kv_options=kv_options) for _ in range(n_slots)]
+    return backends[0], backends
+
+
+def cached_tokens(backend: Any) -> List[int]:
+    """The tokens whose K/V the backend's cache holds (what a next prompt can reuse). Read only
+    between generations (the slot is idle, so no thread is changing it)."""
+    return list(getattr(backend, "_cached", []))
+
+
+def kv_info(backend: Any) -> Dict[str, Any]:
+    """mode, n_tokens, bytes, bits_per_entry of the backend's cache (idle slot only)."""
+    return dict(backend.core.kv_info())
+
+
+def close_backends(model: Any, backends: Sequence[Any]) -> None:
+    for b in backends:
+        b.close()
+    if model is not None and all(model is not b for b in backends):
+        model.close()
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class QueueFull(Exception):
+    """Every slot is busy and the waiting queue is at its bound."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping: no new work."""
+
+
+@dataclass
+class Slot:
+    index: int
+    backend: Any
+    busy: bool = False
+    last_used: float = 0.0
+    cached: List[int] = field(default_factory=list)  # snapshot after its last generation
+    kv: Dict[str, Any] = field(default_factory=dict)  # kv_info after its last generation
+    n_requests: int = 0
+
+
+class Job:
+    """One generation: its cancel flag, and the queue of items the worker hands to the loop.
+    Items: ("item", StreamItem), then ("done", Completion or None if cancelled) or
+    ("error", exception)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.cancel = threading.Event()
+        self.items: asyncio.Queue = asyncio.Queue()
+        self.slot: Optional[Slot] = None
+
+    def emit(self, kind: str, value: Any) -> None:  # worker thread -> event loop
+        try:
+            self.loop.call_soon_threadsafe(self.items.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed (shutdown): nobody is listening
+            pass
+
+
+class SlotPool:
+    """Free slots, the bounded FIFO of waiting requests, and the worker threads.
+
+    acquire(tokens) picks, among the free slots, the one whose cache shares the longest prefix
+    with tokens (its whole cache being a prefix ranks first: that is what the engine reuses;
+    then the longest partial match; then the least recently used), or waits in the queue
+    (FIFO) when none is free, or raises QueueFull when max_queue requests already wait.
+    """
+
+    def __init__(self, backends: Sequence[Any], max_queue: int,
+                 on_tokens: Optional[Callable[[int], None]] = None):
+        self.slots = [Slot(i, b) for i, b in enumerate(backends)]
+        for s in self.slots:
+            s.kv = kv_info(s.backend)
+        self.max_queue = max_queue
+        self.waiters: Deque[Tuple[asyncio.Future, List[int]]] = collections.deque()
+        self.executor = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="eoq-slot")
+        self.jobs: set = set()
+        self.closing = False
+        self.on_tokens = on_tokens
+
+    # --- choosing a slot (event loop only) ----------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.waiters)
+
+    @property
+    def n_busy(self) -> int:
+        return sum(s.busy for s in self.slots)
+
+    def _score(self, slot: Slot, tokens: Sequence[int]) -> Tuple[int, int, float]:
+        c = slot.cached
+        n = common_prefix(c, tokens)
+        usable = n if n == len(c) and n < len(tokens) else 0
+        return (usable, n, -slot.last_used)
+
+    def _best_free(self, tokens: Sequence[int]) -> Optional[Slot]:
+        free = [s for s in self.slots if not s.busy]
+        if not free:
+            return None
+        return max(free, key=lambda s: self._score(s, tokens))
+
+    async def acquire(self, tokens: Sequence[int]) -> Slot:
+        if self.closing:
+            raise ShuttingDown()
+        slot = self._best_free(tokens) if not self.waiters else None
+        if slot is not None:
+            slot.busy = True
+            return slot
+        if len(self.waiters) >= self.max_queue:
+            raise QueueFull()
+        fut = asyncio.get_running_loop().create_future()
+        entry = (fut, list(tokens))
+        self.waiters.append(entry)
+        try:
+            return await fut
+        except BaseException:
+            if entry in self.waiters:
+                self.waiters.remove(entry)
+            elif fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result())  # handed a slot just as we were cancelled
+            raise
+
+    def release(self, slot: Slot) -> None:
+        slot.busy = False
+        slot.last_used = time.monotonic()
+        while self.waiters:
+            fut, _ = self.waiters.popleft()
+            if not fut.done():
+                slot.busy = True
+                fut.set_result(slot)
+                return
+
+    # --- running (worker threads) -------------------------------------------------------
+
+    def start(self, slot: Slot, job: Job, start_stream: Callable[[Any], Any]) -> None:
+        """Run start_stream(backend) (which returns an eoq CompletionStream of StreamItems) in
+        a worker thread, emitting its items to job; the slot is released by the loop when the
+        worker is done."""
+        job.slot = slot
+        slot.n_requests += 1
+        self.jobs.add(job)
+        fut = self.executor.submit(self._work, slot, job, start_stream)
+
+        def finished(_f) -> None:
+            def on_loop() -> None:
+                self.jobs.discard(job)
+                self.release(slot)
+
+            try:
+                job.loop.call_soon_threadsafe(on_loop)
+            except RuntimeError:
+                pass
+
+        fut.add_done_callback(finished)
+
+    def _work(self, slot: Slot, job: Job, start_stream: Callable[[Any], Any]) -> None:
+        stream = None
+        try:
+            if job.cancel.is_set():
+                job.emit("done", None)
+                return
+            stream = start_stream(slot.backend)
+            for item in stream:
+                if item.tokens and self.on_tokens is not None:
+                    self.on_tokens(len(item.tokens))
+                job.emit("item", item)
+                if job.cancel.is_set():
+                    break
+            job.emit("done", None if job.cancel.is_set() else stream.completion)
+        except BaseException as e:  # reported to the request; the server goes on
+            job.emit("error", e)
+        finally:
+            if stream is not None:
+                stream.close()
+            try:
+                slot.cached = cached_tokens(slot.backend)
+                slot.kv = kv_info(slot.backend)
+            except Exception:
+                slot.cached = []
+
+    def cancel_all(self) -> None:
+        """Stop: refuse new work, wake the queue with ShuttingDown, cancel running jobs."""
+        self.closing = True
+        while self.waiters:
+            fut, _ = self.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(ShuttingDown())
+        for job in list(self.jobs):
+            job.cancel.set()
+
+    def shutdown(self) -> None:
+        self.cancel_all()
+        self.executor.shutdown(wait=True)
