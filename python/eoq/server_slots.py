@@ -49,6 +49,15 @@ def kv_info(backend: Any) -> Dict[str, Any]:
     return dict(backend.core.kv_info())
 
 
+def reusable_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    """Prompt tokens a backend whose cache holds `cached` would not evaluate again for
+    `tokens`. Today's Engine reuses its cache only when all of it is a prefix of the prompt
+    (and shorter); a backend that can cut its cache back to a common prefix (sessions) makes
+    this the plain common-prefix length."""
+    n = common_prefix(cached, tokens)
+    return n if n == len(cached) and n < len(tokens) else 0
+
+
 def close_backends(model: Any, backends: Sequence[Any]) -> None:
     for b in backends:
         b.close()
@@ -104,10 +113,10 @@ class Job:
 class SlotPool:
     """Free slots, the bounded FIFO of waiting requests, and the worker threads.
 
-    acquire(tokens) picks, among the free slots, the one whose cache shares the longest prefix
-    with tokens (its whole cache being a prefix ranks first: that is what the engine reuses;
-    then the longest partial match; then the least recently used), or waits in the queue
-    (FIFO) when none is free, or raises QueueFull when max_queue requests already wait.
+    acquire(tokens) picks, among the free slots, the one whose cache shares the longest
+    reusable prefix with tokens (reusable_prefix), the least recently used one among equals, or
+    waits in the queue (FIFO) when none is free, or raises QueueFull when max_queue requests
+    already wait.
     """
 
     def __init__(self, backends: Sequence[Any], max_queue: int,
@@ -132,11 +141,10 @@ class SlotPool:
     def n_busy(self) -> int:
         return sum(s.busy for s in self.slots)
 
-    def _score(self, slot: Slot, tokens: Sequence[int]) -> Tuple[int, int, float]:
-        c = slot.cached
-        n = common_prefix(c, tokens)
-        usable = n if n == len(c) and n < len(tokens) else 0
-        return (usable, n, -slot.last_used)
+    def _score(self, slot: Slot, tokens: Sequence[int]) -> Tuple[int, float]:
+        # A partial match that cannot be reused must not win: it would evict a cache (say a
+        # chat's history sharing only the system prompt) that its own next turn wants.
+        return (reusable_prefix(slot.cached, tokens), -slot.last_used)
 
     def _best_free(self, tokens: Sequence[int]) -> Optional[Slot]:
         free = [s for s in self.slots if not s.busy]
