@@ -730,18 +730,20 @@ def build_parser() -> argparse.ArgumentParser:
                                "/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics, "
                                "and llama.cpp's /completion, /tokenize, /detokenize.",
         epilog="Without -m the default model (SmolLM2-135M-Instruct Q4_1) is used. --parallel N keeps N "
-               "slots (KV caches); for now each slot is its own copy of the model (N times the weight "
-               "memory) until the engine shares one model among sequences.")
+               "slots (KV caches): N sequences of one loaded model where the engine has sessions "
+               "(Engine(n_seq=...)); on an engine without them each slot loads its own copy of the model "
+               "(N times the weight memory).")
     g = ap.add_argument_group("model and cache")
     g.add_argument("-m", "--model", metavar="FNAME", help="GGUF model path (default: the default model)")
     g.add_argument("-a", "--alias", metavar="NAME", help="model id the API reports (default: the file name)")
     g.add_argument("-c", "--ctx-size", type=int, default=4096, metavar="N",
                    help="context size per slot in tokens (default 4096; 0: the model's training context)")
     g.add_argument("-np", "--parallel", type=int, default=1, metavar="N",
-                   help="slots: requests generated at the same time (default 1; each slot loads the "
-                        "model once more until sessions land)")
+                   help="slots: requests generated at the same time (default 1; sequences of one model "
+                        "with sessions, else one model copy per slot)")
     g.add_argument("-t", "--threads", type=int, default=None, metavar="N",
-                   help="compute threads per slot (default: the CPUs this process may use)")
+                   help="compute threads (of each slot's engine without sessions; default: the CPUs "
+                        "this process may use)")
     g.add_argument("-b", "--batch-size", type=int, default=512, metavar="N", help="prompt batch (default 512)")
     g.add_argument("--device", default=None, metavar="DEV", help="cpu (default), cuda or cuda:N")
     g.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", dest="n_gpu_layers", type=int, default=None,

@@ -1,10 +1,10 @@
 """eoq-server's slots: where requests run, which slot a request gets, and the bounded queue.
 
-A slot is one KV cache that one request at a time generates on. open_backends() is the only place
-that knows what a slot is made of: today each slot is its own eoq.Engine (so --parallel N loads
-the model N times); once the Engine has sequences (n_seq=N, eng.sequence(i) with the same
-generate/chat_tokens/tokenize signatures) it becomes one Engine and N sequences, and nothing else
-in the server changes (cached_tokens() may then read the sequence's own record).
+A slot is one KV cache that one request at a time generates on. The functions at the top
+(open_backends, cached_tokens, cuts_prefix, kv_info) are the only place that knows what a slot is
+made of: with sessions (Engine(n_seq=N)) one Engine and its N sequences, eng.sequence(i), whose
+generations the engine batches; on an Engine without them each slot is its own eoq.Engine (so
+--parallel N loads the model N times). Nothing else in the server depends on which.
 
 Threads: the event loop only picks slots and moves items; each generation runs in a worker
 thread of SlotPool.executor (one per slot) that iterates the engine's stream and hands the
@@ -24,24 +24,42 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 from .engine import Engine
 
 
+def _has_sequences() -> bool:
+    """Whether this Engine can hold several sequences on one model (Engine(n_seq=...))."""
+    import inspect
+
+    return "n_seq" in inspect.signature(Engine.__init__).parameters
+
+
 def open_backends(model_path: Optional[str], n_slots: int, n_ctx: int, kv: str,
                   kv_options: Optional[Dict[str, Any]], device: str, n_threads: Optional[int],
                   n_batch: int) -> Tuple[Any, List[Any]]:
     """(model, backends): `model` answers model-wide questions (tokenize, chat template,
-    n_ctx, name); backends[i] is what slot i generates with. Today every slot is its own Engine
-    and model is backends[0]. With sessions this becomes:
-        eng = Engine(model_path, n_ctx=n_ctx, kv=kv, ..., n_seq=n_slots)
+    n_ctx, name); backends[i] is what slot i generates with (Engine.generate's signature).
+    With sessions (Engine(n_seq=N)): one model, slot i is eng.sequence(i), and the engine
+    decodes the slots' tokens together. Without: every slot is its own Engine (the model loaded
+    N times) and model is backends[0]."""
+    kw = dict(n_ctx=n_ctx, n_threads=n_threads, device=device, kv=kv, n_batch=n_batch, kv_options=kv_options)
+    if _has_sequences():
+        eng = Engine(model_path, n_seq=n_slots, **kw)
         return eng, [eng.sequence(i) for i in range(n_slots)]
-    """
-    backends = [Engine(model_path, n_ctx=n_ctx, n_threads=n_threads, device=device, kv=kv,
-                       n_batch=n_batch, kv_options=kv_options) for _ in range(n_slots)]
+    backends = [Engine(model_path, **kw) for _ in range(n_slots)]
     return backends[0], backends
 
 
 def cached_tokens(backend: Any) -> List[int]:
     """The tokens whose K/V the backend's cache holds (what a next prompt can reuse). Read only
     between generations (the slot is idle, so no thread is changing it)."""
+    core = backend.core
+    if hasattr(core, "cached_tokens"):  # sessions: the sequence's own record
+        return list(core.cached_tokens())
     return list(getattr(backend, "_cached", []))
+
+
+def cuts_prefix(backend: Any) -> bool:
+    """Whether the backend reuses the longest common prefix (cutting its cache back to it), not
+    only a cache that is wholly a prefix of the prompt."""
+    return hasattr(backend.core, "reuse_prefix")
 
 
 def kv_info(backend: Any) -> Dict[str, Any]:
@@ -49,13 +67,15 @@ def kv_info(backend: Any) -> Dict[str, Any]:
     return dict(backend.core.kv_info())
 
 
-def reusable_prefix(cached: Sequence[int], tokens: Sequence[int]) -> int:
-    """Prompt tokens a backend whose cache holds `cached` would not evaluate again for
-    `tokens`. Today's Engine reuses its cache only when all of it is a prefix of the prompt
-    (and shorter); a backend that can cut its cache back to a common prefix (sessions) makes
-    this the plain common-prefix length."""
-    n = common_prefix(cached, tokens)
-    return n if n == len(cached) and n < len(tokens) else 0
+def reusable_prefix(cached: Sequence[int], tokens: Sequence[int], cut: bool = False) -> int:
+    """Prompt tokens a backend whose cache holds `cached` need not evaluate again for `tokens`
+    (the last prompt token is always evaluated, for its logits). cut=False: the cache is reused
+    only when all of it is a prefix of the prompt (the Engine without sessions); cut=True: the
+    common prefix (sessions; a compressed cache may cut a little earlier, at a block edge)."""
+    n = min(common_prefix(cached, tokens), len(tokens) - 1)
+    if cut:
+        return max(n, 0)
+    return n if n == len(cached) else 0
 
 
 def close_backends(model: Any, backends: Sequence[Any]) -> None:
@@ -90,6 +110,7 @@ class Slot:
     cached: List[int] = field(default_factory=list)  # snapshot after its last generation
     kv: Dict[str, Any] = field(default_factory=dict)  # kv_info after its last generation
     n_requests: int = 0
+    cut: bool = False  # the backend reuses partial prefixes (cuts_prefix)
 
 
 class Job:
@@ -124,6 +145,7 @@ class SlotPool:
         self.slots = [Slot(i, b) for i, b in enumerate(backends)]
         for s in self.slots:
             s.kv = kv_info(s.backend)
+            s.cut = cuts_prefix(s.backend)
         self.max_queue = max_queue
         self.waiters: Deque[Tuple[asyncio.Future, List[int]]] = collections.deque()
         self.executor = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="eoq-slot")
@@ -144,7 +166,7 @@ class SlotPool:
     def _score(self, slot: Slot, tokens: Sequence[int]) -> Tuple[int, float]:
         # A partial match that cannot be reused must not win: it would evict a cache (say a
         # chat's history sharing only the system prompt) that its own next turn wants.
-        return (reusable_prefix(slot.cached, tokens), -slot.last_used)
+        return (reusable_prefix(slot.cached, tokens, slot.cut), -slot.last_used)
 
     def _best_free(self, tokens: Sequence[int]) -> Optional[Slot]:
         free = [s for s in self.slots if not s.busy]
