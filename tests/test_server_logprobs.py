@@ -134,3 +134,24 @@ def test_stream_items(eng):
     # echo: the prompt comes first as a text-only item.
     items = list(eng.generate(PROMPT, max_tokens=2, temperature=0, echo=True, stream=True, stream_items=True))
     assert items[0].text == PROMPT and items[0].tokens == []
+
+
+def test_top_logprobs_past_the_allowed_tokens(eng):
+    """With fewer allowed tokens than asked for, the list is the allowed ones by probability,
+    then banned ones (-inf) by lowest id, as a plain sort gives."""
+    allowed = sorted(random.sample(range(100, eng.n_vocab), 3))
+
+    def only(tokens, logits):
+        keep = logits[allowed].copy()
+        logits.fill(-np.inf)
+        logits[allowed] = keep
+
+    rec = []
+    c = eng.generate(PROMPT, max_tokens=2, temperature=0, logprobs=6,
+                     logits_processor=[only, lambda t, l: rec.append(l.copy())])
+    for lp, logits in zip(c.logprobs, rec):
+        ref = _log_softmax_ref(logits.tolist())
+        order = sorted(range(len(ref)), key=lambda j: (-ref[j], j))[:6]
+        assert [t.id for t in lp.top_logprobs] == order
+        assert set(order[:3]) == set(allowed) and order[3:] == [0, 1, 2]
+        assert [t.logprob for t in lp.top_logprobs][3:] == [-math.inf] * 3

@@ -193,7 +193,10 @@ def _token_logprob(core, logits, token: int, n_top: int) -> TokenLogprob:
         idx = np.argpartition(-x, n_top - 1)[:n_top] if n_top < x.shape[0] else np.arange(x.shape[0])
         # The partition may cut among equal logits: widen to every token tied with the cut.
         cut = x[idx].min()
-        idx = np.nonzero(x >= cut)[0]
+        if cut == -math.inf:  # fewer allowed tokens than n_top: the banned ones by lowest id
+            idx = np.concatenate([np.nonzero(x > cut)[0], np.nonzero(x == cut)[0][:n_top]])
+        else:
+            idx = np.nonzero(x >= cut)[0]
         order = sorted(idx.tolist(), key=lambda i: (-x[i], i))[:n_top]
         for i in order:
             t, r = _piece(core, i)
