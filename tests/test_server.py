@@ -455,3 +455,16 @@ def test_sigterm_mid_stream_exits_cleanly(small):
     assert rest and rest[-1] == "data: [DONE]"
     assert any("shutting down" in line for line in rest)
     assert "Traceback" not in small.output(), small.output()
+
+
+def test_command_line_errors(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "eoq.server", *a], capture_output=True, text=True,
+                                    env=_server_env(), cwd=str(ROOT), timeout=60)
+    r = run("--help")
+    assert r.returncode == 0 and "--parallel" in r.stdout and "--api-key" in r.stdout
+    r = run("--parallel", "0")
+    assert r.returncode == 2 and "--parallel must be >= 1" in r.stderr
+    r = run("-m", str(tmp_path / "missing.gguf"))
+    assert r.returncode == 1 and "cannot load the model" in r.stderr and "Traceback" not in r.stderr
+    r = run("--kv", "bogus")
+    assert r.returncode == 2 and "bogus" in r.stderr
