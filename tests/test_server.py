@@ -399,6 +399,10 @@ def _wait(pred, timeout=15.0):
 def test_queue_full_is_503_and_disconnect_frees_the_slot(small):
     u = small.url
     cm, _ = _long_stream(u)
+    # The event loop answers while the slot generates (compute runs in the slot's thread).
+    t0 = time.monotonic()
+    assert httpx.get(u + "/health").json()["slots_processing"] == 1
+    assert time.monotonic() - t0 < 2.0
     # A second request waits in the queue (bound 1) ...
     queued = {}
 

@@ -392,7 +392,7 @@ def build_app(state: State):
         messages = api.chat_messages(body)
         kw = api.sampling_args(body, ("max_completion_tokens", "max_tokens"), None)
         kw["logprobs"] = api.chat_logprobs(body)
-        stream = api._bool(body, "stream", False)
+        stream = api.get_bool(body, "stream", False)
         so = body.get("stream_options") or {}
         include_usage = isinstance(so, dict) and bool(so.get("include_usage"))
         make_proc = await _in_thread(processor_factory, body)
@@ -472,8 +472,8 @@ def build_app(state: State):
             raise bad("'suffix' is not supported", param="suffix")
         kw = api.sampling_args(body, ("max_tokens",), 16)  # OpenAI's default for completions
         kw["logprobs"] = api.completion_logprobs(body)
-        kw["echo"] = api._bool(body, "echo", False)
-        stream = api._bool(body, "stream", False)
+        kw["echo"] = api.get_bool(body, "echo", False)
+        stream = api.get_bool(body, "stream", False)
         so = body.get("stream_options") or {}
         include_usage = isinstance(so, dict) and bool(so.get("include_usage"))
         make_proc = await _in_thread(processor_factory, body)
@@ -522,7 +522,7 @@ def build_app(state: State):
             raise bad("'grammar' (GBNF) is not supported; use 'json_schema'", param="grammar")
         kw = api.sampling_args(body, ("n_predict", "max_tokens"), None)
         kw["logprobs"] = api.completion_logprobs(body, "n_probs")
-        stream = api._bool(body, "stream", False)
+        stream = api.get_bool(body, "stream", False)
         make_proc = None
         if body.get("json_schema") is not None:
             make_proc = await _in_thread(processor_factory, {"response_format": {
@@ -581,9 +581,9 @@ def build_app(state: State):
         content = body.get("content")
         if not isinstance(content, str):
             raise bad("'content' must be a string", param="content")
-        add_special = api._bool(body, "add_special", False)
-        parse_special = api._bool(body, "parse_special", True)
-        with_pieces = api._bool(body, "with_pieces", False)
+        add_special = api.get_bool(body, "add_special", False)
+        parse_special = api.get_bool(body, "parse_special", True)
+        with_pieces = api.get_bool(body, "with_pieces", False)
         m = state.model
 
         def run():

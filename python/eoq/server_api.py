@@ -102,7 +102,7 @@ def _int(body: Dict[str, Any], key: str, default: Any) -> Any:
     return v
 
 
-def _bool(body: Dict[str, Any], key: str, default: bool) -> bool:
+def get_bool(body: Dict[str, Any], key: str, default: bool) -> bool:
     v = body.get(key, default)
     if v is None:
         return default
@@ -196,7 +196,7 @@ def chat_messages(body: Dict[str, Any]) -> List[Dict[str, str]]:
 
 def chat_logprobs(body: Dict[str, Any]) -> Optional[int]:
     """None (off) or the number of alternatives (top_logprobs) per token."""
-    on = _bool(body, "logprobs", False)
+    on = get_bool(body, "logprobs", False)
     top = _int(body, "top_logprobs", None)
     if top is not None and not 0 <= top <= MAX_TOP_LOGPROBS:
         raise bad(f"'top_logprobs' must be in [0, {MAX_TOP_LOGPROBS}], got {top}", param="top_logprobs")
