@@ -29,6 +29,7 @@ KEY = "test-key-123"
 N_CTX = 512
 MAX_BODY = 64 * 1024
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+UI_ORIGIN = "http://localhost:3000"  # a header value only: nothing is served there
 
 
 # --- the server processes -------------------------------------------------------------------
@@ -86,7 +87,7 @@ class ServerProc:
 @pytest.fixture(scope="module")
 def srv(smollm2_path):
     s = ServerProc(smollm2_path, "-c", N_CTX, "--parallel", 4, "-t", 1, "--queue", 8,
-                   "--api-key", KEY, "--max-body", MAX_BODY, "--alias", "smol")
+                   "--api-key", KEY, "--max-body", MAX_BODY, "--alias", "smol", "--cors", UI_ORIGIN)
     yield s
     rc = s.stop()
     out = s.output()
@@ -132,6 +133,18 @@ def test_models_and_health(srv, client):
     assert client.models.retrieve("smol").id == "smol"
     r = httpx.get(srv.url + "/health")  # no key needed for /health
     assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_cors_for_the_allowed_origin_only(srv):
+    pre = lambda origin: httpx.options(srv.url + "/v1/chat/completions", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    r = pre(UI_ORIGIN)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == UI_ORIGIN
+    assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    assert "access-control-allow-origin" not in pre("http://elsewhere.test").headers
+    r = httpx.get(srv.url + "/v1/models", headers={**_h(), "Origin": UI_ORIGIN})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == UI_ORIGIN
 
 
 def test_chat_equals_library(client, ref):

@@ -43,24 +43,32 @@ def test_common_and_reusable_prefix_against_a_plain_loop():
         assert reusable_prefix(a, b, cut=True) == max(0, min(n, len(b) - 1))
 
 
-def test_choice_prefers_the_reusable_cache_then_lru():
+def _set(slot, cached, prompt_len, last_used):
+    slot.cached, slot.prompt_len, slot.last_used = cached, prompt_len, last_used
+
+
+def test_choice_continues_a_conversation_else_lru():
     async def main():
         pool = _pool(3)
-        history = [1, 2, 3, 4]
-        pool.slots[0].cached, pool.slots[0].last_used = [1, 2, 9], 1.0   # partial match only
-        pool.slots[1].cached, pool.slots[1].last_used = history, 3.0     # wholly a prefix
-        pool.slots[2].cached, pool.slots[2].last_used = [7], 2.0
-        s = await pool.acquire(history + [5, 6])
-        assert s.index == 1
-        # Nothing reusable: the least recently used free slot, not the partial match.
-        pool.slots[0].last_used = 5.0
-        s = await pool.acquire([1, 2, 8])
-        assert s.index == 2
-        # With partial reuse (sessions), the longest common prefix wins.
-        cpool = _pool(2, cut=True)
-        cpool.slots[0].cached, cpool.slots[0].last_used = [1, 2, 9], 9.0
-        cpool.slots[1].cached, cpool.slots[1].last_used = [1], 0.0
-        assert (await cpool.acquire([1, 2, 3])).index == 0
+        _set(pool.slots[0], [1, 2, 9], 2, 1.0)      # shares a prefix only
+        _set(pool.slots[1], [1, 2, 3, 4], 3, 3.0)   # prompt [1, 2, 3], then generated 4
+        _set(pool.slots[2], [7], 1, 2.0)
+        assert (await pool.acquire([1, 2, 3, 4, 5, 6])).index == 1  # its next turn
+        assert pool.slots[1].prompt_len == 6
+        # Not a continuation of anything: the least recently used, not the partial match.
+        assert (await pool.acquire([1, 2, 8])).index == 0
+        assert (await pool.acquire([1, 2, 8])).index == 2
+        # With partial reuse (sessions) too.
+        system, history = [1, 2, 3], [10, 11, 12, 13, 14, 15]
+        cpool = _pool(3, cut=True)
+        _set(cpool.slots[0], system + history, 5, 5.0)  # a chat: prompt system + [10, 11]
+        _set(cpool.slots[1], system + [20, 21], 4, 4.0)  # another: prompt system + [20]
+        _set(cpool.slots[2], [], 0, 1.0)
+        new = await cpool.acquire(system + [30, 31])  # a new chat: no one's history is cut
+        assert new.index == 2
+        assert (await cpool.acquire(system + history + [40])).index == 0  # a next turn
+        cpool.release(cpool.slots[0])
+        assert (await cpool.acquire(system + [20])).index == 1  # the same prompt again
 
     asyncio.run(main())
 

@@ -174,8 +174,8 @@ async def start_job(state: State, receive, tokens: List[int], gen_kwargs: Dict[s
         raise ApiError(503, "the server is shutting down", code="server_shutting_down") from None
     job = Job(asyncio.get_running_loop())
 
-    def start_stream(backend):
-        kw = dict(gen_kwargs)
+    def start_stream(backend, extra):
+        kw = dict(gen_kwargs, **extra)
         if make_processor is not None:
             kw["logits_processor"] = make_processor()
         return backend.generate(tokens, stream=True, stream_items=True, **kw)
@@ -676,7 +676,17 @@ def build_app(state: State):
         log.exception("unhandled error")
         return error_response(ApiError(500, f"internal error: {type(exc).__name__}"))
 
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+    middleware = []
+    if state.args.cors:
+        # Browser front ends on another origin (a web UI served elsewhere) need CORS; the
+        # preflight is answered here, before the key check (browsers send no key with it).
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.append(Middleware(CORSMiddleware, allow_origins=state.args.cors, allow_methods=["GET", "POST"],
+                                     allow_headers=["authorization", "content-type", "x-api-key"]))
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={HTTPException: http_error, Exception: server_error})
 
 
 def render_metrics(state: State) -> str:
@@ -769,6 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $EOQ_API_KEY, else no key)")
     g.add_argument("--queue", type=int, default=None, metavar="N",
                    help="requests that may wait for a slot before the server answers 503 (default 4 per slot)")
+    g.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser pages from ORIGIN (e.g. http://localhost:3000; '*' for any) to call "
+                        "the API; repeatable (default: none)")
     g.add_argument("--max-body", type=int, default=8 << 20, metavar="BYTES",
                    help="largest request body accepted (default 8 MiB; larger: 413)")
     g.add_argument("--shutdown-timeout", type=float, default=5.0, metavar="S",

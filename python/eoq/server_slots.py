@@ -62,6 +62,17 @@ def cuts_prefix(backend: Any) -> bool:
     return hasattr(backend.core, "reuse_prefix")
 
 
+def cancel_kwargs(backend: Any, cancel: threading.Event) -> Dict[str, Any]:
+    """generate() arguments that stop a long prompt's evaluation soon after cancel is set
+    (sessions' progress callback, called after each chunk of n_batch prompt tokens); {} where
+    generate has none (the generation then stops at its first token)."""
+    import inspect
+
+    if "progress" in inspect.signature(backend.generate).parameters:
+        return {"progress": lambda done, total: not cancel.is_set()}
+    return {}
+
+
 def kv_info(backend: Any) -> Dict[str, Any]:
     """mode, n_tokens, bytes, bits_per_entry of the backend's cache (idle slot only)."""
     return dict(backend.core.kv_info())
@@ -111,6 +122,7 @@ class Slot:
     kv: Dict[str, Any] = field(default_factory=dict)  # kv_info after its last generation
     n_requests: int = 0
     cut: bool = False  # the backend reuses partial prefixes (cuts_prefix)
+    prompt_len: int = 0  # prompt tokens of the slot's last request
 
 
 class Job:
@@ -134,10 +146,9 @@ class Job:
 class SlotPool:
     """Free slots, the bounded FIFO of waiting requests, and the worker threads.
 
-    acquire(tokens) picks, among the free slots, the one whose cache shares the longest
-    reusable prefix with tokens (reusable_prefix), the least recently used one among equals, or
-    waits in the queue (FIFO) when none is free, or raises QueueFull when max_queue requests
-    already wait.
+    acquire(tokens) picks, among the free slots, the one whose conversation tokens continue
+    (see _score), else the least recently used one; or waits in the queue (FIFO) when none is
+    free; or raises QueueFull when max_queue requests already wait.
     """
 
     def __init__(self, backends: Sequence[Any], max_queue: int,
@@ -164,9 +175,14 @@ class SlotPool:
         return sum(s.busy for s in self.slots)
 
     def _score(self, slot: Slot, tokens: Sequence[int]) -> Tuple[int, float]:
-        # A partial match that cannot be reused must not win: it would evict a cache (say a
-        # chat's history sharing only the system prompt) that its own next turn wants.
-        return (reusable_prefix(slot.cached, tokens, slot.cut), -slot.last_used)
+        # A request that continues the slot's conversation (it reuses at least all of the
+        # slot's last prompt: a chat's next turn, or the same prompt again) goes there, the
+        # longest reuse first. Anything else takes the least recently used slot: a new chat
+        # that shares only the system prompt with another must not cut that one's history
+        # (the engine still reuses the shared prefix in whichever slot it lands).
+        n = reusable_prefix(slot.cached, tokens, slot.cut)
+        continues = bool(slot.cached) and n > 0 and n >= min(slot.prompt_len, len(tokens) - 1)
+        return (n if continues else 0, -slot.last_used)
 
     def _best_free(self, tokens: Sequence[int]) -> Optional[Slot]:
         free = [s for s in self.slots if not s.busy]
@@ -180,6 +196,7 @@ class SlotPool:
         slot = self._best_free(tokens) if not self.waiters else None
         if slot is not None:
             slot.busy = True
+            slot.prompt_len = len(tokens)
             return slot
         if len(self.waiters) >= self.max_queue:
             raise QueueFull()
@@ -199,16 +216,18 @@ class SlotPool:
         slot.busy = False
         slot.last_used = time.monotonic()
         while self.waiters:
-            fut, _ = self.waiters.popleft()
+            fut, tokens = self.waiters.popleft()
             if not fut.done():
                 slot.busy = True
+                slot.prompt_len = len(tokens)
                 fut.set_result(slot)
                 return
 
     # --- running (worker threads) -------------------------------------------------------
 
-    def start(self, slot: Slot, job: Job, start_stream: Callable[[Any], Any]) -> None:
-        """Run start_stream(backend) (which returns an eoq CompletionStream of StreamItems) in
+    def start(self, slot: Slot, job: Job, start_stream: Callable[[Any, Dict[str, Any]], Any]) -> None:
+        """Run start_stream(backend, extra_kwargs) (which returns an eoq CompletionStream of
+        StreamItems, passing extra_kwargs on to generate) in
         a worker thread, emitting its items to job; the slot is released by the loop when the
         worker is done."""
         job.slot = slot
@@ -228,13 +247,13 @@ class SlotPool:
 
         fut.add_done_callback(finished)
 
-    def _work(self, slot: Slot, job: Job, start_stream: Callable[[Any], Any]) -> None:
+    def _work(self, slot: Slot, job: Job, start_stream: Callable[[Any, Dict[str, Any]], Any]) -> None:
         stream = None
         try:
             if job.cancel.is_set():
                 job.emit("done", None)
                 return
-            stream = start_stream(slot.backend)
+            stream = start_stream(slot.backend, cancel_kwargs(slot.backend, job.cancel))
             for item in stream:
                 if item.tokens and self.on_tokens is not None:
                     self.on_tokens(len(item.tokens))
@@ -243,7 +262,11 @@ class SlotPool:
                     break
             job.emit("done", None if job.cancel.is_set() else stream.completion)
         except BaseException as e:  # reported to the request; the server goes on
-            job.emit("error", e)
+            # A prompt stopped because the job was cancelled is no error: nobody is waiting.
+            if job.cancel.is_set():
+                job.emit("done", None)
+            else:
+                job.emit("error", e)
         finally:
             if stream is not None:
                 stream.close()
