@@ -461,6 +461,23 @@ def test_disconnect_while_queued_and_non_stream(small):
     assert r.status_code == 200
 
 
+def test_load_tool(small, tmp_path):
+    out = tmp_path / "load.json"
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "load_server.py"), "--url", small.url, "-N", "1,2",
+                        "--requests", "3", "--max-tokens", "4", "--json", str(out)],
+                       capture_output=True, text=True, env=_server_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    levels = json.loads(out.read_text())["levels"]
+    assert [lv["clients"] for lv in levels] == [1, 2]
+    for lv in levels:
+        assert lv["requests"] == 3 and lv["failed"] == 0 and 3 <= lv["tokens"] <= 12
+        assert lv["tokens_per_s"] > 0 and 0 < lv["ttft_p50_ms"] <= lv["ttft_p99_ms"]
+    assert "| clients |" in r.stdout
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "load_server.py"), "--url", "http://10.1.2.3:8080"],
+                       capture_output=True, text=True, env=_server_env(), timeout=60)
+    assert r.returncode != 0 and "loopback" in r.stderr  # never aimed anywhere but this machine
+
+
 def test_sigterm_mid_stream_exits_cleanly(small):
     cm, lines = _long_stream(small.url)
     t0 = time.monotonic()
