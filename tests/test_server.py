@@ -464,6 +464,26 @@ def test_disconnect_while_queued_and_non_stream(small):
     assert r.status_code == 200
 
 
+def test_back_to_back_requests_find_the_slot_free(small):
+    """Two clients on one slot with a queue of one: each sends its next request as soon as its
+    answer ends, so there is never more than one waiting and none may be refused."""
+    statuses, lock = [], threading.Lock()
+
+    def client(k):
+        with httpx.Client(base_url=small.url, timeout=60) as c:
+            for i in range(6):
+                r = c.post("/v1/completions", json={"prompt": f"Item {k}-{i}:", "max_tokens": 1, "temperature": 0})
+                with lock:
+                    statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert statuses == [200] * 12, statuses
+
+
 def test_load_tool(small, tmp_path):
     out = tmp_path / "load.json"
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "load_server.py"), "--url", small.url, "-N", "1,2",

@@ -227,54 +227,55 @@ class SlotPool:
 
     def start(self, slot: Slot, job: Job, start_stream: Callable[[Any, Dict[str, Any]], Any]) -> None:
         """Run start_stream(backend, extra_kwargs) (which returns an eoq CompletionStream of
-        StreamItems, passing extra_kwargs on to generate) in
-        a worker thread, emitting its items to job; the slot is released by the loop when the
-        worker is done."""
+        StreamItems, passing extra_kwargs on to generate) in a worker thread, emitting its items
+        to job."""
         job.slot = slot
         slot.n_requests += 1
         self.jobs.add(job)
-        fut = self.executor.submit(self._work, slot, job, start_stream)
-
-        def finished(_f) -> None:
-            def on_loop() -> None:
-                self.jobs.discard(job)
-                self.release(slot)
-
-            try:
-                job.loop.call_soon_threadsafe(on_loop)
-            except RuntimeError:
-                pass
-
-        fut.add_done_callback(finished)
+        self.executor.submit(self._work, slot, job, start_stream)
 
     def _work(self, slot: Slot, job: Job, start_stream: Callable[[Any, Dict[str, Any]], Any]) -> None:
         stream = None
+        final: Tuple[str, Any] = ("done", None)
         try:
-            if job.cancel.is_set():
-                job.emit("done", None)
-                return
-            stream = start_stream(slot.backend, cancel_kwargs(slot.backend, job.cancel))
-            for item in stream:
-                if item.tokens and self.on_tokens is not None:
-                    self.on_tokens(len(item.tokens))
-                job.emit("item", item)
-                if job.cancel.is_set():
-                    break
-            job.emit("done", None if job.cancel.is_set() else stream.completion)
+            if not job.cancel.is_set():
+                stream = start_stream(slot.backend, cancel_kwargs(slot.backend, job.cancel))
+                for item in stream:
+                    if item.tokens and self.on_tokens is not None:
+                        self.on_tokens(len(item.tokens))
+                    job.emit("item", item)
+                    if job.cancel.is_set():
+                        break
+                final = ("done", None if job.cancel.is_set() else stream.completion)
         except BaseException as e:  # reported to the request; the server goes on
             # A prompt stopped because the job was cancelled is no error: nobody is waiting.
-            if job.cancel.is_set():
-                job.emit("done", None)
-            else:
-                job.emit("error", e)
+            final = ("done", None) if job.cancel.is_set() else ("error", e)
         finally:
             if stream is not None:
-                stream.close()
+                try:
+                    stream.close()
+                except Exception:
+                    pass
             try:
                 slot.cached = cached_tokens(slot.backend)
                 slot.kv = kv_info(slot.backend)
             except Exception:
                 slot.cached = []
+            self._finish(slot, job, final)
+
+    def _finish(self, slot: Slot, job: Job, final: Tuple[str, Any]) -> None:
+        """On the loop, in one step: free the slot, then hand the request its last item. A
+        client that sends its next request as soon as its answer ends must find the slot free
+        (else a one-slot server with a full queue would answer it 503)."""
+        def on_loop() -> None:
+            self.jobs.discard(job)
+            self.release(slot)
+            job.items.put_nowait(final)
+
+        try:
+            job.loop.call_soon_threadsafe(on_loop)
+        except RuntimeError:  # the loop is closed (shutdown): nobody is listening
+            pass
 
     def cancel_all(self) -> None:
         """Stop: refuse new work, wake the queue with ShuttingDown, cancel running jobs."""
