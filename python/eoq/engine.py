@@ -15,18 +15,61 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
 
 from . import _core
 from ._core import EoqError
 
-__all__ = ["Engine", "Sequence", "Completion", "CompletionStream"]
+__all__ = ["Engine", "Sequence", "Completion", "CompletionStream", "StreamItem", "TokenLogprob", "TopLogprob"]
 
 
 def _error(code: str, message: str) -> EoqError:
     e = EoqError(message)
     e.code = code
     return e
+
+
+@dataclass
+class TopLogprob:
+    """One alternative at a generated position: token id, its text piece (invalid UTF-8 as
+    U+FFFD), its raw bytes, and its log-probability (natural log)."""
+
+    id: int
+    token: str
+    bytes: bytes
+    logprob: float
+
+
+@dataclass
+class TokenLogprob:
+    """The sampled token at one generated position and its log-probability, plus the
+    `logprobs` most likely tokens at that position (highest first, ties by lower id).
+
+    The distribution is the log-softmax of the model's logits after the logits processors,
+    before the repeat penalty, temperature and top-k/top-p/min-p cuts (what OpenAI reports, and
+    what llama-cpp-python reports): it does not depend on the sampling settings."""
+
+    id: int
+    token: str
+    bytes: bytes
+    logprob: float
+    top_logprobs: List[TopLogprob] = field(default_factory=list)
+
+
+@dataclass
+class StreamItem:
+    """One item of generate(stream=True, stream_items=True): a sampled token (tokens=[id],
+    logprobs=[its TokenLogprob] when logprobs was asked for) and the text released with it,
+    which may be "" (part of a UTF-8 character, or held back as the possible start of a stop
+    string) or several tokens' worth. An item with tokens=[] carries text only (the echoed
+    prompt, or the held-back text released at the end). The tokens that complete a stop string
+    are reported, though their text is not (as in Completion.tokens)."""
+
+    text: str
+    tokens: List[int] = field(default_factory=list)
+    logprobs: Optional[List[TokenLogprob]] = None
 
 
 @dataclass
@@ -42,6 +85,8 @@ class Completion:
     timings: load_ms, prompt_ms, prompt_tokens_per_s, generate_ms, tokens_per_s (plus
         prompt_cached_tokens: prompt tokens reused from the previous call's cache).
     seed: the sampler's seed (the random one actually used when none was given).
+    logprobs: one TokenLogprob per generated token (aligned with tokens) when generate was
+        called with logprobs=N, else None.
     """
 
     text: str
@@ -50,10 +95,12 @@ class Completion:
     usage: Dict[str, int] = field(default_factory=dict)
     timings: Dict[str, float] = field(default_factory=dict)
     seed: int = 0
+    logprobs: Optional[List[TokenLogprob]] = None
 
 
 class CompletionStream:
-    """Iterator of text pieces from Engine.generate(stream=True).
+    """Iterator of text pieces from Engine.generate(stream=True) (StreamItem objects instead
+    with stream_items=True).
 
     `.completion` holds the final Completion once the iterator is exhausted (None before).
     An unfinished stream holds its sequence: a generate/reset/eval_logits call on the same
@@ -71,7 +118,7 @@ class CompletionStream:
     def __iter__(self) -> "CompletionStream":
         return self
 
-    def __next__(self) -> str:
+    def __next__(self) -> Union[str, "StreamItem"]:
         try:
             return next(self._gen)
         except StopIteration as stop:
@@ -99,6 +146,86 @@ class CompletionStream:
             self._done()
         except Exception:
             pass
+
+
+# --- logprobs and logits processors (generate's logprobs= and logits_processor=) -----------
+
+# A logits processor: fn(tokens, logits) called before every sampling step with the token ids so
+# far (prompt + generated, a fresh list) and the float32 [n_vocab] logits of the next position
+# (a writable copy). It edits logits in place and returns None, or returns a new [n_vocab]
+# array. -inf bans a token (at least one token must stay finite).
+LogitsProcessor = Callable[[List[int], "np.ndarray"], Optional["np.ndarray"]]
+
+
+def _check_logprobs(logprobs: Any) -> Optional[int]:
+    if logprobs is None:
+        return None
+    if not _is_int(logprobs) or logprobs < 0:
+        raise _error("invalid_arg", f"logprobs must be None (off) or an integer >= 0 (the number "
+                                    f"of alternatives per token), got {logprobs!r}")
+    return logprobs
+
+
+def _check_processors(processors: Any) -> List[LogitsProcessor]:
+    if processors is None:
+        return []
+    if callable(processors):
+        return [processors]
+    try:
+        fns = list(processors)
+    except TypeError:
+        raise _error("invalid_arg", f"logits_processor must be a callable or a list of callables, "
+                                    f"got {processors!r}") from None
+    for f in fns:
+        if not callable(f):
+            raise _error("invalid_arg", f"logits_processor must be a callable or a list of "
+                                        f"callables, got {f!r} in the list")
+    return fns
+
+
+def _apply_processors(fns: List[LogitsProcessor], tokens: List[int], logits):
+    """logits after every processor in order (shape and finiteness checked)."""
+    for f in fns:
+        out = f(list(tokens), logits)
+        if out is not None:
+            out = np.ascontiguousarray(out, dtype=np.float32)
+            if out.shape != logits.shape:
+                raise _error("invalid_arg", f"a logits processor returned shape {out.shape}, "
+                                            f"expected {logits.shape}")
+            logits = out
+    if not np.isfinite(logits).any():
+        raise _error("invalid_arg", "the logits processors left no token allowed (all logits -inf or nan)")
+    return logits
+
+
+def _piece(core, token: int):
+    raw = core.token_to_piece(token)
+    return raw.decode("utf-8", errors="replace"), raw
+
+
+def _token_logprob(core, logits, token: int, n_top: int) -> TokenLogprob:
+    """The sampled token's log-softmax (float64 accumulation) and the n_top most likely tokens,
+    highest first with ties broken by the lower id (the order the greedy sampler uses)."""
+    x = logits.astype(np.float64)
+    m = float(x.max())
+    lse = m + math.log(float(np.exp(x - m).sum()))
+    text, raw = _piece(core, token)
+    top: List[TopLogprob] = []
+    if n_top > 0:
+        n_top = min(n_top, x.shape[0])
+        idx = np.argpartition(-x, n_top - 1)[:n_top] if n_top < x.shape[0] else np.arange(x.shape[0])
+        # The partition may cut among equal logits: widen to every token tied with the cut.
+        cut = x[idx].min()
+        if cut == -math.inf:  # fewer allowed tokens than n_top: the banned ones by lowest id
+            idx = np.concatenate([np.nonzero(x > cut)[0], np.nonzero(x == cut)[0][:n_top]])
+        else:
+            idx = np.nonzero(x >= cut)[0]
+        order = sorted(idx.tolist(), key=lambda i: (-x[i], i))[:n_top]
+        for i in order:
+            t, r = _piece(core, i)
+            top.append(TopLogprob(id=int(i), token=t, bytes=r, logprob=float(x[i] - lse)))
+    return TokenLogprob(id=int(token), token=text, bytes=raw, logprob=float(x[token] - lse),
+                        top_logprobs=top)
 
 
 # --- parameter checks (clear messages before anything reaches C++) -------------------------
@@ -661,7 +788,9 @@ class Engine:
                  min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
                  seed: Optional[int] = None, stop: Union[str, Sequence[str], None] = None,
                  stream: bool = False, add_special: bool = True, parse_special: bool = False,
-                 echo: bool = False, progress=None) -> Union[Completion, CompletionStream]:
+                 echo: bool = False, progress=None, logprobs: Optional[int] = None,
+                 logits_processor: Union[LogitsProcessor, Sequence[LogitsProcessor], None] = None,
+                 stream_items: bool = False) -> Union[Completion, CompletionStream]:
         """Complete prompt (text, or token ids used as given).
 
         max_tokens -1/None: until an end-of-generation token or the context is full.
@@ -673,10 +802,18 @@ class Engine:
         progress: progress(done, total) after each chunk of n_batch prompt tokens of a prompt
         longer than one chunk; returning False stops there (EoqError "cancelled"). Ctrl-C
         stops a long prompt within one chunk too; either way the sequence keeps the chunks done.
+        logprobs None: off; N >= 0: Completion.logprobs gets each generated token's
+        log-probability and its N most likely alternatives (see TokenLogprob).
+        logits_processor: a callable or a list of them, applied in order to the logits before
+        every sampling step (see LogitsProcessor), e.g. to ban tokens or to constrain output.
+        stream_items=True (with stream=True): the stream yields a StreamItem per sampled token
+        (its id, logprobs and the text released with it) instead of text pieces.
         """
         seed = _check_sampling(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         max_tokens = _check_max_tokens(max_tokens)
         stops = _check_stop(stop)
+        n_logprobs = _check_logprobs(logprobs)
+        processors = _check_processors(logits_processor)
         core = self.core
         if isinstance(prompt, str):
             prompt_text: Optional[str] = prompt
@@ -707,7 +844,7 @@ class Engine:
 
         core.set_active(True)  # the scheduler waits briefly for this sequence's next token
         gen = self._run(epoch, tokens, prompt_text, max_tokens, sampler, repeat_last_n,
-                        stops, echo, progress)
+                        stops, echo, progress, n_logprobs, processors, bool(stream and stream_items))
         stream_obj = CompletionStream(gen, on_done=done)
         if stream:
             return stream_obj
@@ -718,9 +855,11 @@ class Engine:
 
     def _run(self, epoch: int, prompt: List[int], prompt_text: Optional[str],
              max_tokens: Optional[int], sampler, repeat_last_n: int, stops: List[str],
-             echo: bool, progress=None):
-        """The generation loop (a generator: yields text pieces, returns the Completion).
-        Time the caller spends between pieces is not counted in the timings."""
+             echo: bool, progress=None, n_logprobs: Optional[int] = None,
+             processors: Sequence[LogitsProcessor] = (), items: bool = False):
+        """The generation loop (a generator: yields text pieces, or StreamItems when items is
+        set, and returns the Completion). Time the caller spends between pieces is not counted
+        in the timings."""
         core = self.core
         lock = self._lock
 
@@ -755,6 +894,7 @@ class Engine:
         n_ctx = core.n_ctx
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         out_tokens: List[int] = []
+        out_logprobs: Optional[List[TokenLogprob]] = [] if n_logprobs is not None else None
         text_parts: List[str] = []
         pending = ""  # decoded text not yet released: it may be the start of a stop string
         finish = "length"
@@ -767,7 +907,7 @@ class Engine:
             if head:
                 text_parts.append(head)
                 gen_s += time.perf_counter() - t_gen
-                yield head
+                yield StreamItem(head) if items else head
                 t_gen = time.perf_counter()
 
         stop_hit = False
@@ -778,18 +918,25 @@ class Engine:
                 if to_eval is not None:
                     core.eval([to_eval])
                     logits = core.logits()
+                if processors:
+                    logits = _apply_processors(processors, prompt + out_tokens, logits)
                 tok = int(sampler.sample(logits))
                 sampler.accept(tok)
                 if core.is_eog(tok):
                     finish = "stop"
                     break
                 out_tokens.append(tok)
+                lp = None
+                if out_logprobs is not None:
+                    lp = _token_logprob(core, logits, tok, n_logprobs)
+                    out_logprobs.append(lp)
                 pending += decoder.decode(core.token_to_piece(tok))
             release, pending, hit = _split_stop(pending, stops)
             if release:
                 text_parts.append(release)
+            if release or items:
                 gen_s += time.perf_counter() - t_gen
-                yield release
+                yield StreamItem(release, [tok], None if lp is None else [lp]) if items else release
                 t_gen = time.perf_counter()
             if hit:
                 finish, stop_hit = "stop", True
@@ -807,7 +954,7 @@ class Engine:
             if release:
                 text_parts.append(release)
                 gen_s += time.perf_counter() - t_gen
-                yield release
+                yield StreamItem(release) if items else release
                 t_gen = time.perf_counter()
         gen_s += time.perf_counter() - t_gen
 
@@ -824,7 +971,8 @@ class Engine:
         usage = {"prompt_tokens": len(prompt), "completion_tokens": n_gen,
                  "total_tokens": len(prompt) + n_gen}
         return Completion(text="".join(text_parts), tokens=out_tokens, finish_reason=finish,
-                          usage=usage, timings=timings, seed=int(sampler.seed))
+                          usage=usage, timings=timings, seed=int(sampler.seed),
+                          logprobs=out_logprobs)
 
 
 class Sequence(Engine):
