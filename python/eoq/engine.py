@@ -503,13 +503,14 @@ class Engine:
     model_path None: the default model (SmolLM2-135M-Instruct, fetched once, see eoq.models).
     n_ctx 0: the model's training context. n_threads None: the CPUs this process may use.
     device: "cpu", "cuda" or "cuda:N" (the weights, the cache and the compute on that GPU; the
-    GPU holds the f16 cache for now). Where CUDA cannot run, a one-line EoqError says why.
+    GPU holds the f16, q8_0, q4_0 and turbo caches for now). Where CUDA cannot run, a one-line EoqError says why.
     prefix_cache: a prompt reuses the longest common prefix with what its sequence holds and
     evaluates only the rest (exact caches cut anywhere; compressed caches at their last kept
     block boundary, giving the same codes as a fresh run); False: every call starts empty.
-    kv: the KV cache mode (f16, f32, q8_0, q4_0, turbo2/3/4, eoq2/3/4); kv_options: its knobs
+    kv: the KV cache mode (f16, f32, q8_0, q4_0, turbo2/3/4, eoq2/3/4, eoq: the measured preset); kv_options: its knobs
     (k_bits, v_bits, rank_cap, v_rank_cap, factor_bits, shrink, block, ring, sinks,
-    boundary_layers, boundary_bits, norm_correction, exact_scores, seed), see ../shared/spec/kv-compression.md.
+    boundary_layers, boundary_bits, norm_correction, norm_bits, tail_bits, v_tail_bits, window, k_adapt,
+    exact_scores, seed), see ../shared/spec/kv-compression.md and README (KV cache modes).
     """
 
     def __init__(self, model_path: Union[str, os.PathLike, None] = None, n_ctx: int = 0,
