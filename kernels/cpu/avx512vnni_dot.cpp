@@ -73,22 +73,42 @@ inline __m512i dot_u8s8(__m512i w, __m512i a) {
 }
 
 // Block b of token t of the activations: its 32 quants, d and (Q8_1) s. One raw activation row
-// (decode), or a token group repacked by repack_tokens (prompt batches).
+// (decode), or a token group repacked by repack_tokens (prompt batches), which for formats with
+// an offset (Q4_0) also holds each block's offset term: the eight int32 lanes -offset·Σ a over
+// the groups of four quants (lanes 0-3: quants 0..15, 4-7: 16..31), which the tile would
+// otherwise recompute for every four rows.
 template <class W>
 struct RawRow {
+  static constexpr bool kHasOff = false;
   const uint8_t* a;
   const uint8_t* qs(int64_t b, int) const { return a + b * W::kActBytes + W::kActQs; }
   float d(int64_t b, int) const { return h2f(a + b * W::kActBytes); }
   float s(int64_t b, int) const { return h2f(a + b * W::kActBytes + 2); }
+  const int32_t* off(int64_t, int) const { return nullptr; }
 };
 struct Repacked {
+  static constexpr bool kHasOff = true;
   const int8_t* aq;
   const float *ad, *as;
+  const int32_t* ao;  // [(b*kNT + t)*8 ..]: the offset lanes (formats with an offset only)
   int64_t nb;
   const int8_t* qs(int64_t b, int t) const { return aq + (b * kNT + t) * QK; }
   float d(int64_t b, int t) const { return ad[b * kNT + t]; }
   float s(int64_t b, int t) const { return as[t * nb + b]; }
+  const int32_t* off(int64_t b, int t) const { return ao + (b * kNT + t) * 8; }
 };
+
+// The offset lanes of a token group already in the scratch's layout (repack_tokens): per block
+// and token -offset · (a_4i + .. + a_4i+3) for i < 8, the integers dot_rows4 subtracts.
+template <class W>
+void repack_offsets(const Scratch& s, int ntg, int64_t nb, int32_t* ao) {
+  const __m256i off = _mm256_set1_epi8((char)W::kOffset);
+  for (int64_t b = 0; b < nb; b++)
+    for (int t = 0; t < ntg; t++) {
+      const __m256i sum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, load32(&s.aq[(size_t)((b * kNT + t) * QK)]));
+      _mm256_storeu_si256((__m256i*)(ao + (b * kNT + t) * 8), _mm256_sub_epi32(_mm256_setzero_si256(), sum));
+    }
+}
 
 // y[t*ldy + i] for rows w + i·ws (i < 4) and T tokens of the activations act.
 template <class W, int T, class Act>
@@ -102,7 +122,7 @@ EOQ_NOINLINE void dot_rows4(const uint8_t* w, size_t ws, int64_t nb, Act act, fl
     mins[t] = _mm256_setzero_ps();
   }
   const __m512i nib = _mm512_set1_epi8(0x0f);
-  // the scale: row i's d_w·d_a (even lane 2i of the converted pairs) in lanes 4i..4i+3
+  // row i's d_w (even lane 2i of the converted pairs) to lanes 4i..4i+3, times d_a per token
   const __m512i didx = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
   for (int64_t b = 0; b < nb; b++) {
     const size_t o = (size_t)b * W::kBytes;
@@ -118,18 +138,30 @@ EOQ_NOINLINE void dot_rows4(const uint8_t* w, size_t ws, int64_t nb, Act act, fl
     // the rows' (d, m) or (d, next bytes) as f16 pairs -> [d0, m0, d1, m1, d2, m2, d3, m3]
     const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32((int)rd32(p[0] + o), (int)rd32(p[1] + o),
                                                      (int)rd32(p[2] + o), (int)rd32(p[3] + o)));
+    const __m512 dw = _mm512_permutexvar_ps(didx, _mm512_zextps256_ps512(dm));  // d_w of row i in lanes 4i..
     EOQ_UNROLL
     for (int t = 0; t < T; t++) {
       const __m512i alo = _mm512_broadcast_i32x4(load16(act.qs(b, t)));
       const __m512i ahi = _mm512_broadcast_i32x4(load16(act.qs(b, t) + 16));
-      __m512i ilo = dot_u8s8<W>(lo, alo), ihi = dot_u8s8<W>(hi, ahi);
-      if (W::kOffset) {
-        const __m512i off = _mm512_set1_epi8((char)W::kOffset);
-        ilo = _mm512_sub_epi32(ilo, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, alo));
-        ihi = _mm512_sub_epi32(ihi, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, ahi));
+      __m512i ilo, ihi;
+      if (W::kOffset) {  // Σ q a - offset Σ a: vpdpbusd adds the products to the offset lanes
+        __m512i olo, ohi;
+        if (Act::kHasOff) {
+          olo = _mm512_broadcast_i32x4(load16(act.off(b, t)));
+          ohi = _mm512_broadcast_i32x4(load16(act.off(b, t) + 4));
+        } else {
+          const __m512i off = _mm512_set1_epi8((char)W::kOffset), zero = _mm512_setzero_si512();
+          olo = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, off, alo));
+          ohi = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, off, ahi));
+        }
+        ilo = _mm512_dpbusd_epi32(olo, lo, alo);
+        ihi = _mm512_dpbusd_epi32(ohi, hi, ahi);
+      } else {
+        ilo = dot_u8s8<W>(lo, alo);
+        ihi = dot_u8s8<W>(hi, ahi);
       }
-      const __m512 sc =
-          _mm512_permutexvar_ps(didx, _mm512_zextps256_ps512(_mm256_mul_ps(dm, _mm256_set1_ps(act.d(b, t)))));
+      // d_w·d_a per lane: the same IEEE product as the AVX2 tile's, whichever comes first
+      const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(act.d(b, t)));
       acc_lo[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ilo), sc, acc_lo[t]);
       acc_hi[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ihi), sc, acc_hi[t]);
       if (W::kMin) mins[t] = _mm256_fmadd_ps(dm, _mm256_set1_ps(act.s(b, t)), mins[t]);  // m_w · s_a
@@ -174,11 +206,14 @@ void dot_batch(GGMLType type, int64_t n, const uint8_t* w, size_t ws, int nr, co
   s.aq.resize((size_t)(kNT * nb * QK));
   s.ad.resize((size_t)(kNT * nb));
   s.as.resize((size_t)(kNT * nb));
-  const Repacked act{s.aq.data(), s.ad.data(), s.as.data(), nb};
+  thread_local std::vector<int32_t> ao;
+  if (W::kOffset) ao.resize((size_t)(kNT * nb * 8));
+  const Repacked act{s.aq.data(), s.ad.data(), s.as.data(), ao.data(), nb};
   const int nr4 = nr / 4 * 4;
   for (int t0 = 0; t0 < nt && nr4 > 0; t0 += kNT) {
     const int ntg = std::min(kNT, nt - t0);
     repack_tokens<W>(s, a, as, t0, ntg, nb);
+    if (W::kOffset) repack_offsets<W>(s, ntg, nb, ao.data());
     for (int r = 0; r < nr4; r += 4) {
       const uint8_t* wr = w + (size_t)r * ws;
       float* yr = y + (size_t)t0 * ldy + r;
