@@ -355,7 +355,8 @@ def test_vnni_k_quants_extreme_integers(type_name):
 #
 # Four Q4_0/Q4_1/Q8_0 rows x up to four tokens per block step; Q4_0's offset term (-8 Σ a per
 # group of four quants) is computed once per token group in the copy of its activations and
-# accumulated into by vpdpbusd. Extreme quants (weights 0x00/0xff/0x80/0x7f, activations
+# accumulated into by vpdpbusd; Q8_0 takes the copy as a + 128 against signed weights, starting
+# from -128 Σ w. Extreme quants (weights 0x00/0xff/0x80/0x7f, activations
 # ±127 and -128) keep every integer exact; rows 4..13 and tokens 1..9 reach every token-group
 # size and the rows left to the AVX2 tiles.
 
@@ -382,12 +383,9 @@ def test_vnni_legacy_prompt_tiles_extreme_integers(type_name):
             w = [extreme_row(r, type_name, n) for _ in range(nr)]
             a = [extreme_legacy_act(r, act, n) for _ in range(nt)]
             if type_name == "Q8_0":
-                # both sides in the quantizers' range -127..127: the sign trick that ggml's
-                # kernels and these share (|w| times a·sign(w)) wraps a -128 activation of a
-                # negative weight
-                for row in w:
-                    q = row.reshape(-1, 34)[:, 2:]
-                    q[q == 0x80] = 0x81
+                # activations in the quantizers' range -127..127: the sign trick of ggml's
+                # kernels and the AVX2 tile (|w| times a·sign(w)) wraps a -128 activation of a
+                # negative weight; weights of -128 are kept (exact on every path)
                 for k, x in enumerate(a):
                     blk = np.frombuffer(x, np.uint8).reshape(-1, 34).copy()
                     blk[:, 2:][blk[:, 2:] == 0x80] = 0x81

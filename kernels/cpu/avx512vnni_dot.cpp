@@ -73,13 +73,14 @@ inline __m512i dot_u8s8(__m512i w, __m512i a) {
 }
 
 // Block b of token t of the activations: its 32 quants, d and (Q8_1) s. One raw activation row
-// (decode), or a token group repacked by repack_tokens (prompt batches), which for formats with
-// an offset (Q4_0) also holds each block's offset term: the eight int32 lanes -offset·Σ a over
-// the groups of four quants (lanes 0-3: quants 0..15, 4-7: 16..31), which the tile would
-// otherwise recompute for every four rows.
+// (decode), or a token group repacked by repack_tokens (prompt batches) and prepared by
+// prepare_tokens: for formats with an offset (Q4_0) each block's offset term, the eight int32
+// lanes -offset·Σ a over the groups of four quants (lanes 0-3: quants 0..15, 4-7: 16..31),
+// which the tile would otherwise recompute for every four rows; for Q8_0 the quants as
+// unsigned a + 128 (the weights then take vpdpbusd's signed side, see dot_rows4).
 template <class W>
 struct RawRow {
-  static constexpr bool kHasOff = false;
+  static constexpr bool kPrepared = false;
   const uint8_t* a;
   const uint8_t* qs(int64_t b, int) const { return a + b * W::kActBytes + W::kActQs; }
   float d(int64_t b, int) const { return h2f(a + b * W::kActBytes); }
@@ -87,7 +88,7 @@ struct RawRow {
   const int32_t* off(int64_t, int) const { return nullptr; }
 };
 struct Repacked {
-  static constexpr bool kHasOff = true;
+  static constexpr bool kPrepared = true;
   const int8_t* aq;
   const float *ad, *as;
   const int32_t* ao;  // [(b*kNT + t)*8 ..]: the offset lanes (formats with an offset only)
@@ -98,15 +99,21 @@ struct Repacked {
   const int32_t* off(int64_t b, int t) const { return ao + (b * kNT + t) * 8; }
 };
 
-// The offset lanes of a token group already in the scratch's layout (repack_tokens): per block
-// and token -offset · (a_4i + .. + a_4i+3) for i < 8, the integers dot_rows4 subtracts.
+// A token group already in the scratch's layout (repack_tokens), made ready for dot_rows4: per
+// block and token the offset lanes -offset · (a_4i + .. + a_4i+3), i < 8 (Q4_0), or the quants
+// flipped to a + 128 in place (Q8_0: XOR 0x80).
 template <class W>
-void repack_offsets(const Scratch& s, int ntg, int64_t nb, int32_t* ao) {
-  const __m256i off = _mm256_set1_epi8((char)W::kOffset);
+void prepare_tokens(Scratch& s, int ntg, int64_t nb, int32_t* ao) {
+  const __m256i off = _mm256_set1_epi8((char)W::kOffset), flip = _mm256_set1_epi8((char)0x80);
   for (int64_t b = 0; b < nb; b++)
     for (int t = 0; t < ntg; t++) {
-      const __m256i sum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, load32(&s.aq[(size_t)((b * kNT + t) * QK)]));
-      _mm256_storeu_si256((__m256i*)(ao + (b * kNT + t) * 8), _mm256_sub_epi32(_mm256_setzero_si256(), sum));
+      int8_t* q = &s.aq[(size_t)((b * kNT + t) * QK)];
+      if (W::kOffset) {
+        const __m256i sum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), off, load32(q));
+        _mm256_storeu_si256((__m256i*)(ao + (b * kNT + t) * 8), _mm256_sub_epi32(_mm256_setzero_si256(), sum));
+      } else if (W::kSigned) {
+        _mm256_storeu_si256((__m256i*)q, _mm256_xor_si256(load32(q), flip));
+      }
     }
 }
 
@@ -139,6 +146,16 @@ EOQ_NOINLINE void dot_rows4(const uint8_t* w, size_t ws, int64_t nb, Act act, fl
     const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32((int)rd32(p[0] + o), (int)rd32(p[1] + o),
                                                      (int)rd32(p[2] + o), (int)rd32(p[3] + o)));
     const __m512 dw = _mm512_permutexvar_ps(didx, _mm512_zextps256_ps512(dm));  // d_w of row i in lanes 4i..
+    // Q8_0 against prepared activations u = a + 128: Σ u w = Σ a w + 128 Σ w, so the lanes start
+    // at -128 Σ w (per group of four weights, once per block for all tokens) and one vpdpbusd
+    // (u unsigned, w signed) adds Σ u w. The exact Σ a w, which the AVX2 tile's |w|, a·sign(w)
+    // products also give for every activation the quantizers make (-127..127).
+    __m512i wlo, whi;
+    if (W::kSigned && Act::kPrepared) {
+      const __m512i b128 = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+      wlo = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, b128, lo));
+      whi = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, b128, hi));
+    }
     EOQ_UNROLL
     for (int t = 0; t < T; t++) {
       const __m512i alo = _mm512_broadcast_i32x4(load16(act.qs(b, t)));
@@ -146,7 +163,7 @@ EOQ_NOINLINE void dot_rows4(const uint8_t* w, size_t ws, int64_t nb, Act act, fl
       __m512i ilo, ihi;
       if (W::kOffset) {  // Σ q a - offset Σ a: vpdpbusd adds the products to the offset lanes
         __m512i olo, ohi;
-        if (Act::kHasOff) {
+        if (Act::kPrepared) {
           olo = _mm512_broadcast_i32x4(load16(act.off(b, t)));
           ohi = _mm512_broadcast_i32x4(load16(act.off(b, t) + 4));
         } else {
@@ -156,6 +173,9 @@ EOQ_NOINLINE void dot_rows4(const uint8_t* w, size_t ws, int64_t nb, Act act, fl
         }
         ilo = _mm512_dpbusd_epi32(olo, lo, alo);
         ihi = _mm512_dpbusd_epi32(ohi, hi, ahi);
+      } else if (W::kSigned && Act::kPrepared) {
+        ilo = _mm512_dpbusd_epi32(wlo, alo, lo);
+        ihi = _mm512_dpbusd_epi32(whi, ahi, hi);
       } else {
         ilo = dot_u8s8<W>(lo, alo);
         ihi = dot_u8s8<W>(hi, ahi);
@@ -213,7 +233,7 @@ void dot_batch(GGMLType type, int64_t n, const uint8_t* w, size_t ws, int nr, co
   for (int t0 = 0; t0 < nt && nr4 > 0; t0 += kNT) {
     const int ntg = std::min(kNT, nt - t0);
     repack_tokens<W>(s, a, as, t0, ntg, nb);
-    if (W::kOffset) repack_offsets<W>(s, ntg, nb, ao.data());
+    if (W::kOffset || W::kSigned) prepare_tokens<W>(s, ntg, nb, ao.data());
     for (int r = 0; r < nr4; r += 4) {
       const uint8_t* wr = w + (size_t)r * ws;
       float* yr = y + (size_t)t0 * ldy + r;
