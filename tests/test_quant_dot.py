@@ -332,7 +332,7 @@ def test_vnni_k_quants_match_avx2_bits_and_scalar(type_name):
     r = rng()
     for n in [256, 768, 2048]:
         for nr in K_ROW_COUNTS:
-            for nt in range(1, 6):
+            for nt in [1, 2, 3, 4, 5, 8, 11]:  # 8 and 11: the 8-token groups of prompt batches
                 w = [random_row(r, type_name, n) for _ in range(nr)]
                 a = [_core.k_quantize_act("scalar", "Q8_K", random_activations(r, n)) for _ in range(nt)]
                 check_k_call("avx512vnni", type_name, w, a, n)
@@ -345,7 +345,7 @@ def test_vnni_k_quants_extreme_integers(type_name):
     need("avx512vnni")
     r = rng()
     for n in [256, 1024]:
-        for nr, nt in [(1, 1), (4, 1), (7, 1), (5, 3), (9, 5)]:
+        for nr, nt in [(1, 1), (4, 1), (7, 1), (5, 3), (9, 5), (3, 8), (4, 10)]:
             w = [extreme_row(r, type_name, n) for _ in range(nr)]
             a = [extreme_act(r, n) for _ in range(nt)]
             check_k_call("avx512vnni", type_name, w, a, n)

@@ -454,12 +454,18 @@ inline void kdot_tile(const uint8_t* w, size_t ws, int r, int nr, int64_t nsb, c
     kdot_rows<K, 1, T>(rows, left, nsb, aq, araw, y + r, ldy);
 }
 
+// Tokens per group in prompt batches: eight, so that each unpacked super-block of a row pair
+// (scales decoded, nibbles split: about as many instructions as four tokens' products) serves
+// eight tokens; kdot_rows<K, 1, 8> keeps its 8 accumulators, the pair's 16 unpacked registers
+// and the operands in the 32 zmm. Groups of fewer tokens take the 4-row tiles.
+constexpr int kKNT = 8;
+
 // Activation quants for K: the raw rows (Q6_K) or repacked copies in thread-local scratch.
 template <class K>
 void k_act_quants(const uint8_t* a, size_t as, int t0, int ntg, int64_t nsb, const int8_t** aq,
                   const uint8_t** araw) {
   thread_local std::vector<int8_t> buf;
-  if (K::kRepack) buf.resize((size_t)(kNT * nsb * QK_K));
+  if (K::kRepack) buf.resize((size_t)(kKNT * nsb * QK_K));
   for (int t = 0; t < ntg; t++) {
     araw[t] = a + (size_t)(t0 + t) * as;
     if (K::kRepack) {
@@ -472,13 +478,14 @@ void k_act_quants(const uint8_t* a, size_t as, int t0, int ntg, int64_t nsb, con
 }
 
 // One token (decode): rows four at a time, prefetched kPrefetchAhead bytes ahead as one stream.
-// Several: token groups of kNT (the rows re-read from cache for each group, as the AVX2 walk).
+// Several: token groups of kKNT (the rows re-read from cache for each group, as the AVX2 walk);
+// a full group runs row pairs x 8 tokens, a smaller one 4-row tiles of up to 4 tokens.
 template <class K>
 void dot_k512(int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, size_t as, int nt, float* y,
               int64_t ldy) {
   const int64_t nsb = n / QK_K;
-  const int8_t* aq[kNT];
-  const uint8_t* araw[kNT];
+  const int8_t* aq[kKNT];
+  const uint8_t* araw[kKNT];
   if (nt == 1) {
     k_act_quants<K>(a, as, 0, 1, nsb, aq, araw);
     const uint8_t* end = w + (size_t)nr * ws;
@@ -489,16 +496,27 @@ void dot_k512(int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, 
     }
     return;
   }
-  for (int t0 = 0; t0 < nt; t0 += kNT) {
-    const int ntg = std::min(kNT, nt - t0);
+  for (int t0 = 0; t0 < nt; t0 += kKNT) {
+    const int ntg = std::min(kKNT, nt - t0);
     k_act_quants<K>(a, as, t0, ntg, nsb, aq, araw);
     float* yt = y + (size_t)t0 * ldy;
-    for (int r = 0; r < nr; r += 4) switch (ntg) {
-        case 1: kdot_tile<K, 1>(w, ws, r, nr, nsb, aq, araw, yt, ldy); break;
-        case 2: kdot_tile<K, 2>(w, ws, r, nr, nsb, aq, araw, yt, ldy); break;
-        case 3: kdot_tile<K, 3>(w, ws, r, nr, nsb, aq, araw, yt, ldy); break;
-        default: kdot_tile<K, 4>(w, ws, r, nr, nsb, aq, araw, yt, ldy); break;
+    if (ntg == kKNT) {
+      for (int r = 0; r < nr; r += 2) {  // an odd last row paired with itself, as in kdot_tile
+        const uint8_t* rows[2] = {w + (size_t)r * ws, w + (size_t)std::min(r + 1, nr - 1) * ws};
+        kdot_rows<K, 1, kKNT>(rows, std::min(2, nr - r), nsb, aq, araw, yt + r, ldy);
       }
+      continue;
+    }
+    for (int u0 = 0; u0 < ntg; u0 += 4) {
+      const int ntu = std::min(4, ntg - u0);
+      float* yu = yt + (size_t)u0 * ldy;
+      for (int r = 0; r < nr; r += 4) switch (ntu) {
+          case 1: kdot_tile<K, 1>(w, ws, r, nr, nsb, aq + u0, araw + u0, yu, ldy); break;
+          case 2: kdot_tile<K, 2>(w, ws, r, nr, nsb, aq + u0, araw + u0, yu, ldy); break;
+          case 3: kdot_tile<K, 3>(w, ws, r, nr, nsb, aq + u0, araw + u0, yu, ldy); break;
+          default: kdot_tile<K, 4>(w, ws, r, nr, nsb, aq + u0, araw + u0, yu, ldy); break;
+        }
+    }
   }
 }
 
