@@ -351,14 +351,14 @@ def test_vnni_k_quants_extreme_integers(type_name):
             check_k_call("avx512vnni", type_name, w, a, n)
 
 
-# ---- (e) the AVX512-VNNI legacy prompt tiles ----
+# ---- (e) the AVX512-VNNI legacy tiles ----
 #
-# Four Q4_0/Q4_1/Q8_0 rows x up to four tokens per block step; Q4_0's offset term (-8 Σ a per
-# group of four quants) is computed once per token group in the copy of its activations and
-# accumulated into by vpdpbusd; Q8_0 takes the copy as a + 128 against signed weights, starting
-# from -128 Σ w. Extreme quants (weights 0x00/0xff/0x80/0x7f, activations
-# ±127 and -128) keep every integer exact; rows 4..13 and tokens 1..9 reach every token-group
-# size and the rows left to the AVX2 tiles.
+# Four Q4_0/Q4_1/Q8_0 rows x up to four tokens per block step (one token: decode); the offset
+# term -offset Σ a per group of four quants (Q4_0: 8; Q8_0, whose weights are loaded as q + 128:
+# 128) is computed once per call and token and accumulated into by vpdpbusd. Extreme quants
+# (weights 0x00/0xff/0x80/0x7f, activations ±127 and -128) keep every integer exact; rows
+# 4..13 and tokens 1..9 reach decode, every token-group size and the rows left to the AVX2
+# tiles.
 
 LEGACY_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
 
@@ -374,12 +374,12 @@ def extreme_legacy_act(r, act, n):
 
 
 @pytest.mark.parametrize("type_name", LEGACY_TYPES)
-def test_vnni_legacy_prompt_tiles_extreme_integers(type_name):
+def test_vnni_legacy_tiles_extreme_integers(type_name):
     need("avx512vnni")
     r = rng()
     act = _core.vec_dot_type(type_name)
     for n in [32, 2048]:
-        for nr, nt in [(4, 2), (5, 4), (8, 5), (13, 9)]:
+        for nr, nt in [(4, 1), (9, 1), (4, 2), (5, 4), (8, 5), (13, 9)]:
             w = [extreme_row(r, type_name, n) for _ in range(nr)]
             a = [extreme_legacy_act(r, act, n) for _ in range(nt)]
             if type_name == "Q8_0":
