@@ -87,12 +87,13 @@ class CpuBackend final : public Backend {
 
   void get_rows(const Tensor& table, const Tensor& ids, Tensor& out) override {
     const int32_t* id = static_cast<const int32_t*>(ids.data);
-    for (int64_t t = 0; t < ids.ne[0]; t++)
+    for_rows(ids.ne[0], table.ne[0], [&](int64_t t) {
       k_.dequantize_row(table.type, static_cast<const uint8_t*>(table.data) + (size_t)id[t] * table.nb1,
                         row(out, t), table.ne[0]);
+    });
   }
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override {
-    for (int64_t t = 0; t < x.ne[1]; t++) k_.rms_norm(row(x, t), w.f32(), row(out, t), x.ne[0], eps);
+    for_rows(x.ne[1], x.ne[0], [&](int64_t t) { k_.rms_norm(row(x, t), w.f32(), row(out, t), x.ne[0], eps); });
   }
   void matmul(const Projection* ps, int n, const Tensor& x) override {
     // Products that add to y go through a scratch row block, then y += it: the order of the
@@ -121,26 +122,29 @@ class CpuBackend final : public Backend {
     matmul_group(jobs, n, x.f32(), x.ne[1], pool_);
     for (int i = 0; i < n; i++)
       if (ps[i].add_to_y) {
-        const size_t m = (size_t)ps[i].y->ne[0] * x.ne[1];
+        const int64_t m = ps[i].y->ne[0];
         float* y = ps[i].y->f32();
         const float* t = jobs[i].y;
-        for (size_t j = 0; j < m; j++) y[j] += t[j];
+        for_rows(x.ne[1], m, [&](int64_t r) {
+          for (int64_t j = r * m; j < (r + 1) * m; j++) y[j] += t[j];
+        });
       }
   }
   void rope(Tensor& x, int n_head, const RopeParams& p, int pos0) override {
     const float* ff = p.freq_factors ? p.freq_factors->f32() : nullptr;
-    for (int64_t t = 0; t < x.ne[1]; t++)
+    for_rows(x.ne[1], x.ne[0], [&](int64_t t) {
       k_.rope_adjacent(row(x, t), n_head, p.head_dim, p.n_rot, pos0 + (int)t, p.theta_scale, p.freq_scale, ff);
+    });
   }
   void swiglu(Tensor& gate, const Tensor& up) override {
-    for (int64_t t = 0; t < gate.ne[1]; t++) k_.swiglu(row(gate, t), row(up, t), gate.ne[0]);
+    for_rows(gate.ne[1], gate.ne[0], [&](int64_t t) { k_.swiglu(row(gate, t), row(up, t), gate.ne[0]); });
   }
   void add(Tensor& y, const Tensor& x) override {
-    for (int64_t t = 0; t < y.ne[1]; t++) {
+    for_rows(y.ne[1], y.ne[0], [&](int64_t t) {
       float* a = row(y, t);
       const float* b = row(x, t);
       for (int64_t i = 0; i < y.ne[0]; i++) a[i] += b[i];
-    }
+    });
   }
   void to_host(const Tensor& src, void* dst) override {
     if (dst != src.data) std::memcpy(dst, src.data, src.bytes());
@@ -152,6 +156,22 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // fn(r) for the rows r < n_rows of n_cols values each: on the pool when there are enough
+  // values to pay for a fork-join (prompt batches; at 16 threads these row ops would otherwise be
+  // a serial part beside the threaded products), in the caller's thread otherwise (decode).
+  // Every row is computed by the same code either way, so the bits do not change.
+  template <class Fn>
+  void for_rows(int64_t n_rows, int64_t n_cols, const Fn& fn) {
+    constexpr int64_t kMinValues = 16384;
+    if (n_rows < 2 || pool_.size() == 1 || n_rows * n_cols < kMinValues) {
+      for (int64_t r = 0; r < n_rows; r++) fn(r);
+      return;
+    }
+    pool_.parallel_for(n_rows, [&](int64_t r0, int64_t r1, int) {
+      for (int64_t r = r0; r < r1; r++) fn(r);
+    });
+  }
+
   static float* row(const Tensor& t, int64_t r) {
     return reinterpret_cast<float*>(static_cast<uint8_t*>(t.data) + (size_t)r * t.nb1);
   }

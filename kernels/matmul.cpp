@@ -12,16 +12,44 @@ namespace eoq {
 
 namespace {
 
-// Rows per vec_dot call: about kTileBytes of weights, so that they stay in L1/L2 while the
-// kernel runs the tokens through them (a multiple of 4, the micro-tiles' row counts divide it).
-constexpr size_t kTileBytes = 24 * 1024;
-constexpr int64_t kMaxTileRows = 64;
-// Tokens per work item in prefill: the activations of one item stay in L2.
-constexpr int64_t kTokenBlock = 128;
+// Rows per vec_dot call (a multiple of 4: the micro-tiles' row counts divide it).
+//
+// Decode (one token): the weights stream once; each item (vec_dot call) also prepares the
+// token's activation row for its rows (the VNNI kernels' per-block offsets and scales), so items
+// hold up to kDecodeTileBytes of rows, but no fewer than kDecodeMinBytes and otherwise small
+// enough for kDecodeItemsPerThread items per thread (the threads then finish together). One
+// 2048x8192 matrix at 2 threads, 24 -> 64 KiB: Q8_0 +7-10%, Q4_0 +0-8%, Q4_K +0-2%.
+//
+// Prompt batches: the kernel walks the item's tokens in groups of four (outer) and its rows in
+// micro-tiles (inner), copying each token group's activations into its own layout once per
+// call. That copy, and the activation stream, are paid once per group for all the item's rows,
+// so an item needs many rows: with 24 KiB of rows (4 rows of an 8192-column Q4_0 matrix, the 1B
+// model's ffn_down) the copy cost as much as the products and the 128-token activation panel
+// (1.1 MB) was re-read from L3 for every 4 rows (measured, one thread: 55 GMAC/s there against
+// 78 at 2048 columns; 85 with the rows below). So an item holds about kPanelBytes of rows, which
+// stay in L2 (1-2 MiB per core on current x86) while its token groups pass, and kTokenBlock
+// tokens; rows are cut smaller only when a matrix would otherwise give the pool too few items.
+constexpr size_t kDecodeTileBytes = 64 * 1024, kDecodeMinBytes = 24 * 1024;
+constexpr int64_t kDecodeMaxRows = 256, kDecodeItemsPerThread = 8;
+constexpr size_t kPanelBytes = 256 * 1024;
+constexpr int64_t kPanelMaxRows = 256, kPanelMinRows = 16;
+constexpr int64_t kTokenBlock = 64;
+constexpr int64_t kItemsPerThread = 4;  // at least this many prompt items per thread, if rows allow
 
-int64_t tile_rows(size_t row_bytes) {
-  const int64_t r = (int64_t)(kTileBytes / std::max<size_t>(row_bytes, 1));
-  return std::max<int64_t>(4, std::min<int64_t>(kMaxTileRows, r / 4 * 4));
+int64_t round4(int64_t r, int64_t lo, int64_t hi) { return std::max<int64_t>(lo, std::min<int64_t>(hi, r / 4 * 4)); }
+
+int64_t tile_rows(const WeightView& w, int64_t n_tok, int n_threads) {
+  const int64_t rb = (int64_t)std::max<size_t>(w.row_bytes, 1);
+  if (n_tok == 1) {
+    const int64_t most = round4((int64_t)kDecodeTileBytes / rb, 4, kDecodeMaxRows);
+    const int64_t least = round4((int64_t)kDecodeMinBytes / rb, 4, most);
+    return std::max(least, std::min(most, round4(w.n_rows / (kDecodeItemsPerThread * n_threads), 4, most)));
+  }
+  int64_t r = round4((int64_t)kPanelBytes / rb, 4, kPanelMaxRows);
+  const int64_t n_tb = (n_tok + kTokenBlock - 1) / kTokenBlock;
+  const int64_t want_tiles = (kItemsPerThread * n_threads + n_tb - 1) / n_tb;  // row tiles for enough items
+  if (want_tiles > 1) r = std::min(r, round4((w.n_rows + want_tiles - 1) / want_tiles + 3, kPanelMinRows, kPanelMaxRows));
+  return std::max<int64_t>(4, r);
 }
 
 }  // namespace
@@ -80,7 +108,7 @@ void matmul_group(const MatmulJob* jobs, int n_jobs, const float* x, int64_t n_t
   first[0] = 0;
   const int64_t n_tb = (n_tok + kTokenBlock - 1) / kTokenBlock;
   for (int j = 0; j < n_jobs; j++) {
-    rts[j] = tile_rows(jobs[j].w->row_bytes);
+    rts[j] = tile_rows(*jobs[j].w, n_tok, pool.size());
     n_rts[j] = (jobs[j].w->n_rows + rts[j] - 1) / rts[j];
     first[j + 1] = first[j] + n_rts[j] * n_tb;
   }

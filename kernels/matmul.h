@@ -22,7 +22,8 @@ struct WeightView {
 // As llama.cpp computes it: each token's X row is first converted to the weight type's
 // vec_dot_type (Q8_0 / Q8_1 / Q8_K blocks, or f16 / bf16 values; F32 weights use X as is), then
 // the kernel table's vec_dot does integer block dot products (kernels/quant_dot.h). The pool's
-// threads take work items (a cache-sized tile of rows × up to 128 tokens) from a shared counter.
+// threads take work items (a tile of rows × up to 64 tokens, sized in matmul.cpp) from a shared
+// counter.
 // Every Y value is independent of n_tok and the thread count (same bits in prefill and decode).
 void matmul(const WeightView& w, const float* x, int64_t n_tok, float* y, ThreadPool& pool, int64_t ldy = 0);
 

@@ -332,7 +332,7 @@ def test_vnni_k_quants_match_avx2_bits_and_scalar(type_name):
     r = rng()
     for n in [256, 768, 2048]:
         for nr in K_ROW_COUNTS:
-            for nt in range(1, 6):
+            for nt in [1, 2, 3, 4, 5, 8, 11]:  # 8 and 11: the 8-token groups of prompt batches
                 w = [random_row(r, type_name, n) for _ in range(nr)]
                 a = [_core.k_quantize_act("scalar", "Q8_K", random_activations(r, n)) for _ in range(nt)]
                 check_k_call("avx512vnni", type_name, w, a, n)
@@ -345,7 +345,60 @@ def test_vnni_k_quants_extreme_integers(type_name):
     need("avx512vnni")
     r = rng()
     for n in [256, 1024]:
-        for nr, nt in [(1, 1), (4, 1), (7, 1), (5, 3), (9, 5)]:
+        for nr, nt in [(1, 1), (4, 1), (7, 1), (5, 3), (9, 5), (3, 8), (4, 10)]:
             w = [extreme_row(r, type_name, n) for _ in range(nr)]
             a = [extreme_act(r, n) for _ in range(nt)]
             check_k_call("avx512vnni", type_name, w, a, n)
+
+
+# ---- (e) the AVX512-VNNI legacy tiles ----
+#
+# Four Q4_0/Q4_1/Q8_0 rows x up to four tokens per block step (one token: decode); the offset
+# term -offset Σ a per group of four quants (Q4_0: 8; Q8_0, whose weights are loaded as q + 128:
+# 128) is computed once per call and token and accumulated into by vpdpbusd. Extreme quants
+# (weights 0x00/0xff/0x80/0x7f, activations ±127 and -128) keep every integer exact; rows
+# 4..13 and tokens 1..9 reach decode, every token-group size and the rows left to the AVX2
+# tiles.
+
+LEGACY_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+
+
+def extreme_legacy_act(r, act, n):
+    """A Q8_0 / Q8_1 row of quants ±127 and -128 with finite fp16 d (and s)."""
+    out = []
+    for _ in range(n // 32):
+        q = r.choice(np.array([127, -127, -128, 127], np.int8), 32)
+        out.append(random_fp16_bits(r, 2 if act == "Q8_1" else 1).tobytes())
+        out.append(q.tobytes())
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("type_name", LEGACY_TYPES)
+def test_vnni_legacy_tiles_extreme_integers(type_name):
+    need("avx512vnni")
+    r = rng()
+    act = _core.vec_dot_type(type_name)
+    for n in [32, 2048]:
+        for nr, nt in [(4, 1), (9, 1), (4, 2), (5, 4), (8, 5), (13, 9)]:
+            w = [extreme_row(r, type_name, n) for _ in range(nr)]
+            a = [extreme_legacy_act(r, act, n) for _ in range(nt)]
+            if type_name == "Q8_0":
+                # activations in the quantizers' range -127..127: the sign trick of ggml's
+                # kernels and the AVX2 tile (|w| times a·sign(w)) wraps a -128 activation of a
+                # negative weight; weights of -128 are kept (exact on every path)
+                for k, x in enumerate(a):
+                    blk = np.frombuffer(x, np.uint8).reshape(-1, 34).copy()
+                    blk[:, 2:][blk[:, 2:] == 0x80] = 0x81
+                    a[k] = blk.tobytes()
+            wb, ab = np.concatenate(w), np.frombuffer(b"".join(a), np.uint8)
+            want = _core.k_vec_dot("scalar", type_name, wb, nr, ab, nt, n)
+            got = _core.k_vec_dot("avx512vnni", type_name, misaligned(wb), nr, misaligned(ab), nt, n)
+            if "avx2" in _core.available_isas():  # the AVX2 table's bits
+                ref2 = _core.k_vec_dot("avx2", type_name, wb, nr, ab, nt, n)
+                assert_same_bits(got, ref2, f"avx512vnni vs avx2 {type_name} n={n} nr={nr} nt={nt}")
+            for t in range(nt):
+                for i in range(nr):
+                    _, mag = expected_dot(type_name, w[i], act, a[t], n)
+                    assert abs(float(got[t, i]) - float(want[t, i])) <= 4e-6 * mag + 1e-30, (type_name, n, nr, nt, t, i)
+                one = _core.k_vec_dot("avx512vnni", type_name, w[nr - 1], 1, a[t], 1, n)
+                assert one.view(np.uint32)[0, 0] == got.view(np.uint32)[t, nr - 1], (type_name, n, nr, nt, t)

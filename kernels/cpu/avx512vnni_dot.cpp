@@ -61,35 +61,67 @@ inline __m512i load4x16(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2,
   return _mm512_inserti64x4(_mm512_zextsi256_si512(a), b, 1);
 }
 
-// Σ of the u8·s8 products in groups of four, w·a with w signed (Q8_0) or unsigned
+// The integer part of a block: Σ q_w a per group of four quants (vpdpbusd: u8 weights times s8
+// activations), less the format's offset. Q4_0's quants are stored as u = q + 8; Q8_0's signed
+// ones are turned into u = q + 128 (XOR 0x80) when loaded. Either way Σ q a = Σ u a - offset Σ a,
+// and the activation side's -offset Σ a (eight int32 lanes per block: lanes 0-3 over quants
+// 0..15, 4-7 over 16..31) is computed once per call and token instead of once per four rows:
+// vpdpbusd then adds Σ u a to it. These are the exact integers the AVX2 tile's lanes hold (for
+// Q8_0 the tile's |w|, a·sign(w) products are exact for every activation the quantizers make,
+// -127..127).
 template <class W>
-inline __m512i dot_u8s8(__m512i w, __m512i a) {
-  if (W::kSigned) {  // |w| · (a with w's sign), as the AVX2 kernel's vpsignb pair
-    const __mmask64 neg = _mm512_movepi8_mask(w);
-    const __m512i as = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
-    const __m512i aw = _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(w, w), as);  // 0 where w == 0
-    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), aw);
-  }
-  return _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a);
+constexpr int act_offset() {
+  return W::kOffset ? W::kOffset : (W::kSigned ? 128 : 0);
 }
 
-// Block b of token t of the activations: its 32 quants, d and (Q8_1) s. One raw activation row
-// (decode), or a token group repacked by repack_tokens (prompt batches).
+// Block b of token t of the activations: its 32 quants, float d, (Q8_1) s and the offset lanes.
+// One activation row (decode: its quants read in place, the rest prepared by prepare_row), or a
+// token group repacked by repack_tokens with its offsets from prepare_tokens (prompt batches).
 template <class W>
-struct RawRow {
+struct OneRow {
   const uint8_t* a;
+  const float *ad, *as;
+  const int32_t* ao;
   const uint8_t* qs(int64_t b, int) const { return a + b * W::kActBytes + W::kActQs; }
-  float d(int64_t b, int) const { return h2f(a + b * W::kActBytes); }
-  float s(int64_t b, int) const { return h2f(a + b * W::kActBytes + 2); }
+  float d(int64_t b, int) const { return ad[b]; }
+  float s(int64_t b, int) const { return as[b]; }
+  const int32_t* off(int64_t b, int) const { return ao + b * 8; }
 };
 struct Repacked {
   const int8_t* aq;
   const float *ad, *as;
+  const int32_t* ao;  // [(b*kNT + t)*8 ..]: the offset lanes (formats with an offset only)
   int64_t nb;
   const int8_t* qs(int64_t b, int t) const { return aq + (b * kNT + t) * QK; }
   float d(int64_t b, int t) const { return ad[b * kNT + t]; }
   float s(int64_t b, int t) const { return as[t * nb + b]; }
+  const int32_t* off(int64_t b, int t) const { return ao + (b * kNT + t) * 8; }
 };
+
+// -offset · (a_4i + .. + a_4i+3) for i < 8 over the 32 quants at q, into out[0..8)
+template <class W>
+inline void offset_lanes(const void* q, int32_t* out) {
+  const __m256i sum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)act_offset<W>()), load32(q));
+  _mm256_storeu_si256((__m256i*)out, _mm256_sub_epi32(_mm256_setzero_si256(), sum));
+}
+
+// One activation row's per-block d, (Q8_1) s and offset lanes, for OneRow.
+template <class W>
+void prepare_row(const uint8_t* a, int64_t nb, float* ad, float* as, int32_t* ao) {
+  for (int64_t b = 0; b < nb; b++) {
+    const uint8_t* blk = a + b * W::kActBytes;
+    ad[b] = h2f(blk);
+    if (W::kMin) as[b] = h2f(blk + 2);
+    if (act_offset<W>()) offset_lanes<W>(blk + W::kActQs, ao + b * 8);
+  }
+}
+
+// The offset lanes of a token group already in the scratch's layout (repack_tokens).
+template <class W>
+void prepare_tokens(const Scratch& s, int ntg, int64_t nb, int32_t* ao) {
+  for (int64_t b = 0; b < nb; b++)
+    for (int t = 0; t < ntg; t++) offset_lanes<W>(&s.aq[(size_t)((b * kNT + t) * QK)], ao + (b * kNT + t) * 8);
+}
 
 // y[t*ldy + i] for rows w + i·ws (i < 4) and T tokens of the activations act.
 template <class W, int T, class Act>
@@ -103,14 +135,16 @@ EOQ_NOINLINE void dot_rows4(const uint8_t* w, size_t ws, int64_t nb, Act act, fl
     mins[t] = _mm256_setzero_ps();
   }
   const __m512i nib = _mm512_set1_epi8(0x0f);
-  // the scale: row i's d_w·d_a (even lane 2i of the converted pairs) in lanes 4i..4i+3
+  // row i's d_w (even lane 2i of the converted pairs) to lanes 4i..4i+3, times d_a per token
   const __m512i didx = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
   for (int64_t b = 0; b < nb; b++) {
     const size_t o = (size_t)b * W::kBytes;
     __m512i lo, hi;
-    if (W::kSigned) {
-      lo = load4x16(p[0] + o + W::kQs, p[1] + o + W::kQs, p[2] + o + W::kQs, p[3] + o + W::kQs);
-      hi = load4x16(p[0] + o + W::kQs + 16, p[1] + o + W::kQs + 16, p[2] + o + W::kQs + 16, p[3] + o + W::kQs + 16);
+    if (W::kSigned) {  // q + 128 as unsigned bytes
+      const __m512i flip = _mm512_set1_epi8((char)0x80);
+      lo = _mm512_xor_si512(flip, load4x16(p[0] + o + W::kQs, p[1] + o + W::kQs, p[2] + o + W::kQs, p[3] + o + W::kQs));
+      hi = _mm512_xor_si512(
+          flip, load4x16(p[0] + o + W::kQs + 16, p[1] + o + W::kQs + 16, p[2] + o + W::kQs + 16, p[3] + o + W::kQs + 16));
     } else {
       const __m512i q = load4x16(p[0] + o + W::kQs, p[1] + o + W::kQs, p[2] + o + W::kQs, p[3] + o + W::kQs);
       lo = _mm512_and_si512(q, nib);
@@ -119,18 +153,20 @@ EOQ_NOINLINE void dot_rows4(const uint8_t* w, size_t ws, int64_t nb, Act act, fl
     // the rows' (d, m) or (d, next bytes) as f16 pairs -> [d0, m0, d1, m1, d2, m2, d3, m3]
     const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32((int)rd32(p[0] + o), (int)rd32(p[1] + o),
                                                      (int)rd32(p[2] + o), (int)rd32(p[3] + o)));
+    const __m512 dw = _mm512_permutexvar_ps(didx, _mm512_zextps256_ps512(dm));  // d_w of row i in lanes 4i..
     EOQ_UNROLL
     for (int t = 0; t < T; t++) {
       const __m512i alo = _mm512_broadcast_i32x4(load16(act.qs(b, t)));
       const __m512i ahi = _mm512_broadcast_i32x4(load16(act.qs(b, t) + 16));
-      __m512i ilo = dot_u8s8<W>(lo, alo), ihi = dot_u8s8<W>(hi, ahi);
-      if (W::kOffset) {
-        const __m512i off = _mm512_set1_epi8((char)W::kOffset);
-        ilo = _mm512_sub_epi32(ilo, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, alo));
-        ihi = _mm512_sub_epi32(ihi, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, ahi));
+      __m512i ilo = _mm512_setzero_si512(), ihi = ilo;
+      if (act_offset<W>()) {  // the offset lanes, to which vpdpbusd adds Σ u a
+        ilo = _mm512_broadcast_i32x4(load16(act.off(b, t)));
+        ihi = _mm512_broadcast_i32x4(load16(act.off(b, t) + 4));
       }
-      const __m512 sc =
-          _mm512_permutexvar_ps(didx, _mm512_zextps256_ps512(_mm256_mul_ps(dm, _mm256_set1_ps(act.d(b, t)))));
+      ilo = _mm512_dpbusd_epi32(ilo, lo, alo);
+      ihi = _mm512_dpbusd_epi32(ihi, hi, ahi);
+      // d_w·d_a per lane: the same IEEE product as the AVX2 tile's, whichever comes first
+      const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(act.d(b, t)));
       acc_lo[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ilo), sc, acc_lo[t]);
       acc_hi[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ihi), sc, acc_hi[t]);
       if (W::kMin) mins[t] = _mm256_fmadd_ps(dm, _mm256_set1_ps(act.s(b, t)), mins[t]);  // m_w · s_a
@@ -157,10 +193,17 @@ void dot_decode(GGMLType t, int64_t n, const uint8_t* w, size_t ws, int nr, cons
   const int64_t nb = n / QK;
   const uint8_t* end = w + (size_t)nr * ws;
   prefetch_stream_start(w, end);
+  thread_local std::vector<float> ad, as;
+  thread_local std::vector<int32_t> ao;
+  ad.resize((size_t)nb);
+  as.resize((size_t)nb);
+  ao.resize((size_t)nb * 8);
+  prepare_row<W>(a, nb, ad.data(), as.data(), ao.data());
+  const OneRow<W> act{a, ad.data(), as.data(), ao.data()};
   int r = 0;
   for (; r + 4 <= nr; r += 4) {
     prefetch_stream_ahead(w + (size_t)r * ws, 4 * ws, end);
-    dot_rows4<W, 1>(w + (size_t)r * ws, ws, nb, RawRow<W>{a}, y + r, 0);
+    dot_rows4<W, 1>(w + (size_t)r * ws, ws, nb, act, y + r, 0);
   }
   if (r < nr) vec_dot_avx512vnni(t, n, w + (size_t)r * ws, ws, nr - r, a, 0, 1, y + r, 0);
 }
@@ -175,11 +218,14 @@ void dot_batch(GGMLType type, int64_t n, const uint8_t* w, size_t ws, int nr, co
   s.aq.resize((size_t)(kNT * nb * QK));
   s.ad.resize((size_t)(kNT * nb));
   s.as.resize((size_t)(kNT * nb));
-  const Repacked act{s.aq.data(), s.ad.data(), s.as.data(), nb};
+  thread_local std::vector<int32_t> ao;
+  if (act_offset<W>()) ao.resize((size_t)(kNT * nb * 8));
+  const Repacked act{s.aq.data(), s.ad.data(), s.as.data(), ao.data(), nb};
   const int nr4 = nr / 4 * 4;
   for (int t0 = 0; t0 < nt && nr4 > 0; t0 += kNT) {
     const int ntg = std::min(kNT, nt - t0);
     repack_tokens<W>(s, a, as, t0, ntg, nb);
+    if (act_offset<W>()) prepare_tokens<W>(s, ntg, nb, ao.data());
     for (int r = 0; r < nr4; r += 4) {
       const uint8_t* wr = w + (size_t)r * ws;
       float* yr = y + (size_t)t0 * ldy + r;
@@ -400,12 +446,18 @@ inline void kdot_tile(const uint8_t* w, size_t ws, int r, int nr, int64_t nsb, c
     kdot_rows<K, 1, T>(rows, left, nsb, aq, araw, y + r, ldy);
 }
 
+// Tokens per group in prompt batches: eight, so that each unpacked super-block of a row pair
+// (scales decoded, nibbles split: about as many instructions as four tokens' products) serves
+// eight tokens; kdot_rows<K, 1, 8> keeps its 8 accumulators, the pair's 16 unpacked registers
+// and the operands in the 32 zmm. Groups of fewer tokens take the 4-row tiles.
+constexpr int kKNT = 8;
+
 // Activation quants for K: the raw rows (Q6_K) or repacked copies in thread-local scratch.
 template <class K>
 void k_act_quants(const uint8_t* a, size_t as, int t0, int ntg, int64_t nsb, const int8_t** aq,
                   const uint8_t** araw) {
   thread_local std::vector<int8_t> buf;
-  if (K::kRepack) buf.resize((size_t)(kNT * nsb * QK_K));
+  if (K::kRepack) buf.resize((size_t)(kKNT * nsb * QK_K));
   for (int t = 0; t < ntg; t++) {
     araw[t] = a + (size_t)(t0 + t) * as;
     if (K::kRepack) {
@@ -418,13 +470,14 @@ void k_act_quants(const uint8_t* a, size_t as, int t0, int ntg, int64_t nsb, con
 }
 
 // One token (decode): rows four at a time, prefetched kPrefetchAhead bytes ahead as one stream.
-// Several: token groups of kNT (the rows re-read from cache for each group, as the AVX2 walk).
+// Several: token groups of kKNT (the rows re-read from cache for each group, as the AVX2 walk);
+// a full group runs row pairs x 8 tokens, a smaller one 4-row tiles of up to 4 tokens.
 template <class K>
 void dot_k512(int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, size_t as, int nt, float* y,
               int64_t ldy) {
   const int64_t nsb = n / QK_K;
-  const int8_t* aq[kNT];
-  const uint8_t* araw[kNT];
+  const int8_t* aq[kKNT];
+  const uint8_t* araw[kKNT];
   if (nt == 1) {
     k_act_quants<K>(a, as, 0, 1, nsb, aq, araw);
     const uint8_t* end = w + (size_t)nr * ws;
@@ -435,16 +488,27 @@ void dot_k512(int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* a, 
     }
     return;
   }
-  for (int t0 = 0; t0 < nt; t0 += kNT) {
-    const int ntg = std::min(kNT, nt - t0);
+  for (int t0 = 0; t0 < nt; t0 += kKNT) {
+    const int ntg = std::min(kKNT, nt - t0);
     k_act_quants<K>(a, as, t0, ntg, nsb, aq, araw);
     float* yt = y + (size_t)t0 * ldy;
-    for (int r = 0; r < nr; r += 4) switch (ntg) {
-        case 1: kdot_tile<K, 1>(w, ws, r, nr, nsb, aq, araw, yt, ldy); break;
-        case 2: kdot_tile<K, 2>(w, ws, r, nr, nsb, aq, araw, yt, ldy); break;
-        case 3: kdot_tile<K, 3>(w, ws, r, nr, nsb, aq, araw, yt, ldy); break;
-        default: kdot_tile<K, 4>(w, ws, r, nr, nsb, aq, araw, yt, ldy); break;
+    if (ntg == kKNT) {
+      for (int r = 0; r < nr; r += 2) {  // an odd last row paired with itself, as in kdot_tile
+        const uint8_t* rows[2] = {w + (size_t)r * ws, w + (size_t)std::min(r + 1, nr - 1) * ws};
+        kdot_rows<K, 1, kKNT>(rows, std::min(2, nr - r), nsb, aq, araw, yt + r, ldy);
       }
+      continue;
+    }
+    for (int u0 = 0; u0 < ntg; u0 += 4) {
+      const int ntu = std::min(4, ntg - u0);
+      float* yu = yt + (size_t)u0 * ldy;
+      for (int r = 0; r < nr; r += 4) switch (ntu) {
+          case 1: kdot_tile<K, 1>(w, ws, r, nr, nsb, aq + u0, araw + u0, yu, ldy); break;
+          case 2: kdot_tile<K, 2>(w, ws, r, nr, nsb, aq + u0, araw + u0, yu, ldy); break;
+          case 3: kdot_tile<K, 3>(w, ws, r, nr, nsb, aq + u0, araw + u0, yu, ldy); break;
+          default: kdot_tile<K, 4>(w, ws, r, nr, nsb, aq + u0, araw + u0, yu, ldy); break;
+        }
+    }
   }
 }
 
