@@ -237,6 +237,11 @@ void bind_engine(py::module_& m) {
     d["boundary_layers"] = p.boundary_layers;
     d["boundary_bits"] = p.boundary_bits;
     d["norm_correction"] = p.norm_correction;
+    d["norm_bits"] = p.norm_bits;
+    d["tail_bits"] = p.tail_bits;
+    d["v_tail_bits"] = p.v_tail_bits;
+    d["window"] = p.window;
+    d["k_adapt"] = p.k_adapt;
     d["exact_scores"] = p.exact_scores;
     d["seed"] = (long long)p.seed;
     return py::make_tuple(p.mode, d);

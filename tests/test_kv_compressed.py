@@ -654,6 +654,18 @@ def test_kv_spec_strings():
     assert st["params"]["ring"] == 0 and st["params"]["shrink"] is False and st["params"]["boundary_bits"] == 4
 
 
+def test_kv_spec_parser_exposes_every_knob():
+    """_core.parse_kv_spec (what eoq-run --kv spec strings go through) returns every knob the C++
+    parser knows (its error message lists them), with the value given."""
+    with pytest.raises(_core.EoqError) as e:
+        _core.parse_kv_spec("eoq2:bogus=1")
+    known = [k.strip() for k in str(e.value).split("known: ")[1].rstrip(")").split(",")]
+    assert len(known) >= 19 and "tail_bits" in known and "k_adapt" in known
+    for k in known:
+        mode, d = _core.parse_kv_spec(f"eoq2:{k}=1")
+        assert mode == "eoq2" and int(d[k]) == 1, k
+
+
 def test_eoq_preset_mode():
     """Mode "eoq" is eoq2 with the measured default knobs (k_bits 3, v_bits 2, values without the
     low-rank part, no ring); knobs the caller sets win; attention from its codes equals attention
