@@ -79,6 +79,40 @@ struct Lookup16 {
   }
 };
 
+// Five-bit codes (the eoq preset's key tail): a group's 16 codes are 10 bytes, so lanes 0..7 come
+// from the 8 bytes at 10g and lanes 8..15 from those at 10g + 5 (each 40 bits of codes; the last
+// group's second read moved back to end at the row's end, its offsets up to match), and the 32
+// centroids are two vpermt2ps tables (index bits 0..4; the bits above, the next code's, are
+// ignored). Five instructions per 16 coordinates.
+template <>
+struct Lookup16<5> {
+  static constexpr int kMaxGroups = 32;
+  __m512 lo, hi;
+  int off0[kMaxGroups], off1[kMaxGroups];
+  alignas(64) uint8_t ctrl[kMaxGroups][64];
+  __attribute__((always_inline)) Lookup16(const float* centroids, int ng, size_t rb) {
+    lo = _mm512_loadu_ps(centroids);
+    hi = _mm512_loadu_ps(centroids + 16);
+    for (int g = 0; g < ng; g++) {
+      off0[g] = std::min(10 * g, (int)rb - 8);
+      off1[g] = std::min(10 * g + 5, (int)rb - 8);
+      std::memset(ctrl[g], 0, 64);
+      for (int i = 0; i < 16; i++) {
+        const int shift = i < 8 ? 8 * (10 * g - off0[g]) + 5 * i : 8 * (10 * g + 5 - off1[g]) + 5 * (i - 8);
+        ctrl[g][(i / 2) * 8 + (i % 2) * 4] = (uint8_t)shift;
+      }
+    }
+  }
+  __attribute__((always_inline)) __m512 operator()(const uint8_t* row, int g) const {
+    uint64_t x0, x1;
+    std::memcpy(&x0, row + off0[g], 8);
+    std::memcpy(&x1, row + off1[g], 8);
+    const __m512i src = _mm512_inserti64x4(_mm512_set1_epi64((long long)x0), _mm256_set1_epi64x((long long)x1), 1);
+    const __m512i idx = _mm512_multishift_epi64_epi8(_mm512_load_si512(ctrl[g]), src);
+    return _mm512_permutex2var_ps(lo, idx, hi);
+  }
+};
+
 // r[i] = Σ lanes of v[i], i = 0..7 (8 ymm vectors -> one).
 inline __m256 reduce8(const __m256* v) {
   const __m256 a01 = _mm256_hadd_ps(v[0], v[1]), a23 = _mm256_hadd_ps(v[2], v[3]);
@@ -562,13 +596,14 @@ static void row_norms16(const uint16_t* norms, int64_t m, float scale, float* rh
 void scores_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
                          const uint16_t* norms, float scale, const float* q, int nq, float* out) {
   if (m <= 0) return;
-  if (d % 16 != 0 || packed_bytes(d, bits) < 8 || d / 16 > Lookup16<1>::kMaxGroups || bits > 4)
+  if (d % 16 != 0 || packed_bytes(d, bits) < 8 || d / 16 > Lookup16<1>::kMaxGroups || bits > 5)
     return scores_codes_avx2(codes, m, d, bits, centroids, norms, scale, q, nq, out);
   switch (bits) {
     case 1: scores_b<1>(codes, m, d, centroids, q, nq, out); break;
     case 2: scores_b<2>(codes, m, d, centroids, q, nq, out); break;
     case 3: scores_b<3>(codes, m, d, centroids, q, nq, out); break;
-    default: scores_b<4>(codes, m, d, centroids, q, nq, out); break;
+    case 4: scores_b<4>(codes, m, d, centroids, q, nq, out); break;
+    default: scores_b<5>(codes, m, d, centroids, q, nq, out); break;
   }
   thread_local std::vector<float> rho;
   rho.resize(m);
@@ -600,7 +635,7 @@ void scores_codes_q8_avx512(const uint8_t* codes, int64_t m, int d, int bits, co
 void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const float* centroids,
                          const uint16_t* norms, float scale, const float* w, int nq, float* acc) {
   if (m <= 0) return;
-  if (d % 16 != 0 || packed_bytes(d, bits) < 8 || d / 16 > Lookup16<1>::kMaxGroups || bits > 4)
+  if (d % 16 != 0 || packed_bytes(d, bits) < 8 || d / 16 > Lookup16<1>::kMaxGroups || bits > 5)
     return values_codes_avx2(codes, m, d, bits, centroids, norms, scale, w, nq, acc);
   thread_local std::vector<float> wr;
   wr.resize((size_t)(nq + 1) * m);
@@ -617,7 +652,8 @@ void values_codes_avx512(const uint8_t* codes, int64_t m, int d, int bits, const
     case 1: return values_b<1>(codes, m, d, centroids, wr.data(), nq, acc);
     case 2: return values_b<2>(codes, m, d, centroids, wr.data(), nq, acc);
     case 3: return values_b<3>(codes, m, d, centroids, wr.data(), nq, acc);
-    default: return values_b<4>(codes, m, d, centroids, wr.data(), nq, acc);
+    case 4: return values_b<4>(codes, m, d, centroids, wr.data(), nq, acc);
+    default: return values_b<5>(codes, m, d, centroids, wr.data(), nq, acc);
   }
 }
 
