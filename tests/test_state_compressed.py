@@ -193,7 +193,7 @@ def test_fuzz_compressed_payloads(smollm2_path, toks, tmp_path, mode, opts, layo
         for off, fmt, name, v in picks:
             bad_values = {
                 "magic": [0], "version": [2], "head_dim": [D + 1], "n_layer": [0], "n_head_kv": [7],
-                "block": [17, 0], "n_tokens": [n + 1, 0xFFFFFFFF], "nonfinite": [-1, 1 << 62],
+                "block": [17, 0], "n_tokens": [n + 1, 0xFFFFFFFF], "nonfinite": [-1, -(1 << 62)],
                 "kind": [2, 255], "rank": [v + 9, 255], "bits": [0, 9, 255], "factor_bits": [v + 1, 0],
                 "norm_form": [2], "rank_raw": [-1, 1 << 30], "stat_rank": [v + 1], "fallback": [5, 255],
                 "gains": [0xFFFF], "tail_base": [-1, 1 << 40, 10**6], "ring_base": [-5, 1 << 50],
