@@ -208,7 +208,9 @@ class CompressedKVCache final : public HostKVCache {
     for (int kv = 0; kv < 2; kv++)
       if (tail_bits_[kv] > 0) tail_codec_[kv] = TurboRowCodec(d, tail_bits_[kv]);
     if (fam_ != Family::qblock) {  // build the codebooks now, not inside an attention step
-      for (int b : {k_bits_, v_bits_, p.boundary_bits, tail_bits_[0], tail_bits_[1]})
+      // k_adapt seals some key blocks with k_bits − 1: attention reads those through cb_ as well.
+      const int k_adapt_bits = p.k_adapt > 0 ? k_bits_ - 1 : 0;
+      for (int b : {k_bits_, v_bits_, p.boundary_bits, tail_bits_[0], tail_bits_[1], k_adapt_bits})
         if (b > 0) cb_[b] = &lloyd_max_codebook(d, b);
     }
     heads_.resize((size_t)s.n_layer * s.n_head_kv);

@@ -29,6 +29,8 @@ CASES = [
     ("turbo3", {"block": 16, "boundary_layers": 1}),  # f16 boundary layers: sinks + ring only
     ("eoq2", {"block": 16, "boundary_layers": 1, "boundary_bits": 4}),
     ("eoq", {"block": 16}),  # the preset: ring 0, tail codes 5/2 bits, window 16, 8-bit norms
+    # k_adapt: key blocks at k_bits − 1 where that meets the error target (1-bit keys here).
+    ("eoq2-k_adapt", {"block": 16, "k_adapt": 300}),
 ]
 
 
@@ -62,9 +64,12 @@ def toks(smollm2_path):
 @pytest.mark.parametrize("mode,opts", CASES, ids=[c[0] for c in CASES])
 def test_compressed_round_trip_bit_exact(smollm2_path, toks, tmp_path, mode, opts):
     n_save = 75  # sinks 4 + several blocks of 16 sealed, a partial ring / tail
+    mode = mode.split("-")[0]
     with Engine(smollm2_path, n_ctx=N_CTX, n_threads=2, kv=mode, kv_options=opts) as e:
         e.core.eval(toks[:n_save])
         st0 = e.compression_stats()
+        if "k_adapt" in opts:  # the case this tests: some blocks really are at k_bits − 1
+            assert st0["summary"]["k"]["mean_bits"] < 2, st0["summary"]["k"]
         if mode not in ("q8_0", "q4_0"):
             assert st0["summary"]["blocks_sealed"] > 0
         e.save_state(tmp_path / "s")
