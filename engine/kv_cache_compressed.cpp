@@ -1369,6 +1369,9 @@ void CompressedKVCache::load_payload(const uint8_t* data, size_t size, int n) {
           }
           r.vec(st.sinks, (size_t)ns * d, "sinks");
           check_finite_f16(st.sinks, "the sinks");
+          // Every block takes at least its 6-byte header and 23 bytes of statistics: a payload
+          // too short for nb of them fails here, before nb blocks are allocated.
+          if ((size_t)nb > (r.n - r.at) / 29) state_bad("truncated at the sealed blocks");
           st.blocks.resize((size_t)nb);
           st.bstats.resize((size_t)nb);
           for (int64_t b = 0; b < nb; b++) {
