@@ -208,7 +208,9 @@ class CompressedKVCache final : public HostKVCache {
     for (int kv = 0; kv < 2; kv++)
       if (tail_bits_[kv] > 0) tail_codec_[kv] = TurboRowCodec(d, tail_bits_[kv]);
     if (fam_ != Family::qblock) {  // build the codebooks now, not inside an attention step
-      for (int b : {k_bits_, v_bits_, p.boundary_bits, tail_bits_[0], tail_bits_[1]})
+      // k_adapt seals some key blocks with k_bits − 1: attention reads those through cb_ as well.
+      const int k_adapt_bits = p.k_adapt > 0 ? k_bits_ - 1 : 0;
+      for (int b : {k_bits_, v_bits_, p.boundary_bits, tail_bits_[0], tail_bits_[1], k_adapt_bits})
         if (b > 0) cb_[b] = &lloyd_max_codebook(d, b);
     }
     heads_.resize((size_t)s.n_layer * s.n_head_kv);
@@ -224,6 +226,9 @@ class CompressedKVCache final : public HostKVCache {
   std::string mode() const override { return p_.mode; }
   int n_tokens() const override { return n_.empty() ? 0 : n_[0]; }
   int truncate(int n) override;  // defined at the end of this file (prefix reuse)
+  // State files: defined at the end of this file (the serializer block).
+  void save_payload(std::vector<uint8_t>& out) const override;
+  void load_payload(const uint8_t* data, size_t size, int n_tokens) override;
 
   void clear() override {
     for (auto& h : heads_) {
@@ -1161,5 +1166,312 @@ int CompressedKVCache::truncate(int n) {
 }
 
 }  // namespace
+
+// ---- state files (KVCache::save_payload / load_payload) ---------------------------------------
+// The payload of a compressed cache, little-endian, compressed data as held (codes, factors,
+// norms; no decoding). The cache is saved as it stands between steps: `recent` (the exact rows of
+// the blocks the latest append sealed, read only by that append's own queries) is not saved, and
+// after load the cache is as after an empty append (last_pos0_ = n): later appends, attention,
+// dequantized(), stats_json() and bytes() then equal those of the saved cache. Tail-code layers
+// are saved as the next append trims them: codes of the unsealed tokens only (tail_base =
+// sealed) and exact rows of the window only (ring_base = max(sealed, n_u − window)), not the f16
+// rows a long prefill leaves until then; so truncate() after load keeps what the saved cache's
+// would after its next append (a valid prefix, possibly shorter than right after the prefill).
+//   u32 magic "EQKC", u32 version 1, u32 head_dim, n_layer, n_head_kv, block, u32 n_tokens
+//   per layer, per KV head, K then V, a stream:
+//     i64 nonfinite
+//     q8_0/q4_0 (non-exact layers): qrows [n][row_bytes]
+//     otherwise: sinks f16 [min(n, sinks)][d]; then the sealed blocks, as many as the token count
+//       implies (sealing layers: sealed_count(n); exact layers: none), each:
+//         u8 kind, rank, bits, factor_bits, i8 norm_shift, u8 norm form (0 f16, 1 8-bit codes),
+//         coef_codes, basis_codes, f16 coef_scale[rank], basis_scale[rank], gains[rank],
+//         codes [n][code_bytes], norms f16 [n] or norm_codes [n]   (compressed blocks)
+//         exact_f16 [n][d]                                        (exact blocks)
+//         block stat: i32 rank_raw, rank, f32 rel_err, ms, lowrank_energy, u8 fallback,
+//           u16 gains count, f32 gains
+//       ring_bad u8 [unsealed]; then without tail codes ring f16 [unsealed][d]; with them
+//       (layers with tail codes, from the first seal on) i64 tail_base (= sealed), ring_base
+//       (= max(sealed, n_u − window)), tail codes [n_u − tail_base][code bytes], tnorms f16
+//       [n_u − tail_base], ring f16 [n_u − ring_base][d].
+// Every count and size is implied by, or checked against, the cache's own knobs and shape and
+// the token count before anything is allocated; sizes are further checked against the bytes left.
+namespace {
+
+constexpr uint32_t kStateMagic = 0x434b5145;  // "EQKC"
+constexpr uint32_t kStateVersion = 1;
+
+struct PayloadWriter {
+  std::vector<uint8_t>& out;
+  template <typename T>
+  void put(T x) {
+    const size_t o = out.size();
+    out.resize(o + sizeof(T));
+    std::memcpy(out.data() + o, &x, sizeof(T));
+  }
+  template <typename T>
+  void vec(const std::vector<T>& v) {
+    const size_t o = out.size();
+    out.resize(o + v.size() * sizeof(T));
+    if (!v.empty()) std::memcpy(out.data() + o, v.data(), v.size() * sizeof(T));
+  }
+};
+
+[[noreturn]] void state_bad(const std::string& what) {
+  fail(ErrorCode::format, "state: the compressed cache payload is invalid: " + what);
+}
+
+struct PayloadReader {
+  const uint8_t* p;
+  size_t n, at = 0;
+  template <typename T>
+  T get(const char* what) {
+    if (n - at < sizeof(T)) state_bad(std::string("truncated at ") + what);
+    T x;
+    std::memcpy(&x, p + at, sizeof(T));
+    at += sizeof(T);
+    return x;
+  }
+  // count elements of T into v; the size is checked against the bytes left before allocating.
+  template <typename T>
+  void vec(std::vector<T>& v, size_t count, const char* what) {
+    if (count > (n - at) / sizeof(T)) state_bad(std::string("truncated at ") + what);
+    v.resize(count);
+    if (count) std::memcpy(v.data(), p + at, count * sizeof(T));
+    at += count * sizeof(T);
+  }
+};
+
+bool f16_nan(uint16_t h) { return (h & 0x7c00) == 0x7c00 && (h & 0x3ff) != 0; }
+bool f16_nonfinite(uint16_t h) { return (h & 0x7c00) == 0x7c00; }
+
+void check_finite_f16(const std::vector<uint16_t>& v, const char* what) {
+  for (uint16_t h : v)
+    if (f16_nonfinite(h)) state_bad(std::string("a non-finite f16 value in ") + what);
+}
+
+}  // namespace
+
+void CompressedKVCache::save_payload(std::vector<uint8_t>& out) const {
+  const KVCacheShape& s = shape_;
+  const int n = n_tokens();
+  for (int il = 0; il < s.n_layer; il++)
+    if (n_[il] != n) fail(ErrorCode::internal, "state: the cache's layers hold different token counts (mid-step)");
+  PayloadWriter w{out};
+  w.put<uint32_t>(kStateMagic);
+  w.put<uint32_t>(kStateVersion);
+  w.put<uint32_t>((uint32_t)s.head_dim);
+  w.put<uint32_t>((uint32_t)s.n_layer);
+  w.put<uint32_t>((uint32_t)s.n_head_kv);
+  w.put<uint32_t>((uint32_t)block_);
+  w.put<uint32_t>((uint32_t)n);
+  for (int il = 0; il < s.n_layer; il++)
+    for (int g = 0; g < s.n_head_kv; g++) {
+      const HeadStore& hs = head(il, g);
+      for (int kv = 0; kv < 2; kv++) {
+        const Stream& st = hs.s[kv];
+        w.put<int64_t>(st.nonfinite);
+        if (fam_ == Family::qblock && !exact_layer(il)) {
+          w.vec(st.qrows);
+          continue;
+        }
+        w.vec(st.sinks);
+        for (size_t b = 0; b < st.blocks.size(); b++) {
+          const SealedBlock& blk = st.blocks[b];
+          w.put<uint8_t>((uint8_t)blk.kind);
+          w.put<uint8_t>((uint8_t)blk.rank);
+          w.put<uint8_t>((uint8_t)blk.bits);
+          w.put<uint8_t>((uint8_t)blk.factor_bits);
+          w.put<int8_t>((int8_t)blk.norm_shift);
+          w.put<uint8_t>(blk.norm_codes.empty() ? 0 : 1);
+          if (blk.kind == SealedBlock::exact) {
+            w.vec(blk.exact_f16);
+          } else {
+            w.vec(blk.coef_codes);
+            w.vec(blk.basis_codes);
+            w.vec(blk.coef_scale);
+            w.vec(blk.basis_scale);
+            w.vec(blk.gains);
+            w.vec(blk.codes);
+            if (blk.norm_codes.empty()) w.vec(blk.norms);
+            else w.vec(blk.norm_codes);
+          }
+          const BlockStat& bs = st.bstats[b];
+          w.put<int32_t>(bs.rank_raw);
+          w.put<int32_t>(bs.rank);
+          w.put<float>(bs.rel_err);
+          w.put<float>(bs.ms);
+          w.put<float>(bs.lowrank_energy);
+          w.put<uint8_t>((uint8_t)bs.fallback);
+          w.put<uint16_t>((uint16_t)bs.gains.size());
+          w.vec(bs.gains);
+        }
+        w.vec(st.ring_bad);
+        if (hs.tail && st.coded) {  // as the next append would trim them (append_rows)
+          const int d = s.head_dim;
+          const int64_t n_u = st.sealed + (int64_t)st.ring_bad.size();
+          const int64_t ring_base = std::max(st.sealed, n_u - window_);
+          const size_t tcb = tail_codec_[kv].code_bytes();
+          if (st.tail_base > st.sealed || ring_base < st.ring_base || st.tnorms.size() != (size_t)(n_u - st.tail_base) ||
+              st.ring.size() != (size_t)(n_u - st.ring_base) * d)
+            fail(ErrorCode::internal, "state: a tail stream's codes and rows do not cover its unsealed tokens");
+          w.put<int64_t>(st.sealed);  // tail_base
+          w.put<int64_t>(ring_base);
+          const size_t c0 = (size_t)(st.sealed - st.tail_base);
+          out.insert(out.end(), st.tcodes.begin() + c0 * tcb, st.tcodes.end());
+          const uint8_t* nb = reinterpret_cast<const uint8_t*>(st.tnorms.data() + c0);
+          out.insert(out.end(), nb, nb + 2 * (st.tnorms.size() - c0));
+          const uint8_t* rb = reinterpret_cast<const uint8_t*>(st.ring.data() + (size_t)(ring_base - st.ring_base) * d);
+          out.insert(out.end(), rb, rb + 2 * ((size_t)(n_u - ring_base) * d));
+          continue;
+        }
+        w.vec(st.ring);
+      }
+    }
+}
+
+void CompressedKVCache::load_payload(const uint8_t* data, size_t size, int n) {
+  clear();
+  try {
+    const KVCacheShape& s = shape_;
+    const int d = s.head_dim;
+    if (n < 0 || n > s.n_ctx)
+      state_bad(std::to_string(n) + " tokens for a cache of " + std::to_string(s.n_ctx));
+    if (size > 0 && !data) state_bad("no data");
+    PayloadReader r{data, size};
+    if (r.get<uint32_t>("magic") != kStateMagic) state_bad("bad magic");
+    if (r.get<uint32_t>("version") != kStateVersion) state_bad("unknown version");
+    if (r.get<uint32_t>("head_dim") != (uint32_t)d || r.get<uint32_t>("n_layer") != (uint32_t)s.n_layer ||
+        r.get<uint32_t>("n_head_kv") != (uint32_t)s.n_head_kv || r.get<uint32_t>("block") != (uint32_t)block_)
+      state_bad("written for another cache shape or block size");
+    if (r.get<uint32_t>("token count") != (uint32_t)n) state_bad("it holds another token count");
+    const int ns = std::min(n, sinks_);
+    const int64_t n_u = (int64_t)n - ns;  // tokens after the sinks
+    const QRowView qv{q4_};
+    for (int il = 0; il < s.n_layer; il++) {
+      const bool exact = exact_layer(il);
+      // Blocks held between steps: those a run over n tokens sealed (append seals at ring_ + block_).
+      const int64_t nb = exact || fam_ == Family::qblock ? 0 : (n_u >= ring_ + block_ ? (n_u - ring_) / block_ : 0);
+      for (int g = 0; g < s.n_head_kv; g++) {
+        HeadStore& hs = head(il, g);
+        for (int kv = 0; kv < 2; kv++) {
+          Stream& st = hs.s[kv];
+          st.nonfinite = r.get<int64_t>("nonfinite count");
+          // A statistic only (truncate keeps it: it counts every value replaced, not the held ones).
+          if (st.nonfinite < 0) state_bad("nonfinite count out of range");
+          if (fam_ == Family::qblock && !exact) {
+            r.vec(st.qrows, (size_t)n * row_bytes_, "q rows");
+            for (size_t t = 0; t < (size_t)n * (d / QK); t++) {
+              uint16_t h;
+              std::memcpy(&h, st.qrows.data() + t * qv.bytes_per_block(), 2);
+              if (f16_nonfinite(h)) state_bad("a non-finite q block scale");
+            }
+            continue;
+          }
+          r.vec(st.sinks, (size_t)ns * d, "sinks");
+          check_finite_f16(st.sinks, "the sinks");
+          // Every block takes at least its 6-byte header and 23 bytes of statistics: a payload
+          // too short for nb of them fails here, before nb blocks are allocated.
+          if ((size_t)nb > (r.n - r.at) / 29) state_bad("truncated at the sealed blocks");
+          st.blocks.resize((size_t)nb);
+          st.bstats.resize((size_t)nb);
+          for (int64_t b = 0; b < nb; b++) {
+            SealedBlock& blk = st.blocks[(size_t)b];
+            const int kind = r.get<uint8_t>("block kind");
+            if (kind != SealedBlock::compressed && kind != SealedBlock::exact) state_bad("unknown block kind");
+            blk.kind = (SealedBlock::Kind)kind;
+            blk.n = block_;
+            blk.d = d;
+            blk.rank = r.get<uint8_t>("block rank");
+            blk.bits = r.get<uint8_t>("block bits");
+            blk.factor_bits = r.get<uint8_t>("block factor bits");
+            blk.norm_shift = r.get<int8_t>("norm shift");
+            const int norm_form = r.get<uint8_t>("norm form");
+            // The residual bits this block may have: boundary layers boundary_bits; keys with
+            // k_adapt k_bits or k_bits − 1; otherwise k_bits / v_bits.
+            const int want = boundary_layer(il) ? p_.boundary_bits : kv == 0 ? k_bits_ : v_bits_;
+            const bool adapt = kv == 0 && p_.k_adapt > 0 && want > 1 && !boundary_layer(il);
+            if (!(blk.bits == want || (adapt && blk.bits == want - 1))) state_bad("block bits not allowed by the mode");
+            if (blk.factor_bits != factor_bits_) state_bad("block factor bits differ from the cache's");
+            if (norm_form > 1) state_bad("unknown norm form");
+            if (blk.kind == SealedBlock::exact) {
+              if (blk.rank != 0 || blk.norm_shift != 0 || norm_form != 0) state_bad("an exact block with codes");
+              r.vec(blk.exact_f16, (size_t)block_ * d, "exact block");
+              check_finite_f16(blk.exact_f16, "an exact block");
+            } else {
+              if (blk.rank > rank_cap_[kv]) state_bad("block rank above the rank cap");
+              const int rk = blk.rank;
+              r.vec(blk.coef_codes, packed_bytes((int64_t)block_ * rk, blk.factor_bits), "coefficient codes");
+              r.vec(blk.basis_codes, packed_bytes((int64_t)rk * d, blk.factor_bits), "basis codes");
+              r.vec(blk.coef_scale, (size_t)rk, "coefficient scales");
+              r.vec(blk.basis_scale, (size_t)rk, "basis scales");
+              r.vec(blk.gains, (size_t)rk, "gains");
+              check_finite_f16(blk.coef_scale, "factor scales");
+              check_finite_f16(blk.basis_scale, "factor scales");
+              check_finite_f16(blk.gains, "gains");
+              r.vec(blk.codes, (size_t)block_ * blk.code_bytes(), "residual codes");
+              if (norm_form == 0) {
+                if (blk.norm_shift != 0) state_bad("a norm shift with f16 norms");
+                r.vec(blk.norms, (size_t)block_, "norms");
+                check_finite_f16(blk.norms, "norms");
+              } else {
+                if (norm_bits_ != 8) state_bad("8-bit norms in a cache with norm_bits 16");
+                if (blk.norm_shift < kLogNormMinShift || blk.norm_shift > kLogNormMaxShift) state_bad("norm shift out of range");
+                r.vec(blk.norm_codes, (size_t)block_, "norm codes");
+              }
+            }
+            BlockStat& bs = st.bstats[(size_t)b];
+            bs.rank_raw = r.get<int32_t>("stat rank_raw");
+            bs.rank = r.get<int32_t>("stat rank");
+            bs.rel_err = r.get<float>("stat rel_err");
+            bs.ms = r.get<float>("stat ms");
+            bs.lowrank_energy = r.get<float>("stat energy");
+            const int fb = r.get<uint8_t>("stat fallback");
+            if (bs.rank_raw < 0 || bs.rank_raw > d || bs.rank != blk.rank || fb > (int)SealFallback::exact_overflow)
+              state_bad("block statistics out of range");
+            bs.fallback = (SealFallback)fb;
+            const int ng = r.get<uint16_t>("stat gains count");
+            if (ng > d) state_bad("block statistics out of range");
+            r.vec(bs.gains, (size_t)ng, "stat gains");
+          }
+          st.sealed = nb * block_;
+          const int64_t unsealed = n_u - st.sealed;
+          if (unsealed < 0) state_bad("more sealed tokens than tokens");
+          r.vec(st.ring_bad, (size_t)unsealed, "ring flags");
+          for (uint8_t f : st.ring_bad)
+            if (f > 1) state_bad("a ring flag other than 0 or 1");
+          st.recent_first = st.blocks.size();
+          st.coded = hs.tail && nb > 0;  // tail codes are made at the first seal
+          st.tail_base = st.ring_base = st.coded ? st.sealed : 0;
+          if (st.coded) {
+            // As after an empty append: codes of the unsealed tokens (tail_base = sealed), exact
+            // rows of the window (ring_base = max(sealed, n_u − window)).
+            st.tail_base = r.get<int64_t>("tail base");
+            st.ring_base = r.get<int64_t>("ring base");
+            if (st.tail_base != st.sealed) state_bad("tail base is not the sealed token count");
+            if (st.ring_base != std::max(st.sealed, n_u - window_)) state_bad("ring base is not where the window starts");
+            const size_t tcb = tail_codec_[kv].code_bytes();
+            r.vec(st.tcodes, (size_t)(n_u - st.tail_base) * tcb, "tail codes");
+            r.vec(st.tnorms, (size_t)(n_u - st.tail_base), "tail norms");
+            for (uint16_t h : st.tnorms)  // an encoded norm may overflow to inf, never NaN
+              if (f16_nan(h)) state_bad("a NaN tail norm");
+            r.vec(st.ring, (size_t)(n_u - st.ring_base) * d, "ring rows");
+          } else {
+            r.vec(st.ring, (size_t)unsealed * d, "ring rows");
+          }
+          check_finite_f16(st.ring, "the ring");
+        }
+        // K and V of a head were sealed alike: same block count (implied) and tail bounds.
+        if (hs.s[0].tail_base != hs.s[1].tail_base || hs.s[0].ring_base != hs.s[1].ring_base)
+          state_bad("K and V tail bounds differ");
+      }
+    }
+    if (r.at != r.n) state_bad("bytes after the last stream");
+    n_.assign(s.n_layer, n);
+    last_pos0_.assign(s.n_layer, n);  // as after an empty append (no `recent` rows)
+  } catch (...) {
+    clear();
+    throw;
+  }
+}
 
 }  // namespace eoq
